@@ -1,0 +1,138 @@
+//! Token buckets driven by the caller's clock.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// A bucket that refills at `rate` tokens a second up to `burst`, starting full.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Full again: indistinguishable from a fresh bucket, so it can be forgotten.
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// The wpex rule for a rate in packets per second: burst 5 x rate, and 0 means unlimited.
+pub fn wpex_bucket(rate: u32, now: Instant) -> Option<TokenBucket> {
+    (rate > 0).then(|| TokenBucket::new(f64::from(rate), 5.0 * f64::from(rate), now))
+}
+
+/// One bucket per key (a source IP), bounded in number. Sources beyond the bound share one
+/// overflow bucket, so a flood of new sources cannot grow memory nor escape limiting.
+#[derive(Debug)]
+pub struct KeyedBuckets<K> {
+    rate: u32,
+    max_keys: usize,
+    buckets: HashMap<K, TokenBucket>,
+    overflow: Option<TokenBucket>,
+}
+
+impl<K: Hash + Eq> KeyedBuckets<K> {
+    pub fn new(rate: u32, max_keys: usize, now: Instant) -> Self {
+        Self {
+            rate,
+            max_keys,
+            buckets: HashMap::new(),
+            overflow: wpex_bucket(rate, now),
+        }
+    }
+
+    pub fn try_take(&mut self, key: K, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
+            return self.overflow.as_mut().is_none_or(|b| b.try_take(now));
+        }
+        let rate = self.rate;
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| wpex_bucket(rate, now).expect("rate is non-zero"))
+            .try_take(now)
+    }
+
+    /// Forgets buckets that have refilled; called periodically, never per packet.
+    pub fn prune(&mut self, now: Instant) {
+        self.buckets.retain(|_, b| !b.is_full(now));
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// How often idle per-source buckets are forgotten.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = wpex_bucket(2, t0).expect("limited");
+        let burst = (0..100).filter(|_| b.try_take(t0)).count();
+        assert_eq!(burst, 10, "burst is 5 x rate");
+        let later = t0 + Duration::from_secs(3);
+        let refilled = (0..100).filter(|_| b.try_take(later)).count();
+        assert_eq!(refilled, 6, "2 per second for 3 s");
+        assert!(wpex_bucket(0, t0).is_none(), "0 means unlimited");
+    }
+
+    #[test]
+    fn keyed_buckets_are_independent_bounded_and_pruned() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::new(1, 2, t0);
+        assert_eq!((0..10).filter(|_| k.try_take(1, t0)).count(), 5);
+        assert_eq!((0..10).filter(|_| k.try_take(2, t0)).count(), 5);
+        // Keys 3 and 4 exceed the bound and share the overflow bucket.
+        assert_eq!((0..10).filter(|_| k.try_take(3, t0)).count(), 5);
+        assert_eq!((0..10).filter(|_| k.try_take(4, t0)).count(), 0);
+        assert_eq!(k.len(), 2);
+        k.prune(t0 + Duration::from_secs(60));
+        assert!(k.is_empty());
+
+        let mut unlimited = KeyedBuckets::new(0, 1, t0);
+        assert!((0..1000).all(|i| unlimited.try_take(i, t0)));
+        assert!(unlimited.is_empty());
+    }
+}

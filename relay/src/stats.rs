@@ -1,0 +1,134 @@
+//! Counters kept by the core. Bad packets are counted here, never logged one by one.
+
+use crate::message::Kind;
+
+/// Why a datagram was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    TooShort,
+    UnknownType,
+    Reserved,
+    BadLength,
+    /// Allow-list mode: mac1 matches no allowed key.
+    Mac1Invalid,
+    /// Too many initiations from one source IP (`--source-rate`).
+    SourceRateLimited,
+    /// The receiver index is not in the table.
+    UnknownReceiver,
+    /// A response to an index that is not waiting for one.
+    NotHalfOpen,
+    /// The sender index is already used by another handshake.
+    IndexInUse,
+    /// Transport data for an index whose handshake has not completed.
+    NoSession,
+    /// Transport data from an address other than the session peer's endpoint.
+    UnexpectedSource,
+    /// A cookie reply from an address the relay does not know.
+    UnknownSource,
+    /// The table is at its bound.
+    TableFull,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 13] = [
+        DropReason::TooShort,
+        DropReason::UnknownType,
+        DropReason::Reserved,
+        DropReason::BadLength,
+        DropReason::Mac1Invalid,
+        DropReason::SourceRateLimited,
+        DropReason::UnknownReceiver,
+        DropReason::NotHalfOpen,
+        DropReason::IndexInUse,
+        DropReason::NoSession,
+        DropReason::UnexpectedSource,
+        DropReason::UnknownSource,
+        DropReason::TableFull,
+    ];
+
+    /// A stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::Reserved => "reserved_bytes",
+            DropReason::BadLength => "bad_length",
+            DropReason::Mac1Invalid => "mac1_invalid",
+            DropReason::SourceRateLimited => "source_rate_limited",
+            DropReason::UnknownReceiver => "unknown_receiver",
+            DropReason::NotHalfOpen => "not_half_open",
+            DropReason::IndexInUse => "index_in_use",
+            DropReason::NoSession => "no_session",
+            DropReason::UnexpectedSource => "unexpected_source",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::TableFull => "table_full",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    forwarded: [Traffic; 4],
+    dropped: [u64; DropReason::ALL.len()],
+    pub cookie_replies: u64,
+    pub broadcast_limited: u64,
+    pub expired_indices: u64,
+    pub expired_endpoints: u64,
+}
+
+impl Stats {
+    pub(crate) fn forward(&mut self, kind: Kind, packets: u64, bytes: u64) {
+        let t = &mut self.forwarded[kind as usize];
+        t.packets += packets;
+        t.bytes += bytes;
+    }
+
+    pub(crate) fn drop(&mut self, reason: DropReason) {
+        self.dropped[reason.slot()] += 1;
+    }
+
+    /// Datagrams sent on, counting each copy of a broadcast.
+    pub fn forwarded(&self, kind: Kind) -> Traffic {
+        self.forwarded[kind as usize]
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.slot()]
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_label() {
+        let mut s = Stats::default();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.slot(), i);
+            for _ in 0..=i {
+                s.drop(*r);
+            }
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(s.dropped(*r), i as u64 + 1, "{}", r.as_str());
+        }
+        let labels: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+}

@@ -1,0 +1,488 @@
+//! The session table: which endpoint owns which 32-bit index, and when each entry expires.
+//!
+//! Expiry uses a heap of deadlines with generation numbers instead of scanning the table: an entry
+//! whose deadline changes gets a new heap node and the old node is skipped when it surfaces. Each
+//! entry has at most two nodes over its life, and nothing is pushed per transport packet.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::keys::PublicKey;
+
+/// An index seen in an initiation but not yet answered (WireGuard retries after 5 s anyway).
+pub const HALF_OPEN_TTL: Duration = Duration::from_secs(5);
+/// A session's indices: WireGuard rejects a session older than 180 s (REJECT_AFTER_TIME).
+pub const SESSION_TTL: Duration = Duration::from_secs(180);
+/// How long an endpoint stays known (a broadcast target) after its last index is gone.
+pub const ENDPOINT_LINGER: Duration = Duration::from_secs(60);
+
+/// Which side of the handshake picked an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    HalfOpen,
+    /// Linked to the other side's index by a handshake response.
+    Session {
+        peer: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    /// Where messages addressed to this index are sent.
+    pub endpoint: SocketAddr,
+    pub state: State,
+    pub role: Role,
+    /// Allow-list mode: the key of the peer that picked this index, once a mac1 named it.
+    pub owner: Option<PublicKey>,
+    /// Allow-list mode: the key of the peer on the other side.
+    pub counterpart: Option<PublicKey>,
+    /// The initiation was sent to the counterpart's known endpoint only, not broadcast.
+    pub unicast: bool,
+    /// A transport packet has proved that the handshake on this index completed.
+    pub confirmed: bool,
+    timer: u64,
+}
+
+#[derive(Debug)]
+struct EndpointEntry {
+    refs: u32,
+    /// Allow-list mode: the key proven to live at this endpoint by a completed handshake.
+    key: Option<PublicKey>,
+    /// Generation of the linger timer; 0 while the endpoint has indices.
+    timer: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Subject {
+    Index(u32),
+    Endpoint(SocketAddr),
+}
+
+#[derive(Debug)]
+struct Timer {
+    at: Instant,
+    generation: u64,
+    subject: Subject,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Generations are unique, so this is a total order.
+        (self.at, self.generation).cmp(&(other.at, other.generation))
+    }
+}
+
+/// What a call to [`Table::expire`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub indices: usize,
+    pub endpoints: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    indices: HashMap<u32, IndexEntry>,
+    endpoints: HashMap<SocketAddr, EndpointEntry>,
+    /// Allow-list mode: where each key was last proven to live.
+    homes: HashMap<PublicKey, SocketAddr>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    generation: u64,
+    sessions: usize,
+}
+
+impl Table {
+    pub fn index(&self, index: u32) -> Option<&IndexEntry> {
+        self.indices.get(&index)
+    }
+
+    pub fn contains_index(&self, index: u32) -> bool {
+        self.indices.contains_key(&index)
+    }
+
+    pub fn is_known(&self, endpoint: SocketAddr) -> bool {
+        self.endpoints.contains_key(&endpoint)
+    }
+
+    pub fn index_count(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Established sessions (each has two indices).
+    pub fn session_count(&self) -> usize {
+        self.sessions / 2
+    }
+
+    /// Where `key` was last proven to live, if that endpoint is still known.
+    pub fn home(&self, key: &PublicKey) -> Option<SocketAddr> {
+        self.homes.get(key).copied()
+    }
+
+    /// Known endpoints an initiation from `from` may be broadcast to. With `skip_homed`, endpoints
+    /// already proven to hold some key are left out: the initiation names a key with no known home,
+    /// and a WireGuard endpoint holds exactly one key.
+    pub fn broadcast_targets(
+        &self,
+        from: SocketAddr,
+        skip_homed: bool,
+    ) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.endpoints
+            .iter()
+            .filter(move |(addr, e)| **addr != from && !(skip_homed && e.key.is_some()))
+            .map(|(addr, _)| *addr)
+    }
+
+    fn arm(&mut self, at: Instant, subject: Subject) -> u64 {
+        self.generation += 1;
+        self.timers.push(Reverse(Timer {
+            at,
+            generation: self.generation,
+            subject,
+        }));
+        self.generation
+    }
+
+    fn ref_endpoint(&mut self, endpoint: SocketAddr) {
+        let e = self.endpoints.entry(endpoint).or_insert(EndpointEntry {
+            refs: 0,
+            key: None,
+            timer: 0,
+        });
+        e.refs += 1;
+        // Disarm the linger timer: its heap node no longer matches.
+        e.timer = 0;
+    }
+
+    fn unref_endpoint(&mut self, now: Instant, endpoint: SocketAddr) {
+        let Some(e) = self.endpoints.get_mut(&endpoint) else {
+            return;
+        };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0 {
+            let generation = self.arm(now + ENDPOINT_LINGER, Subject::Endpoint(endpoint));
+            if let Some(e) = self.endpoints.get_mut(&endpoint) {
+                e.timer = generation;
+            }
+        }
+    }
+
+    /// Registers the sender index of an initiation. The caller has checked it is free.
+    pub fn insert_half_open(
+        &mut self,
+        now: Instant,
+        index: u32,
+        endpoint: SocketAddr,
+        counterpart: Option<PublicKey>,
+        unicast: bool,
+    ) {
+        self.ref_endpoint(endpoint);
+        let timer = self.arm(now + HALF_OPEN_TTL, Subject::Index(index));
+        self.indices.insert(
+            index,
+            IndexEntry {
+                endpoint,
+                state: State::HalfOpen,
+                role: Role::Initiator,
+                owner: None,
+                counterpart,
+                unicast,
+                confirmed: false,
+                timer,
+            },
+        );
+    }
+
+    /// Links a response's sender index to the half-open initiator index it answers. The caller
+    /// has checked that `initiator` is half-open and `responder` is free.
+    pub fn establish(
+        &mut self,
+        now: Instant,
+        initiator: u32,
+        responder: u32,
+        responder_endpoint: SocketAddr,
+        initiator_key: Option<PublicKey>,
+    ) {
+        let deadline = now + SESSION_TTL;
+        let timer = self.arm(deadline, Subject::Index(initiator));
+        let Some(init) = self.indices.get_mut(&initiator) else {
+            return;
+        };
+        init.state = State::Session { peer: responder };
+        init.owner = initiator_key;
+        init.timer = timer;
+        let responder_key = init.counterpart;
+
+        self.ref_endpoint(responder_endpoint);
+        let timer = self.arm(deadline, Subject::Index(responder));
+        self.indices.insert(
+            responder,
+            IndexEntry {
+                endpoint: responder_endpoint,
+                state: State::Session { peer: initiator },
+                role: Role::Responder,
+                owner: responder_key,
+                counterpart: initiator_key,
+                unicast: false,
+                confirmed: false,
+                timer,
+            },
+        );
+        self.sessions += 2;
+    }
+
+    /// Records that the handshake on `index` completed. Returns true the first time.
+    pub fn confirm(&mut self, index: u32) -> bool {
+        match self.indices.get_mut(&index) {
+            Some(e) if !e.confirmed => {
+                e.confirmed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that `key` lives at `endpoint`, replacing whatever either was bound to before.
+    pub fn set_home(&mut self, key: PublicKey, endpoint: SocketAddr) {
+        let Some(e) = self.endpoints.get_mut(&endpoint) else {
+            return;
+        };
+        let previous_key = e.key.replace(key);
+        if let Some(old) = previous_key.filter(|old| *old != key) {
+            self.homes.remove(&old);
+        }
+        if let Some(old_endpoint) = self.homes.insert(key, endpoint).filter(|a| *a != endpoint)
+            && let Some(old) = self.endpoints.get_mut(&old_endpoint)
+        {
+            old.key = None;
+        }
+    }
+
+    fn forget_home(&mut self, key: &PublicKey, endpoint: SocketAddr) {
+        if let Entry::Occupied(home) = self.homes.entry(*key)
+            && *home.get() == endpoint
+        {
+            home.remove();
+            if let Some(e) = self.endpoints.get_mut(&endpoint) {
+                e.key = None;
+            }
+        }
+    }
+
+    fn remove_index(&mut self, now: Instant, index: u32) -> Option<IndexEntry> {
+        let entry = self.indices.remove(&index)?;
+        match entry.state {
+            State::Session { .. } => self.sessions -= 1,
+            // An initiation sent to a key's known home went unanswered: the home is stale, so
+            // the next initiation for that key is broadcast again.
+            State::HalfOpen if entry.unicast => {
+                if let Some(key) = entry.counterpart
+                    && let Some(home) = self.homes.get(&key).copied()
+                {
+                    self.forget_home(&key, home);
+                }
+            }
+            State::HalfOpen => {}
+        }
+        self.unref_endpoint(now, entry.endpoint);
+        Some(entry)
+    }
+
+    /// Removes every entry whose deadline is at or before `now`.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let mut expired = Expired::default();
+        while let Some(Reverse(top)) = self.timers.peek() {
+            if top.at > now {
+                break;
+            }
+            let Some(Reverse(timer)) = self.timers.pop() else {
+                break;
+            };
+            match timer.subject {
+                Subject::Index(i) => {
+                    if self
+                        .indices
+                        .get(&i)
+                        .is_some_and(|e| e.timer == timer.generation)
+                    {
+                        // Linger from the deadline, not from whenever this call ran.
+                        self.remove_index(timer.at, i);
+                        expired.indices += 1;
+                    }
+                }
+                Subject::Endpoint(addr) => {
+                    let current = self
+                        .endpoints
+                        .get(&addr)
+                        .is_some_and(|e| e.refs == 0 && e.timer == timer.generation);
+                    if current {
+                        if let Some(key) = self.endpoints.get(&addr).and_then(|e| e.key) {
+                            self.forget_home(&key, addr);
+                        }
+                        self.endpoints.remove(&addr);
+                        expired.endpoints += 1;
+                    }
+                }
+            }
+        }
+        expired
+    }
+
+    /// The earliest pending deadline, possibly of a superseded timer (harmless: waking early).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse(t)| t.at)
+    }
+
+    /// Cuts every session and half-open index that involves a key `keep` rejects, and forgets
+    /// those keys' homes. Returns how many indices were removed. A full scan: reloads are rare.
+    pub fn revoke(&mut self, now: Instant, keep: impl Fn(&PublicKey) -> bool) -> usize {
+        let doomed: Vec<u32> = self
+            .indices
+            .iter()
+            .filter(|(_, e)| [e.owner, e.counterpart].iter().flatten().any(|k| !keep(k)))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in &doomed {
+            self.remove_index(now, *i);
+        }
+        let gone: Vec<(PublicKey, SocketAddr)> = self
+            .homes
+            .iter()
+            .filter(|(k, _)| !keep(k))
+            .map(|(k, a)| (*k, *a))
+            .collect();
+        for (key, addr) in gone {
+            self.forget_home(&key, addr);
+        }
+        doomed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, 1], port))
+    }
+
+    #[test]
+    fn half_open_index_lives_five_seconds() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.insert_half_open(t0, 1, addr(1), None, false);
+        assert_eq!(
+            t.expire(t0 + Duration::from_millis(4999)),
+            Expired::default()
+        );
+        assert!(t.contains_index(1));
+        assert_eq!(t.expire(t0 + HALF_OPEN_TTL).indices, 1);
+        assert!(!t.contains_index(1));
+        // The endpoint lingers a minute after its last index.
+        assert!(t.is_known(addr(1)));
+        let gone = t.expire(t0 + HALF_OPEN_TTL + ENDPOINT_LINGER);
+        assert_eq!(gone.endpoints, 1);
+        assert!(!t.is_known(addr(1)));
+        assert!(t.next_deadline().is_none());
+    }
+
+    #[test]
+    fn session_lives_three_minutes_from_the_response() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.insert_half_open(t0, 1, addr(1), None, false);
+        let t1 = t0 + Duration::from_secs(2);
+        t.establish(t1, 1, 2, addr(2), None);
+        assert_eq!(t.session_count(), 1);
+        // The half-open timer no longer applies.
+        t.expire(t0 + Duration::from_secs(10));
+        assert!(t.contains_index(1) && t.contains_index(2));
+        t.expire(t1 + SESSION_TTL - Duration::from_millis(1));
+        assert_eq!(t.session_count(), 1);
+        assert_eq!(t.expire(t1 + SESSION_TTL).indices, 2);
+        assert_eq!(t.session_count(), 0);
+        assert_eq!(t.index_count(), 0);
+    }
+
+    #[test]
+    fn endpoint_with_a_new_index_does_not_expire_on_the_old_timer() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.insert_half_open(t0, 1, addr(1), None, false);
+        t.expire(t0 + HALF_OPEN_TTL); // endpoint linger armed until t0+65
+        let t1 = t0 + Duration::from_secs(63);
+        t.insert_half_open(t1, 2, addr(1), None, false);
+        t.expire(t0 + HALF_OPEN_TTL + ENDPOINT_LINGER);
+        assert!(t.is_known(addr(1)), "old linger timer was disarmed");
+        // Expiry running late still lingers from the index's own deadline.
+        let late = t1 + HALF_OPEN_TTL + Duration::from_secs(30);
+        t.expire(late);
+        assert!(t.is_known(addr(1)));
+        t.expire(t1 + HALF_OPEN_TTL + ENDPOINT_LINGER);
+        assert!(!t.is_known(addr(1)));
+    }
+
+    #[test]
+    fn unanswered_unicast_forgets_the_home() {
+        let t0 = Instant::now();
+        let (ka, kb) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let mut t = Table::default();
+        t.insert_half_open(t0, 1, addr(1), Some(kb), false);
+        t.establish(t0, 1, 2, addr(2), Some(ka));
+        t.set_home(kb, addr(2));
+        t.set_home(ka, addr(1));
+        assert_eq!(t.home(&kb), Some(addr(2)));
+        // An initiation unicast to B's home goes unanswered.
+        t.insert_half_open(t0, 3, addr(1), Some(kb), true);
+        t.expire(t0 + HALF_OPEN_TTL);
+        assert_eq!(t.home(&kb), None);
+        assert_eq!(t.home(&ka), Some(addr(1)));
+        let targets: Vec<_> = t.broadcast_targets(addr(9), true).collect();
+        assert_eq!(
+            targets,
+            vec![addr(2)],
+            "B's endpoint is a broadcast target again"
+        );
+    }
+
+    #[test]
+    fn revoke_cuts_only_sessions_of_removed_keys() {
+        let t0 = Instant::now();
+        let (ka, kb, kc) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
+        let mut t = Table::default();
+        t.insert_half_open(t0, 1, addr(1), Some(kb), false);
+        t.establish(t0, 1, 2, addr(2), Some(ka));
+        t.insert_half_open(t0, 3, addr(3), Some(ka), false);
+        t.establish(t0, 3, 4, addr(1), Some(kc));
+        t.set_home(kc, addr(3));
+        assert_eq!(t.session_count(), 2);
+        let removed = t.revoke(t0, |k| *k != kc);
+        assert_eq!(removed, 2);
+        assert!(t.contains_index(1) && t.contains_index(2));
+        assert!(!t.contains_index(3) && !t.contains_index(4));
+        assert_eq!(t.home(&kc), None);
+        assert_eq!(t.session_count(), 1);
+    }
+}

@@ -1,0 +1,730 @@
+//! The sans-IO core driven by real WireGuard messages from boringtun, with an injected clock.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Identity, Peer, ipv4_packet};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use wpex::keys::AllowedKeys;
+use wpex::message::Kind;
+use wpex::relay::COOKIE_ROTATION;
+use wpex::stats::DropReason;
+use wpex::table::{HALF_OPEN_TTL, SESSION_TTL};
+use wpex::{Access, Config, Output, Relay};
+
+const A: &str = "198.51.100.10:51820";
+const B: &str = "203.0.113.20:40001";
+const C: &str = "203.0.113.30:40002";
+const FORGER: &str = "192.0.2.66:6666";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn open_relay(now: Instant) -> Relay {
+    Relay::new(Config::default(), now, [7; 32])
+}
+
+fn allow_relay(now: Instant, keys: &[&Identity]) -> Relay {
+    let config = Config {
+        access: Access::AllowList(AllowedKeys::new(keys.iter().map(|k| k.public))),
+        ..Config::default()
+    };
+    Relay::new(config, now, [7; 32])
+}
+
+/// Feeds a datagram to the relay and returns it as rewritten, with the relay's decision.
+fn feed(relay: &mut Relay, now: Instant, from: &str, datagram: &[u8]) -> (Output, Vec<u8>) {
+    let mut buf = datagram.to_vec();
+    let out = relay.handle_input(now, addr(from), &mut buf);
+    (out, buf)
+}
+
+fn forwarded_to(out: &Output) -> Vec<SocketAddr> {
+    match out {
+        Output::Forward(to) => vec![*to],
+        Output::Broadcast(to) => {
+            let mut to = to.clone();
+            to.sort();
+            to
+        }
+        other => panic!("expected forwarding, got {other:?}"),
+    }
+}
+
+/// Two peers that know each other, A at address A and B at address B.
+struct Pair {
+    a: Peer,
+    b: Peer,
+}
+
+fn pair(ia: &Identity, ib: &Identity) -> Pair {
+    Pair {
+        a: Peer::new(ia, ib, false),
+        b: Peer::new(ib, ia, false),
+    }
+}
+
+/// Runs a full handshake A -> B through an open-mode or already-verified relay, then one data
+/// packet each way, asserting every hop. Returns A's (initiator's) and B's first data packets.
+fn handshake_and_data(relay: &mut Relay, now: Instant, p: &mut Pair) -> (Vec<u8>, Vec<u8>) {
+    let init = p.a.initiation();
+    let (out, init) = feed(relay, now, A, &init);
+    assert!(
+        forwarded_to(&out).contains(&addr(B)),
+        "initiation reached B: {out:?}"
+    );
+
+    let got = p.b.receive(&init);
+    assert_eq!(got.error, None, "B accepts the relayed initiation");
+    let [response] = got.network.as_slice() else {
+        panic!("B sends one response, got {got:?}")
+    };
+    let (out, response) = feed(relay, now, B, response);
+    assert_eq!(out, Output::Forward(addr(A)));
+
+    let got = p.a.receive(&response);
+    assert_eq!(got.error, None, "A accepts the relayed response");
+    // boringtun confirms the session with a keepalive, sent to B's index.
+    let [keepalive] = got.network.as_slice() else {
+        panic!("A sends one keepalive, got {got:?}")
+    };
+    let (out, _) = feed(relay, now, A, keepalive);
+    assert_eq!(out, Output::Forward(addr(B)));
+    assert_eq!(p.b.receive(keepalive).error, None);
+
+    let from_a = p.a.send(&ipv4_packet(b"hello from A"));
+    let (out, _) = feed(relay, now, A, &from_a);
+    assert_eq!(out, Output::Forward(addr(B)));
+    assert_eq!(
+        p.b.receive(&from_a).tunnel,
+        vec![ipv4_packet(b"hello from A")]
+    );
+
+    let from_b = p.b.send(&ipv4_packet(b"hello from B"));
+    let (out, _) = feed(relay, now, B, &from_b);
+    assert_eq!(out, Output::Forward(addr(A)));
+    assert_eq!(
+        p.a.receive(&from_b).tunnel,
+        vec![ipv4_packet(b"hello from B")]
+    );
+    (from_a, from_b)
+}
+
+/// Makes `addr` a known endpoint of an open relay by letting it send an initiation.
+fn register(relay: &mut Relay, now: Instant, at: &str, peer: &mut Peer) {
+    let init = peer.initiation();
+    let (out, _) = feed(relay, now, at, &init);
+    assert!(matches!(out, Output::Broadcast(_)), "{out:?}");
+}
+
+#[test]
+fn open_mode_relays_a_real_handshake_and_data_both_ways() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    // B is known to the relay only once it has sent something.
+    register(&mut relay, t0, B, &mut p.b);
+    handshake_and_data(&mut relay, t0, &mut p);
+
+    assert_eq!(relay.table().session_count(), 1);
+    let stats = relay.stats();
+    assert_eq!(
+        stats.forwarded(Kind::Initiation).packets,
+        1,
+        "B's lone initiation had no one to reach"
+    );
+    assert_eq!(stats.forwarded(Kind::Response).packets, 1);
+    assert_eq!(stats.forwarded(Kind::Data).packets, 3);
+    assert_eq!(stats.dropped_total(), 0);
+}
+
+#[test]
+fn initiations_are_broadcast_to_every_other_known_endpoint() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
+    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    register(&mut relay, t0, C, &mut Peer::new(&ic, &ia, false));
+    let (out, _) = feed(&mut relay, t0, A, &Peer::new(&ia, &ib, false).initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(B), addr(C)]);
+}
+
+#[test]
+fn allow_list_checks_mac1_on_initiations_and_responses() {
+    let t0 = Instant::now();
+    let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
+    let mut relay = allow_relay(t0, &[&ia, &ib]);
+
+    // C -> D where D is not allowed: the initiation's mac1 names no allowed key.
+    let id = Identity::random();
+    let (out, _) = feed(&mut relay, t0, C, &Peer::new(&ic, &id, false).initiation());
+    assert_eq!(out, Output::Drop(DropReason::Mac1Invalid));
+
+    // A -> C: C is not allowed either.
+    let (out, _) = feed(&mut relay, t0, A, &Peer::new(&ia, &ic, false).initiation());
+    assert_eq!(out, Output::Drop(DropReason::Mac1Invalid));
+    assert_eq!(
+        relay.table().index_count(),
+        0,
+        "dropped before touching the table"
+    );
+    assert_eq!(relay.table().endpoint_count(), 0);
+
+    // A -> B: addressed to an allowed key, so the relay challenges A's address.
+    let (out, _) = feed(&mut relay, t0, A, &Peer::new(&ia, &ib, false).initiation());
+    assert!(
+        matches!(out, Output::CookieReply(to, _) if to == addr(A)),
+        "{out:?}"
+    );
+
+    // C -> A is addressed to an allowed key, but A's response is keyed to C, who is not allowed.
+    let mut c_to_a = Peer::new(&ic, &ia, false);
+    let mut a_to_c = Peer::new(&ia, &ic, false);
+    let init = c_to_a.initiation();
+    let got = a_to_c.receive(&init);
+    let [response] = got.network.as_slice() else {
+        panic!("A answers C directly: {got:?}")
+    };
+    let (out, _) = feed(&mut relay, t0, A, response);
+    // The response names no waiting index here, but mac1 is checked first.
+    assert_eq!(out, Output::Drop(DropReason::Mac1Invalid));
+    assert_eq!(relay.stats().dropped(DropReason::Mac1Invalid), 3);
+}
+
+/// Walks a peer through the relay's cookie challenge; returns the retried initiation as forwarded.
+fn pass_cookie_challenge(
+    relay: &mut Relay,
+    now: Instant,
+    at: &str,
+    peer: &mut Peer,
+) -> (Output, Vec<u8>) {
+    let (out, _) = feed(relay, now, at, &peer.initiation());
+    let Output::CookieReply(to, reply) = out else {
+        panic!("expected a cookie reply, got {out:?}")
+    };
+    assert_eq!(to, addr(at));
+    let got = peer.receive(&reply);
+    assert_eq!(
+        got.error, None,
+        "the real implementation accepts the relay's cookie reply"
+    );
+    assert!(got.network.is_empty() && got.tunnel.is_empty());
+
+    let retry = peer.initiation();
+    assert_ne!(
+        &retry[132..148],
+        &[0u8; 16],
+        "the retry carries a mac2 from the relay's cookie"
+    );
+    let (out, forwarded) = feed(relay, now, at, &retry);
+    assert!(
+        matches!(out, Output::Broadcast(_) | Output::Forward(_)),
+        "{out:?}"
+    );
+    assert_eq!(
+        &forwarded[132..148],
+        &[0u8; 16],
+        "mac2 stripped before forwarding"
+    );
+    assert_eq!(&forwarded[..132], &retry[..132], "nothing else changed");
+    (out, forwarded)
+}
+
+#[test]
+fn cookie_challenge_is_accepted_by_a_real_peer_and_its_mac2_verified_and_stripped() {
+    let t0 = Instant::now();
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut relay = allow_relay(t0, &[&ia, &ib]);
+    let mut p = pair(&ia, &ib);
+
+    // B registers first (cookie round), so A's initiation has someone to reach.
+    let (out, _) = pass_cookie_challenge(&mut relay, t0, B, &mut p.b);
+    assert_eq!(out, Output::Broadcast(vec![]));
+    let (out, forwarded) = pass_cookie_challenge(&mut relay, t0, A, &mut p.a);
+    assert_eq!(out, Output::Broadcast(vec![addr(B)]));
+    assert_eq!(relay.stats().cookie_replies, 2);
+
+    // B accepts the stripped initiation and answers through the relay.
+    let got = p.b.receive(&forwarded);
+    assert_eq!(got.error, None);
+    // B still holds the relay's cookie from its own challenge, so its response carries mac2.
+    assert_ne!(&got.network[0][76..92], &[0u8; 16]);
+    let (out, response) = feed(&mut relay, t0, B, &got.network[0]);
+    assert_eq!(out, Output::Forward(addr(A)));
+    assert_eq!(
+        &response[76..92],
+        &[0u8; 16],
+        "mac2 stripped from the response"
+    );
+    assert_eq!(&response[..76], &got.network[0][..76]);
+    let got = p.a.receive(&response);
+    assert_eq!(got.error, None);
+    let (out, _) = feed(&mut relay, t0, A, &got.network[0]);
+    assert_eq!(out, Output::Forward(addr(B)));
+}
+
+#[test]
+fn a_response_from_an_unknown_address_is_challenged_and_its_retry_stripped() {
+    let t0 = Instant::now();
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut relay = allow_relay(t0, &[&ia, &ib]);
+    let mut p = pair(&ia, &ib);
+    let (_, first) = pass_cookie_challenge(&mut relay, t0, A, &mut p.a);
+
+    // B answers from an address the relay never verified (it got the initiation out of band).
+    let got = p.b.receive(&first);
+    let (out, _) = feed(&mut relay, t0, B, &got.network[0]);
+    let Output::CookieReply(to, reply) = out else {
+        panic!("expected a challenge, got {out:?}")
+    };
+    assert_eq!(to, addr(B));
+    assert_eq!(
+        p.b.receive(&reply).error,
+        None,
+        "B accepts the cookie for its response"
+    );
+    assert!(
+        !relay.table().is_known(addr(B)),
+        "an unverified responder is not registered"
+    );
+
+    // A retries; B's next response carries the relay's mac2, which is verified and stripped.
+    let retry = p.a.initiation();
+    let (out, retry) = feed(&mut relay, t0, A, &retry);
+    assert_eq!(out, Output::Broadcast(vec![]), "A is known; no one else is");
+    let got = p.b.receive(&retry);
+    let response = &got.network[0];
+    assert_ne!(&response[76..92], &[0u8; 16]);
+    let (out, stripped) = feed(&mut relay, t0, B, response);
+    assert_eq!(out, Output::Forward(addr(A)));
+    assert_eq!(&stripped[76..92], &[0u8; 16]);
+    assert_eq!(
+        p.a.receive(&stripped).error,
+        None,
+        "A accepts the stripped response"
+    );
+}
+
+#[test]
+fn a_mac2_from_the_real_peers_own_cookie_passes_untouched() {
+    let t0 = Instant::now();
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut relay = allow_relay(t0, &[&ia, &ib]);
+    let mut a = Peer::new(&ia, &ib, false);
+    let mut b = Peer::new(&ib, &ia, true); // B is under load and demands its own cookie
+    pass_cookie_challenge(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    let (_, forwarded) = pass_cookie_challenge(&mut relay, t0, A, &mut a);
+
+    let got = b.receive(&forwarded);
+    let [cookie_reply] = got.network.as_slice() else {
+        panic!("B under load answers with a cookie reply: {got:?}")
+    };
+    let (out, _) = feed(&mut relay, t0, B, cookie_reply);
+    assert_eq!(out, Output::Forward(addr(A)));
+    assert_eq!(a.receive(cookie_reply).error, None);
+
+    // A's next initiation carries B's cookie in mac2; the relay must not strip it.
+    let init = a.initiation();
+    let (_, forwarded) = feed(&mut relay, t0, A, &init);
+    assert_eq!(forwarded, init, "B's own mac2 is forwarded as is");
+    let got = b.receive(&forwarded);
+    assert_eq!(got.error, None);
+    assert_eq!(
+        got.network[0][0], 2,
+        "B under load now answers with a response"
+    );
+}
+
+#[test]
+fn indices_expire_on_the_wpex_timers() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    register(&mut relay, t0, B, &mut p.b);
+
+    // A response that arrives after the half-open index expired finds nobody.
+    let (_, init) = feed(&mut relay, t0, A, &p.a.initiation());
+    let response = p.b.receive(&init).network.remove(0);
+    relay.handle_timeout(t0 + HALF_OPEN_TTL);
+    let (out, _) = feed(&mut relay, t0 + HALF_OPEN_TTL, B, &response);
+    assert_eq!(out, Output::Drop(DropReason::UnknownReceiver));
+
+    // A session lives 180 s from the response, not refreshed by traffic.
+    let t1 = t0 + Duration::from_secs(10);
+    let (from_a, _) = handshake_and_data(&mut relay, t1, &mut p);
+    let almost = t1 + SESSION_TTL - Duration::from_millis(1);
+    relay.handle_timeout(almost);
+    assert_eq!(
+        feed(&mut relay, almost, A, &from_a).0,
+        Output::Forward(addr(B))
+    );
+    relay.handle_timeout(t1 + SESSION_TTL);
+    assert_eq!(relay.table().session_count(), 0);
+    assert_eq!(
+        feed(&mut relay, t1 + SESSION_TTL, A, &from_a).0,
+        Output::Drop(DropReason::UnknownReceiver)
+    );
+    assert!(relay.poll_timeout() > t1 + SESSION_TTL);
+}
+
+#[test]
+fn a_forged_transport_packet_cannot_move_a_session() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    register(&mut relay, t0, B, &mut p.b);
+    let (from_a, from_b) = handshake_and_data(&mut relay, t0, &mut p);
+
+    // The forger replays B's packet (receiver index visible in clear) from its own address.
+    let (out, _) = feed(&mut relay, t0, FORGER, &from_b);
+    assert_eq!(out, Output::Drop(DropReason::UnexpectedSource));
+    // Traffic to B still goes to B, not to the forger.
+    let again = p.a.send(&ipv4_packet(b"still yours"));
+    assert_eq!(feed(&mut relay, t0, A, &again).0, Output::Forward(addr(B)));
+    assert_eq!(
+        feed(&mut relay, t0, FORGER, &from_a).0,
+        Output::Drop(DropReason::UnexpectedSource)
+    );
+}
+
+#[test]
+fn a_live_index_cannot_be_taken_over_by_another_initiation() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    register(&mut relay, t0, B, &mut p.b);
+    let init = p.a.initiation();
+    feed(&mut relay, t0, A, &init);
+    let (out, _) = feed(&mut relay, t0, FORGER, &init);
+    assert_eq!(out, Output::Drop(DropReason::IndexInUse));
+    let index = u32::from_le_bytes(init[4..8].try_into().expect("4 bytes"));
+    assert_eq!(
+        relay.table().index(index).map(|e| e.endpoint),
+        Some(addr(A))
+    );
+}
+
+#[test]
+fn a_response_for_an_unknown_index_registers_nothing() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut b_direct = Peer::new(&ib, &ia, false);
+    let response = b_direct
+        .receive(&Peer::new(&ia, &ib, false).initiation())
+        .network
+        .remove(0);
+    let (out, _) = feed(&mut relay, t0, B, &response);
+    assert_eq!(out, Output::Drop(DropReason::UnknownReceiver));
+    assert_eq!(relay.table().endpoint_count(), 0);
+    assert_eq!(relay.table().index_count(), 0);
+}
+
+#[test]
+fn broadcast_rate_limits_copies_with_a_burst_of_five_times_the_rate() {
+    let t0 = Instant::now();
+    let config = Config {
+        broadcast_rate: 1,
+        source_rate: 0,
+        ..Config::default()
+    };
+    let mut relay = Relay::new(config, t0, [1; 32]);
+    let target = Identity::random();
+    // Eight endpoints register; each registration broadcast also spends tokens.
+    let mut sent = 0;
+    for port in 0..8u16 {
+        let at = format!("198.51.100.{}:{}", port + 1, 1000 + port);
+        let (out, _) = feed(
+            &mut relay,
+            t0,
+            &at,
+            &Peer::new(&Identity::random(), &target, false).initiation(),
+        );
+        sent += forwarded_to(&out).len();
+    }
+    // 0+1+2+...+7 = 28 copies were wanted; only the burst of 5 went out.
+    assert_eq!(sent, 5);
+    assert_eq!(relay.stats().broadcast_limited, 23);
+    // One second later one more token is there.
+    let t1 = t0 + Duration::from_secs(1);
+    let (out, _) = feed(
+        &mut relay,
+        t1,
+        A,
+        &Peer::new(&Identity::random(), &target, false).initiation(),
+    );
+    assert_eq!(forwarded_to(&out).len(), 1);
+}
+
+#[test]
+fn one_source_cannot_flood_initiations() {
+    let t0 = Instant::now();
+    let config = Config {
+        source_rate: 2,
+        ..Config::default()
+    };
+    let mut relay = Relay::new(config, t0, [1; 32]);
+    let mut peer = Peer::new(&Identity::random(), &Identity::random(), false);
+    let outcomes: Vec<Output> = (0..20)
+        .map(|_| feed(&mut relay, t0, A, &peer.initiation()).0)
+        .collect();
+    let limited = outcomes
+        .iter()
+        .filter(|o| **o == Output::Drop(DropReason::SourceRateLimited))
+        .count();
+    assert_eq!(limited, 10, "burst of 5 x 2 passes");
+    // Another source is not affected.
+    let (out, _) = feed(&mut relay, t0, B, &peer.initiation());
+    assert!(matches!(out, Output::Broadcast(_)));
+}
+
+#[test]
+fn the_table_is_bounded() {
+    let t0 = Instant::now();
+    let config = Config {
+        max_indices: 3,
+        source_rate: 0,
+        ..Config::default()
+    };
+    let mut relay = Relay::new(config, t0, [1; 32]);
+    let mut peer = Peer::new(&Identity::random(), &Identity::random(), false);
+    for _ in 0..3 {
+        assert!(matches!(
+            feed(&mut relay, t0, A, &peer.initiation()).0,
+            Output::Broadcast(_)
+        ));
+    }
+    assert_eq!(
+        feed(&mut relay, t0, A, &peer.initiation()).0,
+        Output::Drop(DropReason::TableFull)
+    );
+    relay.handle_timeout(t0 + HALF_OPEN_TTL);
+    assert!(matches!(
+        feed(&mut relay, t0 + HALF_OPEN_TTL, A, &peer.initiation()).0,
+        Output::Broadcast(_)
+    ));
+}
+
+#[test]
+fn cookies_expire_after_two_rotations() {
+    let t0 = Instant::now();
+    let (ia, ib) = (Identity::random(), Identity::random());
+    // Relays built from the same seed start with the same cookie secret.
+    let mut relays: Vec<Relay> = (0..3).map(|_| allow_relay(t0, &[&ia, &ib])).collect();
+    let mut a = Peer::new(&ia, &ib, false);
+    let Output::CookieReply(_, reply) = feed(&mut relays[0], t0, A, &a.initiation()).0 else {
+        panic!("expected a challenge")
+    };
+    assert_eq!(a.receive(&reply).error, None);
+    let with_cookie = a.initiation();
+    assert!(matches!(
+        feed(&mut relays[0], t0, A, &with_cookie).0,
+        Output::Broadcast(_)
+    ));
+
+    let once = t0 + COOKIE_ROTATION;
+    relays[1].handle_timeout(once);
+    let (out, _) = feed(&mut relays[1], once, A, &with_cookie);
+    assert!(
+        matches!(out, Output::Broadcast(_)),
+        "the previous secret is still accepted: {out:?}"
+    );
+
+    let twice = t0 + COOKIE_ROTATION * 2;
+    relays[2].handle_timeout(once);
+    relays[2].handle_timeout(twice);
+    let (out, _) = feed(&mut relays[2], twice, A, &with_cookie);
+    assert!(
+        matches!(out, Output::CookieReply(..)),
+        "two rotations later: {out:?}"
+    );
+}
+
+#[test]
+fn allow_list_learns_where_keys_live_and_stops_broadcasting_to_them() {
+    let t0 = Instant::now();
+    let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
+    let mut relay = allow_relay(t0, &[&ia, &ib, &ic]);
+    pass_cookie_challenge(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    pass_cookie_challenge(&mut relay, t0, C, &mut Peer::new(&ic, &ia, false));
+    let (out, _) = pass_cookie_challenge(&mut relay, t0, A, &mut Peer::new(&ia, &ib, false));
+    assert_eq!(
+        forwarded_to(&out),
+        vec![addr(B), addr(C)],
+        "B's home is unknown: broadcast"
+    );
+
+    // A handshake completes; A's keepalive to B's index proves both homes.
+    let mut q = pair(&ia, &ib);
+    let (out, init) = feed(&mut relay, t0, A, &q.a.initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(B), addr(C)]);
+    let response = q.b.receive(&init).network.remove(0);
+    let (_, response) = feed(&mut relay, t0, B, &response);
+    let keepalive = q.a.receive(&response).network.remove(0);
+    assert_eq!(
+        feed(&mut relay, t0, A, &keepalive).0,
+        Output::Forward(addr(B))
+    );
+
+    // Now A's next initiation goes to B alone...
+    let (out, init) = feed(&mut relay, t0, A, &q.a.initiation());
+    assert_eq!(out, Output::Forward(addr(B)));
+    assert_eq!(q.b.receive(&init).error, None);
+    // ...and C's initiation for A goes to A alone: A's key was proven by the same session.
+    let (out, _) = feed(&mut relay, t0, C, &Peer::new(&ic, &ia, false).initiation());
+    assert_eq!(out, Output::Forward(addr(A)));
+
+    // If B stops answering, the unicast goes unanswered and the relay broadcasts again.
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(
+        feed(&mut relay, t1, A, &q.a.initiation()).0,
+        Output::Forward(addr(B))
+    );
+    relay.handle_timeout(t1 + HALF_OPEN_TTL);
+    let (out, _) = feed(&mut relay, t1 + HALF_OPEN_TTL, A, &q.a.initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(B), addr(C)]);
+}
+
+#[test]
+fn removing_a_key_cuts_its_sessions_and_keeps_the_others() {
+    let t0 = Instant::now();
+    let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
+    let mut relay = open_relay(t0);
+    relay.set_allowed_keys(t0, AllowedKeys::new([ia.public, ib.public, ic.public]));
+    let mut ab = pair(&ia, &ib);
+    let mut p_c = Peer::new(&ic, &ia, false);
+    let mut p_ac = Peer::new(&ia, &ic, false);
+    // Verify all three addresses, then complete A<->B and C<->A.
+    pass_cookie_challenge(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    pass_cookie_challenge(&mut relay, t0, A, &mut Peer::new(&ia, &ib, false));
+    pass_cookie_challenge(&mut relay, t0, C, &mut Peer::new(&ic, &ia, false));
+    let (ab_data, _) = handshake_and_data(&mut relay, t0, &mut ab);
+
+    let (_, init) = feed(&mut relay, t0, C, &p_c.initiation());
+    let resp = p_ac.receive(&init).network.remove(0);
+    assert_eq!(feed(&mut relay, t0, A, &resp).0, Output::Forward(addr(C)));
+    let keepalive = p_c.receive(&resp).network.remove(0);
+    assert_eq!(
+        feed(&mut relay, t0, C, &keepalive).0,
+        Output::Forward(addr(A))
+    );
+    assert_eq!(relay.table().session_count(), 2);
+
+    let cut = relay.set_allowed_keys(t0, AllowedKeys::new([ia.public, ib.public]));
+    assert_eq!(cut, 2, "both indices of the C<->A session");
+    assert_eq!(
+        feed(&mut relay, t0, C, &p_c.send(&ipv4_packet(b"x"))).0,
+        Output::Drop(DropReason::UnknownReceiver)
+    );
+    assert_eq!(
+        feed(&mut relay, t0, A, &ab_data).0,
+        Output::Forward(addr(B)),
+        "A<->B untouched"
+    );
+    // C may still knock (its initiation names A, who is allowed) but A's answer, keyed to C, is
+    // dropped: no new session with C can form.
+    let (_, init) = feed(&mut relay, t0, C, &p_c.initiation());
+    let resp = p_ac.receive(&init).network.remove(0);
+    assert_eq!(
+        feed(&mut relay, t0, A, &resp).0,
+        Output::Drop(DropReason::Mac1Invalid)
+    );
+}
+
+#[test]
+fn malformed_input_of_every_kind_is_dropped_and_counted_without_panic() {
+    let t0 = Instant::now();
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut relays = [open_relay(t0), allow_relay(t0, &[&ia, &ib])];
+    let mut rng = StdRng::seed_from_u64(42);
+    let real = [
+        Peer::new(&ia, &ib, false).initiation(),
+        Peer::new(&ib, &ia, false)
+            .receive(&Peer::new(&ia, &ib, false).initiation())
+            .network
+            .remove(0),
+    ];
+    for relay in &mut relays {
+        let mut datagrams: Vec<Vec<u8>> = Vec::new();
+        for len in 0..=200usize {
+            for ty in 0..=5u8 {
+                let mut d: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+                if let Some(first) = d.first_mut() {
+                    *first = ty;
+                }
+                // Mostly well-formed headers, so the length checks are reached too.
+                if len >= 4 && rng.gen_bool(0.8) {
+                    d[1..4].fill(0);
+                }
+                datagrams.push(d);
+            }
+        }
+        // Truncated, extended and bit-flipped real handshakes.
+        for msg in &real {
+            for cut in 0..msg.len() {
+                datagrams.push(msg[..cut].to_vec());
+            }
+            let mut longer = msg.clone();
+            longer.push(0);
+            datagrams.push(longer);
+            for bit in 0..msg.len() * 8 {
+                let mut flipped = msg.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                datagrams.push(flipped);
+            }
+        }
+        let mut src_port = 1u16;
+        let mut drops = 0;
+        for mut d in datagrams {
+            src_port = src_port.wrapping_add(1);
+            let from = SocketAddr::from(([192, 0, 2, 99], src_port));
+            let expected = malformed(&d);
+            let out = relay.handle_input(t0, from, &mut d);
+            if let Some(reason) = expected {
+                assert_eq!(out, Output::Drop(reason), "{d:?}");
+            }
+            drops += u64::from(matches!(out, Output::Drop(_)));
+        }
+        assert_eq!(
+            relay.stats().dropped_total(),
+            drops,
+            "every drop is counted"
+        );
+        let s = relay.stats();
+        for reason in [
+            DropReason::TooShort,
+            DropReason::UnknownType,
+            DropReason::BadLength,
+            DropReason::Reserved,
+        ] {
+            assert!(s.dropped(reason) > 0, "{} counted", reason.as_str());
+        }
+    }
+    assert!(relays[1].stats().dropped(DropReason::Mac1Invalid) > 0);
+}
+
+/// An oracle written from PROTOCOL.md, independent of the parser: why `d` is not WireGuard.
+fn malformed(d: &[u8]) -> Option<DropReason> {
+    if d.len() < 4 {
+        return Some(DropReason::TooShort);
+    }
+    if d[1..4] != [0, 0, 0] {
+        return Some(DropReason::Reserved);
+    }
+    let size_ok = match d[0] {
+        1 => d.len() == 148,
+        2 => d.len() == 92,
+        3 => d.len() == 64,
+        4 => d.len() >= 32,
+        _ => return Some(DropReason::UnknownType),
+    };
+    (!size_ok).then_some(DropReason::BadLength)
+}
