@@ -2,7 +2,10 @@
 
 use std::ffi::OsString;
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
 
 use crate::keys::PublicKey;
 
@@ -34,6 +37,19 @@ pub struct Args {
     #[arg(long = "allow", value_name = "KEY")]
     pub allow: Vec<PublicKey>,
 
+    /// A file of allowed public keys, one per line (`#` comments allowed), followed as it
+    /// changes. Combines with --allow. An empty file allows nobody.
+    #[arg(long, value_name = "PATH")]
+    pub allow_file: Option<PathBuf>,
+
+    /// Serve /metrics, /healthz and /readyz on this address (for example 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Enable debug logs.
     #[arg(long)]
     pub debug: bool,
@@ -41,6 +57,12 @@ pub struct Args {
     /// Receive sockets (SO_REUSEPORT). Default: one per CPU.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 const BOOL_FLAGS: &[&str] = &["debug", "version", "help"];

@@ -3,6 +3,7 @@
 //! It owns no socket and reads no clock. The IO layer calls [`Relay::handle_input`] for every
 //! datagram and [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,8 @@ pub struct Relay {
     max_endpoints: usize,
     rng: StdRng,
     stats: Stats,
+    /// Allow-list mode: when each key last completed a handshake through the relay.
+    last_handshake: HashMap<PublicKey, Instant>,
 }
 
 /// A decision, plus where to zero a mac2 that only this relay could have asked for.
@@ -116,6 +119,7 @@ impl Relay {
             max_endpoints: config.max_endpoints,
             rng,
             stats: Stats::default(),
+            last_handshake: HashMap::new(),
         }
     }
 
@@ -127,18 +131,24 @@ impl Relay {
         &self.table
     }
 
-    /// Allow-list mode: the number of allowed keys. `None` in open mode.
-    pub fn allowed_key_count(&self) -> Option<usize> {
+    /// The allow-list; `None` in open mode.
+    pub fn allowed_keys(&self) -> Option<&AllowedKeys> {
         match &self.access {
             Access::Open => None,
-            Access::AllowList(keys) => Some(keys.len()),
+            Access::AllowList(keys) => Some(keys),
         }
+    }
+
+    /// Allow-list mode: each key's last completed handshake. Bounded by the number of keys.
+    pub fn last_handshakes(&self) -> impl Iterator<Item = (&PublicKey, &Instant)> {
+        self.last_handshake.iter()
     }
 
     /// Replaces the allow-list. Sessions involving a key no longer allowed are cut at once; the
     /// others are untouched. Returns how many indices were cut.
     pub fn set_allowed_keys(&mut self, now: Instant, keys: AllowedKeys) -> usize {
         let cut = self.table.revoke(now, |k| keys.contains(k));
+        self.last_handshake.retain(|k, _| keys.contains(k));
         self.access = Access::AllowList(keys);
         cut
     }
@@ -162,7 +172,10 @@ impl Relay {
         }
         let copies = match &decision.output {
             Output::Forward(_) => 1,
-            Output::Broadcast(to) => to.len() as u64,
+            Output::Broadcast(to) => {
+                self.stats.broadcast_copies += to.len() as u64;
+                to.len() as u64
+            }
             Output::CookieReply(..) => {
                 self.stats.cookie_replies += 1;
                 0
@@ -332,6 +345,10 @@ impl Relay {
         }
         self.table
             .establish(now, initiator, responder, src, initiator_key);
+        let responder_key = self.table.index(responder).and_then(|e| e.owner);
+        for key in [initiator_key, responder_key].into_iter().flatten() {
+            self.last_handshake.insert(key, now);
+        }
         Decision {
             output: Output::Forward(initiator_endpoint),
             strip_mac2_at,

@@ -100,7 +100,7 @@ fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Vec<UdpSocket>,
 }
 
 /// Logs IO errors at most once per interval, counting the rest, so a dead peer cannot flood logs.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct IoErrors {
     count: AtomicU64,
     last_logged: Mutex<Option<Instant>>,
@@ -225,22 +225,5 @@ pub async fn shutdown_signal() -> Result<(), ServerError> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    Ok(())
-}
-
-/// Binds and relays until SIGINT or SIGTERM.
-pub async fn run(config: Config, bind: &str, port: u16, workers: usize) -> Result<(), ServerError> {
-    let server = Server::bind(config, bind, port, workers)?;
-    let addr = server.local_addr().ok();
-    let signals = tokio::spawn(shutdown_signal());
-    tracing::info!(?addr, workers, "server listening");
-    server
-        .serve(async {
-            if let Ok(Err(e)) = signals.await {
-                tracing::error!(%e, "no signal handling; stop with SIGKILL");
-                std::future::pending::<()>().await;
-            }
-        })
-        .await;
     Ok(())
 }

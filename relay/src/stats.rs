@@ -81,6 +81,8 @@ pub struct Stats {
     forwarded: [Traffic; 4],
     dropped: [u64; DropReason::ALL.len()],
     pub cookie_replies: u64,
+    /// Copies of initiations sent by broadcast (unicast initiations are not counted here).
+    pub broadcast_copies: u64,
     pub broadcast_limited: u64,
     pub expired_indices: u64,
     pub expired_endpoints: u64,

@@ -2,75 +2,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
-
-use common::{Identity, Peer, ipv4_packet};
+use common::{Endpoint, Identity, Peer, ipv4_packet};
 use wpex::keys::AllowedKeys;
 use wpex::message::Kind;
 use wpex::server::{Server, lock};
 use wpex::{Access, Config};
-
-struct Endpoint {
-    socket: UdpSocket,
-    peer: Peer,
-    relay: SocketAddr,
-}
-
-impl Endpoint {
-    fn new(peer: Peer, relay: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("set timeout");
-        Self {
-            socket,
-            peer,
-            relay,
-        }
-    }
-
-    fn send(&self, datagram: &[u8]) {
-        self.socket
-            .send_to(datagram, self.relay)
-            .expect("send to relay");
-    }
-
-    fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 65536];
-        let (n, from) = self
-            .socket
-            .recv_from(&mut buf)
-            .expect("a datagram from the relay");
-        assert_eq!(from, self.relay, "everything arrives via the relay");
-        buf.truncate(n);
-        buf
-    }
-
-    /// Sends an initiation; in allow-list mode answers the relay's cookie challenge first.
-    fn initiate(&mut self, challenged: bool) {
-        let init = self.peer.initiation();
-        self.send(&init);
-        if challenged {
-            let reply = self.recv();
-            assert_eq!(reply[0], 3, "a cookie reply from the relay");
-            assert_eq!(self.peer.receive(&reply).error, None);
-            let retry = self.peer.initiation();
-            self.send(&retry);
-        }
-    }
-
-    /// Receives one datagram, lets the peer process it and sends whatever it answers.
-    fn answer(&mut self) -> Vec<Vec<u8>> {
-        let datagram = self.recv();
-        let got = self.peer.receive(&datagram);
-        assert_eq!(got.error, None, "the peer accepts what the relay delivered");
-        for out in &got.network {
-            self.send(out);
-        }
-        got.tunnel
-    }
-}
 
 fn run_pair(access: impl FnOnce(&Identity, &Identity) -> Access) {
     let (ia, ib) = (Identity::random(), Identity::random());

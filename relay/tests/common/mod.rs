@@ -1,8 +1,10 @@
 //! Real WireGuard endpoints for tests: boringtun's `Tunn`, an independent implementation.
 #![allow(dead_code)] // each test crate uses a different part
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
+use std::time::Duration;
 
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
@@ -124,4 +126,110 @@ pub fn ipv4_packet(payload: &[u8]) -> Vec<u8> {
     p[16..20].copy_from_slice(&[10, 0, 0, 2]);
     p[20..].copy_from_slice(payload);
     p
+}
+
+/// A peer with its own UDP socket, talking to the relay.
+pub struct Endpoint {
+    pub socket: UdpSocket,
+    pub peer: Peer,
+    pub relay: SocketAddr,
+}
+
+impl Endpoint {
+    pub fn new(peer: Peer, relay: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("set timeout");
+        Self {
+            socket,
+            peer,
+            relay,
+        }
+    }
+
+    pub fn send(&self, datagram: &[u8]) {
+        self.socket
+            .send_to(datagram, self.relay)
+            .expect("send to relay");
+    }
+
+    /// A datagram if one arrives within `wait`.
+    pub fn try_recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        self.socket
+            .set_read_timeout(Some(wait))
+            .expect("set timeout");
+        let mut buf = vec![0u8; 65536];
+        let got = self.socket.recv_from(&mut buf).ok();
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("set timeout");
+        got.map(|(n, _)| buf[..n].to_vec())
+    }
+
+    pub fn recv(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = self
+            .socket
+            .recv_from(&mut buf)
+            .expect("a datagram from the relay");
+        assert_eq!(from, self.relay, "everything arrives via the relay");
+        buf.truncate(n);
+        buf
+    }
+
+    /// Sends an initiation; in allow-list mode answers the relay's cookie challenge first.
+    pub fn initiate(&mut self, challenged: bool) {
+        let init = self.peer.initiation();
+        self.send(&init);
+        if challenged {
+            let reply = self.recv();
+            assert_eq!(reply[0], 3, "a cookie reply from the relay");
+            assert_eq!(self.peer.receive(&reply).error, None);
+            let retry = self.peer.initiation();
+            self.send(&retry);
+        }
+    }
+
+    /// Receives one datagram, lets the peer process it and sends whatever it answers.
+    pub fn answer(&mut self) -> Vec<Vec<u8>> {
+        let datagram = self.recv();
+        let got = self.peer.receive(&datagram);
+        assert_eq!(got.error, None, "the peer accepts what the relay delivered");
+        for out in &got.network {
+            self.send(out);
+        }
+        got.tunnel
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: wpex\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample in a Prometheus text exposition, e.g. `wpex_sessions` or
+/// `wpex_dropped_packets_total{reason="mac1_invalid"}`.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }

@@ -1,0 +1,153 @@
+//! The relay process: the UDP server, the key file watcher and the metrics endpoint, put together.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::cli::Args;
+use crate::http::{HttpError, MetricsServer, Readiness};
+use crate::keyfile::{self, KeyFileError};
+use crate::keys::{AllowedKeys, PublicKey};
+use crate::metrics::{self, Reloads};
+use crate::relay::{Access, Config};
+use crate::server::{Server, ServerError, SharedRelay, lock, shutdown_signal};
+use crate::watch::{self, Update, WatchError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// Open mode only when no key source is given at all: an empty file allows nobody.
+fn initial_access(args: &Args) -> Result<(Access, Option<Vec<u8>>), KeyFileError> {
+    let Some(path) = &args.allow_file else {
+        if args.allow.is_empty() {
+            return Ok((Access::Open, None));
+        }
+        return Ok((
+            Access::AllowList(AllowedKeys::new(args.allow.iter().copied())),
+            None,
+        ));
+    };
+    let (content, from_file) = keyfile::read(path)?;
+    let keys = AllowedKeys::new(args.allow.iter().copied().chain(from_file));
+    Ok((Access::AllowList(keys), Some(content)))
+}
+
+/// Applies a re-read key file to the running relay.
+fn apply(
+    relay: &SharedRelay,
+    static_keys: &[PublicKey],
+    reloads: &Reloads,
+    path: &Path,
+    update: Update,
+) {
+    match update {
+        Update::Loaded(from_file) => {
+            let keys = AllowedKeys::new(static_keys.iter().copied().chain(from_file));
+            let count = keys.len();
+            let mut relay = lock(relay);
+            let before: BTreeSet<PublicKey> = relay
+                .allowed_keys()
+                .map(|k| k.iter().copied().collect())
+                .unwrap_or_default();
+            let after: BTreeSet<PublicKey> = keys.iter().copied().collect();
+            let cut = relay.set_allowed_keys(Instant::now(), keys);
+            drop(relay);
+            reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                path = %path.display(),
+                keys = count,
+                added = after.difference(&before).count(),
+                removed = before.difference(&after).count(),
+                indices_cut = cut,
+                "allowed keys reloaded"
+            );
+        }
+        Update::Rejected(error) => {
+            reloads.failed.fetch_add(1, Ordering::Relaxed);
+            let kept = lock(relay).allowed_keys().map_or(0, AllowedKeys::len);
+            tracing::error!(%error, kept, "key file rejected; keeping the last good key set");
+        }
+    }
+}
+
+/// Runs the relay until SIGTERM or SIGINT.
+pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
+    let (access, file_content) = initial_access(&args)?;
+    match &access {
+        Access::Open => {
+            tracing::warn!(
+                "no --allow or --allow-file: the relay is open to anyone (see --broadcast-rate)"
+            )
+        }
+        Access::AllowList(keys) => {
+            for key in keys.iter() {
+                tracing::debug!(%key, "allow wireguard public key");
+            }
+            tracing::info!(keys = keys.len(), "allow-list mode");
+        }
+    }
+    let config = Config {
+        access,
+        broadcast_rate: args.broadcast_rate,
+        source_rate: args.source_rate,
+        ..Config::default()
+    };
+    let signals = tokio::spawn(shutdown_signal());
+    let server = Server::bind(config, &args.bind, args.port, workers)?;
+    let relay = server.relay();
+    let ready = Arc::new(Readiness::default());
+    let reloads = Arc::new(Reloads::default());
+
+    if let Some(addr) = args.metrics_addr {
+        let registry = metrics::registry(relay.clone(), server.io_errors(), reloads.clone());
+        let http = MetricsServer::bind(addr, registry, ready.clone()).await?;
+        tracing::info!(addr = ?http.local_addr().ok(), "serving /metrics, /healthz and /readyz");
+        tokio::spawn(async move {
+            if let Err(e) = http.serve().await {
+                tracing::error!(%e, "metrics endpoint stopped");
+            }
+        });
+    }
+
+    let _watcher = match args.allow_file.clone() {
+        Some(path) => {
+            let (relay, reloads, static_keys) =
+                (relay.clone(), reloads.clone(), args.allow.clone());
+            let shown = path.clone();
+            Some(watch::watch(
+                path,
+                file_content,
+                watch::DEFAULT_POLL,
+                move |update| apply(&relay, &static_keys, &reloads, &shown, update),
+            )?)
+        }
+        None => None,
+    };
+
+    ready.set_ready();
+    tracing::info!(addr = ?server.local_addr().ok(), workers, "server listening");
+    server
+        .serve(async {
+            match signals.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(%e, "no signal handling; stop with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => tracing::error!(%e, "signal task failed; shutting down"),
+            }
+        })
+        .await;
+    Ok(())
+}

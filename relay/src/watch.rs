@@ -1,0 +1,116 @@
+//! Follows the `--allow-file` as it changes, however it is changed.
+//!
+//! It watches the file's *directory*, not the file: kubelet replaces a ConfigMap volume by swapping
+//! the `..data` symlink, and editors rename a temporary file over the original. Both leave a watch
+//! on the file itself pointing at a deleted inode. A slow periodic re-read backs up the events.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::keyfile::{self, KeyFileError};
+use crate::keys::PublicKey;
+
+/// How long events must stop before the file is read, so a write in progress is not read half-way.
+pub const SETTLE: Duration = Duration::from_millis(100);
+/// The safety net: re-read this often even without events.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch directory {dir} of the key file: {source}")]
+    Notify { dir: PathBuf, source: notify::Error },
+}
+
+/// What a re-read found, reported once per distinct file content.
+#[derive(Debug)]
+pub enum Update {
+    Loaded(Vec<PublicKey>),
+    Rejected(KeyFileError),
+}
+
+/// Stops watching when dropped.
+pub struct KeyWatcher {
+    _watcher: RecommendedWatcher,
+    task: JoinHandle<()>,
+}
+
+impl Drop for KeyWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Watches `path`, whose current content the caller has already loaded as `current`, and calls
+/// `on_update` each time the content changes. Must be called within a tokio runtime.
+pub fn watch(
+    path: PathBuf,
+    current: Option<Vec<u8>>,
+    poll_every: Duration,
+    mut on_update: impl FnMut(Update) + Send + 'static,
+) -> Result<KeyWatcher, WatchError> {
+    // Capacity 1: a pending wake-up already covers any later event.
+    let (wake, mut woken) = mpsc::channel::<()>(1);
+    let dir = directory_of(&path);
+    let mut watcher = notify::recommended_watcher(move |_event| {
+        let _ = wake.try_send(());
+    })
+    .map_err(|source| WatchError::Notify {
+        dir: dir.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError::Notify {
+            dir: dir.clone(),
+            source,
+        })?;
+
+    let task = tokio::spawn(async move {
+        let mut last_seen = current;
+        let mut poll = tokio::time::interval(poll_every);
+        poll.tick().await; // the first tick is immediate; the caller has just read the file
+        loop {
+            tokio::select! {
+                _ = woken.recv() => {
+                    // Let a burst of events (a write, a symlink swap) finish first.
+                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, woken.recv()).await {}
+                }
+                _ = poll.tick() => {}
+            }
+            let content = match tokio::fs::read(&path).await {
+                Ok(bytes) => Ok(bytes),
+                Err(source) => Err(KeyFileError::Read {
+                    path: path.clone(),
+                    source,
+                }),
+            };
+            // Report each distinct content (or read failure) once, not on every poll.
+            let fingerprint = match &content {
+                Ok(bytes) => bytes.clone(),
+                Err(e) => format!("\0{e}").into_bytes(),
+            };
+            if last_seen.as_ref() == Some(&fingerprint) {
+                continue;
+            }
+            last_seen = Some(fingerprint);
+            let update =
+                content.and_then(|bytes| keyfile::parse_bytes(&path, &bytes).map(Update::Loaded));
+            on_update(update.unwrap_or_else(Update::Rejected));
+        }
+    });
+    Ok(KeyWatcher {
+        _watcher: watcher,
+        task,
+    })
+}

@@ -1,0 +1,278 @@
+//! The `wpex` binary as a process: startup errors, and the allow-list following `--allow-file`
+//! without a restart, observed through `/metrics`.
+
+mod common;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Endpoint, Identity, Peer, http_get, ipv4_packet, sample};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wpex");
+/// The issue's bound for a key change to take effect.
+const KEY_CHANGE_BOUND: Duration = Duration::from_secs(2);
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn free_tcp_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// Runs the binary to completion and returns its exit code and everything it printed.
+fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run wpex");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Replaces a file the way an editor does, so a reader never sees it half-written.
+fn publish(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).expect("write temp");
+    fs::rename(&tmp, path).expect("rename");
+}
+
+fn key_file(ids: &[&Identity]) -> String {
+    ids.iter().map(|i| format!("{}\n", i.public)).collect()
+}
+
+struct RelayProcess {
+    child: Child,
+    udp: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl RelayProcess {
+    fn start(extra: &[&str]) -> Self {
+        let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let metrics = free_tcp_addr();
+        let child = Command::new(BIN)
+            .args(["--bind", "127.0.0.1", "--port", &udp.port().to_string()])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wpex");
+        let relay = Self {
+            child,
+            udp,
+            metrics,
+        };
+        relay.wait_until("/readyz answers 200", Duration::from_secs(10), |r| {
+            std::net::TcpStream::connect(r.metrics).is_ok()
+                && http_get(r.metrics, "/readyz").0 == 200
+        });
+        relay
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = http_get(self.metrics, "/metrics");
+        assert_eq!(status, 200);
+        body
+    }
+
+    fn sample(&self, series: &str) -> f64 {
+        sample(&self.metrics(), series).unwrap_or_else(|| panic!("no sample {series}"))
+    }
+
+    /// Polls until `ok` holds; panics after `bound`. Returns how long it took.
+    fn wait_until(&self, what: &str, bound: Duration, ok: impl Fn(&Self) -> bool) -> Duration {
+        let start = Instant::now();
+        while !ok(self) {
+            assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    }
+
+    fn still_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn startup_errors_name_the_problem() {
+    let (code, out) = run_to_exit(&["--allow-file", "/nonexistent/wpex-keys"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("/nonexistent/wpex-keys"), "{out}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys");
+    fs::write(
+        &path,
+        format!("{}\n# fine\nbogus\n", Identity::random().public),
+    )
+    .expect("write");
+    let (code, out) = run_to_exit(&["--allow-file", path.to_str().expect("utf-8 path")]);
+    assert_ne!(code, 0);
+    assert!(out.contains("line 3") && out.contains("'bogus'"), "{out}");
+
+    let (code, out) = run_to_exit(&["--allow", "AAAA"]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("invalid wireguard public key: 'AAAA'"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_empty_key_file_allows_nobody() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys");
+    fs::write(&path, "# nobody yet\n").expect("write");
+    let relay = RelayProcess::start(&["--allow-file", path.to_str().expect("utf-8 path")]);
+    assert_eq!(relay.sample("wpex_allowed_keys"), 0.0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let a = Endpoint::new(Peer::new(&ia, &ib, false), relay.udp);
+    let mut a = a;
+    let init = a.peer.initiation();
+    a.send(&init);
+    assert_eq!(
+        a.try_recv(Duration::from_millis(300)),
+        None,
+        "not even a cookie reply"
+    );
+    relay.wait_until("the drop is counted", Duration::from_secs(2), |r| {
+        sample(
+            &r.metrics(),
+            r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#,
+        ) == Some(1.0)
+    });
+}
+
+/// Completes a handshake between two fresh endpoints and checks data both ways.
+fn connect(relay: SocketAddr, first: &Identity, second: &Identity) -> (Endpoint, Endpoint) {
+    let mut x = Endpoint::new(Peer::new(first, second, false), relay);
+    let mut y = Endpoint::new(Peer::new(second, first, false), relay);
+    y.initiate(true);
+    x.initiate(true);
+    y.answer();
+    x.answer();
+    y.answer();
+    assert_ping(&mut x, &mut y);
+    (x, y)
+}
+
+fn assert_ping(x: &mut Endpoint, y: &mut Endpoint) {
+    let ping = x.peer.send(&ipv4_packet(b"ping"));
+    x.send(&ping);
+    assert_eq!(y.answer(), vec![ipv4_packet(b"ping")]);
+    let pong = y.peer.send(&ipv4_packet(b"pong"));
+    y.send(&pong);
+    assert_eq!(x.answer(), vec![ipv4_packet(b"pong")]);
+}
+
+#[test]
+fn keys_follow_the_file_without_a_restart() {
+    let (ia, ib, ic, id) = (
+        Identity::random(),
+        Identity::random(),
+        Identity::random(),
+        Identity::random(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("allowed");
+    fs::write(&path, key_file(&[&ia, &ic, &id])).expect("write");
+    let mut relay = RelayProcess::start(&["--allow-file", path.to_str().expect("utf-8 path")]);
+    let pid = relay.child.id();
+    assert_eq!(relay.sample("wpex_allowed_keys"), 3.0);
+
+    // B is not allowed yet: A's initiation to B names no allowed key and goes nowhere.
+    let mut early = Endpoint::new(Peer::new(&ia, &ib, false), relay.udp);
+    let init = early.peer.initiation();
+    early.send(&init);
+    relay.wait_until("A's initiation to B is dropped", KEY_CHANGE_BOUND, |r| {
+        sample(
+            &r.metrics(),
+            r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#,
+        ) == Some(1.0)
+    });
+
+    // Adding B takes effect without a restart.
+    publish(&path, &key_file(&[&ia, &ib, &ic, &id]));
+    let took = relay.wait_until("B's key is loaded", KEY_CHANGE_BOUND, |r| {
+        sample(&r.metrics(), "wpex_allowed_keys") == Some(4.0)
+    });
+    println!("key added -> loaded in {took:?}");
+    let (mut a, mut b) = connect(relay.udp, &ia, &ib);
+    let (mut c, mut d) = connect(relay.udp, &ic, &id);
+    assert_eq!(relay.sample("wpex_sessions"), 2.0);
+
+    // A garbage update is rejected whole: the last good set stays, traffic flows on.
+    publish(&path, "this is not a key\n");
+    relay.wait_until("the rejection is counted", KEY_CHANGE_BOUND, |r| {
+        sample(&r.metrics(), r#"wpex_key_reloads_total{result="failure"}"#) == Some(1.0)
+    });
+    assert_eq!(relay.sample("wpex_allowed_keys"), 4.0);
+    assert_ping(&mut a, &mut b);
+
+    // Removing B cuts A<->B at once; C<->D is untouched.
+    publish(&path, &key_file(&[&ia, &ic, &id]));
+    let took = relay.wait_until("A<->B is cut", KEY_CHANGE_BOUND, |r| {
+        sample(&r.metrics(), "wpex_sessions") == Some(1.0)
+    });
+    println!("key removed -> session cut in {took:?}");
+    let stale = a.peer.send(&ipv4_packet(b"after revocation"));
+    a.send(&stale);
+    assert_eq!(
+        b.try_recv(Duration::from_millis(300)),
+        None,
+        "nothing reaches B any more"
+    );
+    assert_ping(&mut c, &mut d);
+
+    let m = relay.metrics();
+    assert_eq!(
+        sample(&m, r#"wpex_key_reloads_total{result="success"}"#),
+        Some(2.0)
+    );
+    assert!(
+        sample(&m, r#"wpex_forwarded_packets_total{type="transport_data"}"#).unwrap_or(0.0) >= 10.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            r#"wpex_dropped_packets_total{reason="unknown_receiver"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "wpex_cookie_replies_total").unwrap_or(0.0) >= 4.0,
+        "{m}"
+    );
+    let handshake_of_c = format!(
+        r#"wpex_key_last_handshake_timestamp_seconds{{key="{}"}}"#,
+        ic.public
+    );
+    assert!(sample(&m, &handshake_of_c).unwrap_or(0.0) > 1.7e9, "{m}");
+    assert!(
+        !m.contains(&ib.public.to_string()),
+        "a removed key leaves the metrics"
+    );
+
+    assert!(relay.still_running());
+    assert_eq!(relay.child.id(), pid, "same process throughout");
+    assert_eq!(http_get(relay.metrics, "/healthz").0, 200);
+}
