@@ -40,6 +40,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<PublicKey>, KeyFileError> {
     Ok(keys)
 }
 
+/// Writes keys in this format, sorted and deduplicated, after a `#` comment header.
+pub fn render(header: &str, keys: impl IntoIterator<Item = PublicKey>) -> String {
+    let keys: std::collections::BTreeSet<PublicKey> = keys.into_iter().collect();
+    let mut text: String = header.lines().map(|l| format!("# {l}\n")).collect();
+    for key in keys {
+        text.push_str(&key.to_string());
+        text.push('\n');
+    }
+    text
+}
+
 /// Parses raw file content; bytes that are not UTF-8 make their line invalid.
 pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<PublicKey>, KeyFileError> {
     parse(path, &String::from_utf8_lossy(bytes))
@@ -73,6 +84,20 @@ mod tests {
         let keys = parse_str(&text).expect("valid file");
         let expected: Vec<PublicKey> = [K1, K2].iter().map(|k| k.parse().expect("key")).collect();
         assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn render_sorts_dedups_and_parses_back() {
+        let (a, b): (PublicKey, PublicKey) = (K1.parse().expect("key"), K2.parse().expect("key"));
+        let text = render("managed by a test\nsecond line", [b, a, b]);
+        assert!(
+            text.starts_with("# managed by a test\n# second line\n"),
+            "{text}"
+        );
+        let mut sorted = vec![a, b];
+        sorted.sort();
+        assert_eq!(parse_str(&text).expect("round trip"), sorted);
+        assert_eq!(parse_str(&render("empty", [])).expect("parses"), vec![]);
     }
 
     #[test]

@@ -1,0 +1,148 @@
+//! Which peer keys a relay accepts. Pure domain logic: no Kubernetes types, no IO.
+
+use std::collections::BTreeMap;
+
+use wpex::keys::PublicKey;
+
+/// A peer key as the relay controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub public_key: String,
+    pub disabled: bool,
+    /// Orders claims on the same key: the earlier resource keeps it.
+    pub created: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted(PublicKey),
+    Disabled,
+    /// Another WireGuardPeerKey of the same relay already holds this key.
+    Duplicate {
+        of: String,
+    },
+    /// Not a WireGuard public key; the API server's rule should have refused it already.
+    Invalid,
+}
+
+impl Verdict {
+    /// The condition reason shown in status.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Verdict::Accepted(_) => "Accepted",
+            Verdict::Disabled => "Disabled",
+            Verdict::Duplicate { .. } => "DuplicateKey",
+            Verdict::Invalid => "InvalidKey",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Verdict::Accepted(_) => "the key is in the relay's allow-list".into(),
+            Verdict::Disabled => "spec.disabled is true; the key is not in the allow-list".into(),
+            Verdict::Duplicate { of } => {
+                format!("WireGuardPeerKey {of} already allows this public key on the same relay")
+            }
+            Verdict::Invalid => "publicKey is not the base64 of 32 bytes".into(),
+        }
+    }
+}
+
+/// Judges every candidate of one relay. The result follows the input order.
+pub fn judge(candidates: &[Candidate]) -> Vec<(String, Verdict)> {
+    // The earliest valid, enabled claim on each key wins; ties break by name.
+    let mut order: Vec<&Candidate> = candidates.iter().collect();
+    order.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let mut owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
+    let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+    for c in order {
+        let verdict = match c.public_key.parse::<PublicKey>() {
+            Err(_) => Verdict::Invalid,
+            Ok(_) if c.disabled => Verdict::Disabled,
+            Ok(key) => match owner.get(&key) {
+                Some(of) => Verdict::Duplicate {
+                    of: (*of).to_owned(),
+                },
+                None => {
+                    owner.insert(key, &c.name);
+                    Verdict::Accepted(key)
+                }
+            },
+        };
+        verdicts.insert(&c.name, verdict);
+    }
+    candidates
+        .iter()
+        .map(|c| {
+            let verdict = verdicts.remove(c.name.as_str()).unwrap_or(Verdict::Invalid);
+            (c.name.clone(), verdict)
+        })
+        .collect()
+}
+
+/// The accepted keys, for the relay's key file.
+pub fn accepted(verdicts: &[(String, Verdict)]) -> Vec<PublicKey> {
+    verdicts
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Verdict::Accepted(k) => Some(*k),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+    const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    fn c(name: &str, key: &str, disabled: bool, created: i64) -> Candidate {
+        Candidate {
+            name: name.into(),
+            public_key: key.into(),
+            disabled,
+            created: Some(created),
+        }
+    }
+
+    #[test]
+    fn the_oldest_claim_on_a_key_wins() {
+        let got = judge(&[
+            c("late", K1, false, 20),
+            c("early", K1, false, 10),
+            c("other", K2, false, 30),
+        ]);
+        assert_eq!(got[0].1, Verdict::Duplicate { of: "early".into() });
+        assert_eq!(got[1].1, Verdict::Accepted(K1.parse().expect("key")));
+        assert_eq!(got[2].1, Verdict::Accepted(K2.parse().expect("key")));
+        assert_eq!(accepted(&got).len(), 2);
+    }
+
+    #[test]
+    fn a_disabled_claim_does_not_hold_the_key() {
+        let got = judge(&[c("old-disabled", K1, true, 1), c("new", K1, false, 2)]);
+        assert_eq!(got[0].1, Verdict::Disabled);
+        assert_eq!(got[1].1, Verdict::Accepted(K1.parse().expect("key")));
+    }
+
+    #[test]
+    fn ties_break_by_name_and_invalid_keys_are_refused() {
+        let got = judge(&[
+            c("b", K1, false, 5),
+            c("a", K1, false, 5),
+            c("bad", "AAAA", false, 1),
+        ]);
+        assert_eq!(got[0].1, Verdict::Duplicate { of: "a".into() });
+        assert!(matches!(got[1].1, Verdict::Accepted(_)));
+        assert_eq!(got[2].1, Verdict::Invalid);
+        assert_eq!(got[2].1.reason(), "InvalidKey");
+    }
+
+    #[test]
+    fn nothing_in_nothing_out() {
+        assert!(judge(&[]).is_empty());
+    }
+}

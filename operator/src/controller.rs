@@ -1,0 +1,505 @@
+//! Reconciliation: dereference -> validate -> build (pure) -> apply (server-side) -> status.
+//!
+//! Two controllers share one context. The relay controller owns a relay's children and the
+//! status of its peer keys (acceptance depends on the whole set, for duplicates). The peer key
+//! controller only reports keys whose relay does not exist.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::admission::{self, Candidate, Verdict};
+use crate::crd::{
+    AccessMode, ServiceType, WireGuardPeerKey, WireGuardPeerKeyStatus, WireGuardRelay,
+    WireGuardRelayStatus,
+};
+use crate::endpoint::{endpoint, peer_config};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::resources::{self, Relay};
+
+pub const FIELD_MANAGER: &str = "wpex-operator";
+/// Re-check even without events: node addresses are not watched.
+const RESYNC: Duration = Duration::from_secs(300);
+const RETRY: Duration = Duration::from_secs(15);
+
+pub struct Context {
+    pub client: Client,
+    pub relay_image: String,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Server-side applies `obj` in `namespace` and returns what the API server stored.
+async fn apply<K>(client: &Client, namespace: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), namespace)
+        .patch(&name, &apply_params(), &Patch::Apply(obj))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        })
+}
+
+/// A condition that keeps its transition time while its status does not change, so re-applying
+/// an unchanged status is a no-op and does not wake the watchers again.
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(Timestamp::now()));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+async fn patch_status<K>(api: &Api<K>, obj: &K, status: impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.name_any();
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Status {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        })
+}
+
+/// Dereference: the identity a relay's children need, or why it cannot be had.
+fn dereference(relay: &WireGuardRelay) -> Result<Relay, Error> {
+    let missing = |field| Error::MissingField {
+        kind: "WireGuardRelay",
+        field,
+    };
+    Ok(Relay {
+        name: relay
+            .metadata
+            .name
+            .clone()
+            .ok_or(missing("metadata.name"))?,
+        namespace: relay.namespace().ok_or(missing("metadata.namespace"))?,
+        owner: relay
+            .controller_owner_ref(&())
+            .ok_or(missing("metadata.uid"))?,
+        spec: relay.spec.clone(),
+    })
+}
+
+fn candidate(key: &WireGuardPeerKey) -> Candidate {
+    Candidate {
+        name: key.name_any(),
+        public_key: key.spec.public_key.clone(),
+        disabled: key.spec.disabled,
+        created: key
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+    }
+}
+
+async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let relay = dereference(&obj)?;
+    let client = &ctx.client;
+
+    // Validate: which of this relay's peer keys are accepted.
+    let keys_api = Api::<WireGuardPeerKey>::namespaced(client.clone(), &relay.namespace);
+    let mut keys: Vec<WireGuardPeerKey> = keys_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Read {
+            what: "WireGuardPeerKeys",
+            source,
+        })?
+        .items
+        .into_iter()
+        .filter(|k| k.spec.relay == relay.name && k.metadata.deletion_timestamp.is_none())
+        .collect();
+    keys.sort_by_key(|k| k.name_any());
+    let candidates: Vec<Candidate> = keys.iter().map(candidate).collect();
+    let verdicts = admission::judge(&candidates);
+    let accepted = admission::accepted(&verdicts);
+
+    // Build and apply. The ConfigMap first, so a new pod mounts the current keys.
+    apply(
+        client,
+        &relay.namespace,
+        &resources::config_map(&relay, &accepted),
+    )
+    .await?;
+    let deployment = apply(
+        client,
+        &relay.namespace,
+        &resources::deployment(&relay, &ctx.relay_image),
+    )
+    .await?;
+    let service = apply(client, &relay.namespace, &resources::service(&relay)).await?;
+
+    // Status.
+    let nodes = if relay.spec.service.type_ == ServiceType::NodePort {
+        Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| Error::Read {
+                what: "Nodes",
+                source,
+            })?
+            .items
+    } else {
+        Vec::new()
+    };
+    let endpoint = endpoint(relay.spec.service.type_, &service, &nodes);
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+        > 0;
+    let generation = obj.metadata.generation;
+    let previous = obj
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let (reason, message) = match (available, &endpoint) {
+        (true, Some(e)) => (
+            "Available",
+            format!("relay is running; peers use Endpoint = {e}"),
+        ),
+        (false, _) => (
+            "DeploymentUnavailable",
+            "the relay pod is not available yet".to_owned(),
+        ),
+        (true, None) => (
+            "EndpointPending",
+            "the Service has no reachable address yet".to_owned(),
+        ),
+    };
+    let status = WireGuardRelayStatus {
+        observed_generation: generation,
+        endpoint: endpoint.clone(),
+        keys: u32::try_from(accepted.len()).unwrap_or(u32::MAX),
+        conditions: vec![condition(
+            "Ready",
+            available && endpoint.is_some(),
+            reason,
+            message,
+            generation,
+            previous,
+        )],
+    };
+    let relays = Api::<WireGuardRelay>::namespaced(client.clone(), &relay.namespace);
+    if obj.status.as_ref() != Some(&status) {
+        patch_status(&relays, &obj, &status).await?;
+    }
+
+    for (key, (_, verdict)) in keys.iter().zip(&verdicts) {
+        let status = key_status(
+            key,
+            Some(verdict),
+            endpoint.as_deref(),
+            relay.spec.access_mode,
+        );
+        if key.status.as_ref() != Some(&status) {
+            patch_status(&keys_api, key, &status).await?;
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A peer key's status; `verdict` is `None` when its relay does not exist.
+fn key_status(
+    key: &WireGuardPeerKey,
+    verdict: Option<&Verdict>,
+    endpoint: Option<&str>,
+    mode: AccessMode,
+) -> WireGuardPeerKeyStatus {
+    let generation = key.metadata.generation;
+    let previous = key
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let (ok, reason, mut message) = match verdict {
+        None => (
+            false,
+            "RelayNotFound",
+            format!("no WireGuardRelay {} in this namespace", key.spec.relay),
+        ),
+        Some(v) => (matches!(v, Verdict::Accepted(_)), v.reason(), v.message()),
+    };
+    if mode == AccessMode::Open && verdict.is_some() {
+        message.push_str(" (the relay is in Open mode and lets every key in)");
+    }
+    let accepted = ok && verdict.is_some();
+    WireGuardPeerKeyStatus {
+        observed_generation: generation,
+        endpoint: endpoint.filter(|_| verdict.is_some()).map(str::to_owned),
+        peer_config: endpoint
+            .filter(|_| accepted)
+            .map(|e| peer_config(&key.spec.public_key, e)),
+        conditions: vec![condition(
+            "Accepted", ok, reason, message, generation, previous,
+        )],
+    }
+}
+
+async fn reconcile_key(obj: Arc<WireGuardPeerKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = obj.namespace().ok_or(Error::MissingField {
+        kind: "WireGuardPeerKey",
+        field: "metadata.namespace",
+    })?;
+    let relays = Api::<WireGuardRelay>::namespaced(ctx.client.clone(), &namespace);
+    let relay = relays
+        .get_opt(&obj.spec.relay)
+        .await
+        .map_err(|source| Error::Read {
+            what: "WireGuardRelay",
+            source,
+        })?;
+    // An existing relay's controller writes this key's status.
+    if relay.is_none() {
+        let status = key_status(&obj, None, None, AccessMode::AllowList);
+        if obj.status.as_ref() != Some(&status) {
+            let keys = Api::<WireGuardPeerKey>::namespaced(ctx.client.clone(), &namespace);
+            patch_status(&keys, &obj, &status).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Times a reconcile, counts it, and turns a failure into a Warning event on the object.
+async fn observed<K, F>(
+    controller: &'static str,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: std::future::Future<Output = Result<Action, Error>>,
+{
+    let start = Instant::now();
+    let reference = obj.object_ref(&());
+    let result = reconcile(obj, ctx.clone()).await;
+    ctx.metrics.observe(
+        controller,
+        start.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    if let Err(e) = &result {
+        tracing::warn!(controller, object = ?reference.name, error = %e, "reconcile failed");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ReconcileFailed".to_owned(),
+            note: Some(e.to_string()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(publish) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(%publish, "could not publish event");
+        }
+    }
+    result
+}
+
+fn retry<K>(_obj: Arc<K>, _error: &Error, _ctx: Arc<Context>) -> Action {
+    Action::requeue(RETRY)
+}
+
+/// Runs both controllers until `shutdown` completes. `ready` is called once their caches have
+/// synced.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+    ready: impl FnOnce(),
+) {
+    let client = ctx.client.clone();
+    let relays = Api::<WireGuardRelay>::all(client.clone());
+    let keys = Api::<WireGuardPeerKey>::all(client.clone());
+    let config = watcher::Config::default();
+
+    let key_controller = Controller::new(keys.clone(), config.clone());
+    let key_store: Store<WireGuardPeerKey> = key_controller.store();
+    let keys_of_relay = {
+        let store = key_store.clone();
+        move |relay: WireGuardRelay| {
+            let (name, namespace) = (relay.name_any(), relay.namespace());
+            store
+                .state()
+                .into_iter()
+                .filter(|k| k.spec.relay == name && k.namespace() == namespace)
+                .map(|k| ObjectRef::from_obj(k.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let key_controller = key_controller
+        .watches(relays.clone(), config.clone(), keys_of_relay)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |obj, ctx| observed("wireguardpeerkey", obj, ctx, reconcile_key),
+            retry,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let relay_of_key = |key: WireGuardPeerKey| {
+        let namespace = key.namespace();
+        let relay = ObjectRef::<WireGuardRelay>::new(&key.spec.relay);
+        Some(match namespace {
+            Some(ns) => relay.within(&ns),
+            None => relay,
+        })
+    };
+    let relay_controller = Controller::new(relays, config.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
+        .owns(Api::<Deployment>::all(client.clone()), config.clone())
+        .owns(Api::<Service>::all(client.clone()), config.clone())
+        .watches(keys, config, relay_of_key)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |obj, ctx| observed("wireguardrelay", obj, ctx, reconcile_relay),
+            retry,
+            ctx,
+        )
+        .for_each(|_| async {});
+
+    let sync = async move {
+        if key_store.wait_until_ready().await.is_ok() {
+            ready();
+        }
+    };
+    futures::join!(key_controller, relay_controller, sync);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::WireGuardPeerKeySpec;
+
+    fn key(disabled: bool) -> WireGuardPeerKey {
+        let mut k = WireGuardPeerKey::new(
+            "laptop",
+            WireGuardPeerKeySpec {
+                relay: "edge".into(),
+                public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+                disabled,
+            },
+        );
+        k.metadata.generation = Some(3);
+        k
+    }
+
+    #[test]
+    fn accepted_key_status_carries_the_peer_hint() {
+        let k = key(false);
+        let verdict = Verdict::Accepted(k.spec.public_key.parse().expect("key"));
+        let s = key_status(
+            &k,
+            Some(&verdict),
+            Some("198.51.100.1:31820"),
+            AccessMode::AllowList,
+        );
+        assert_eq!(s.endpoint.as_deref(), Some("198.51.100.1:31820"));
+        let hint = s.peer_config.expect("hint");
+        assert!(
+            hint.contains("Endpoint = 198.51.100.1:31820")
+                && hint.contains("PersistentKeepalive = 25"),
+            "{hint}"
+        );
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Accepted", "True", "Accepted")
+        );
+        assert_eq!(c.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn missing_relay_and_duplicates_are_not_accepted() {
+        let k = key(false);
+        let s = key_status(&k, None, None, AccessMode::AllowList);
+        assert_eq!(
+            (
+                s.conditions[0].status.as_str(),
+                s.conditions[0].reason.as_str()
+            ),
+            ("False", "RelayNotFound")
+        );
+        assert_eq!(s.peer_config, None);
+        let dup = Verdict::Duplicate { of: "older".into() };
+        let s = key_status(&k, Some(&dup), Some("e:1"), AccessMode::AllowList);
+        assert_eq!(s.conditions[0].reason, "DuplicateKey");
+        assert!(s.conditions[0].message.contains("older"));
+        assert_eq!(s.peer_config, None, "no hint for a key the relay refuses");
+    }
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let first = condition("Ready", true, "Available", "m".into(), Some(1), &[]);
+        let old = Time(Timestamp::from_second(1_700_000_000).expect("timestamp"));
+        let previous = [Condition {
+            last_transition_time: old.clone(),
+            ..first.clone()
+        }];
+        let again = condition("Ready", true, "Available", "m".into(), Some(2), &previous);
+        assert_eq!(again.last_transition_time, old);
+        let flipped = condition(
+            "Ready",
+            false,
+            "DeploymentUnavailable",
+            "m".into(),
+            Some(2),
+            &previous,
+        );
+        assert_ne!(flipped.last_transition_time, old);
+    }
+}

@@ -1,0 +1,28 @@
+//! wpex-operator: runs wpex relays on Kubernetes from `WireGuardRelay` and `WireGuardPeerKey`.
+//!
+//! - [`crd`]: the custom resources.
+//! - [`admission`]: which peer keys a relay accepts (pure domain logic, no Kubernetes types).
+//! - [`resources`]: the ConfigMap, Deployment and Service a relay owns (pure builders).
+//! - [`endpoint`]: the address peers use, read from the Service.
+//! - [`controller`]: the reconcilers and how they are watched.
+
+pub mod admission;
+pub mod controller;
+pub mod crd;
+pub mod endpoint;
+pub mod error;
+pub mod metrics;
+pub mod resources;
+
+use kube::CustomResourceExt;
+
+/// Each CRD as `(file name, YAML document)`, as committed under `crds/`.
+pub fn crd_documents() -> Result<Vec<(String, String)>, serde_norway::Error> {
+    [crd::WireGuardRelay::crd(), crd::WireGuardPeerKey::crd()]
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            Ok((format!("{name}.yaml"), serde_norway::to_string(&crd)?))
+        })
+        .collect()
+}

@@ -1,0 +1,173 @@
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Parser, ValueEnum};
+use futures::FutureExt;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use wpex::http::{MetricsServer, Readiness};
+use wpex_operator::controller::{self, Context};
+use wpex_operator::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wpex-operator",
+    version,
+    about = "Runs wpex WireGuard relays from WireGuardRelay and WireGuardPeerKey resources"
+)]
+struct Args {
+    /// Image of the relay, unless a WireGuardRelay sets its own.
+    #[arg(long, env = "WPEX_RELAY_IMAGE", default_value = concat!("ghcr.io/wpex/wpex:", env!("CARGO_PKG_VERSION")))]
+    relay_image: String,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Only one replica reconciles at a time, holding a Lease.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity in the Lease and in Events; defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+const LEASE_NAME: &str = "wpex-operator";
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot handle signals; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("wpex-operator-{}", std::process::id()));
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let ready = Arc::new(Readiness::default());
+    let http = MetricsServer::bind(args.metrics_addr, registry, ready.clone()).await?;
+    tokio::spawn(async move {
+        if let Err(e) = http.serve().await {
+            tracing::error!(%e, "metrics endpoint stopped");
+        }
+    });
+
+    let shutdown = shutdown_signal().shared();
+    let mut lost_leadership = None;
+    let mut lease_task = None;
+    if args.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_field_manager(controller::FIELD_MANAGER)
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut leader, task) = manager.watch().await;
+        tracing::info!(%identity, namespace = %args.lease_namespace, "waiting to become leader");
+        tokio::select! {
+            changed = leader.wait_for(|is_leader| *is_leader) => {
+                changed.context("leader election stopped")?;
+            }
+            _ = shutdown.clone() => return Ok(()),
+        }
+        tracing::info!(%identity, "became leader");
+        lease_task = Some(task);
+        lost_leadership = Some(leader);
+    }
+
+    // Stop reconciling on a signal, or as soon as another replica may have taken over.
+    let mut leader_watch = lost_leadership.clone();
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            let lost = async {
+                match leader_watch.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.wait_for(|is_leader| !*is_leader).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                _ = lost => tracing::error!("lost leadership; stopping"),
+            }
+        }
+    }
+    .shared();
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "wpex-operator".to_owned(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        client,
+        relay_image: args.relay_image,
+        metrics,
+    });
+    tracing::info!("starting controllers");
+    controller::run(ctx, stop, || {
+        ready.set_ready();
+        tracing::info!("caches synced; ready");
+    })
+    .await;
+
+    let still_leader = lost_leadership.as_ref().is_none_or(|rx| *rx.borrow());
+    // Closing the channel makes the lease manager release the Lease, so a successor need not
+    // wait for it to expire.
+    drop(lost_leadership);
+    if let Some(task) = lease_task {
+        let _ = task.await;
+    }
+    anyhow::ensure!(still_leader, "lost leadership");
+    Ok(())
+}

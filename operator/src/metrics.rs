@@ -1,0 +1,70 @@
+//! The operator's own metrics.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    reconciliations: Family<ControllerLabel, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    duration: Family<ControllerLabel, Histogram>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them with `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciliations: Family::default(),
+            failures: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
+            }),
+        };
+        let sub = registry.sub_registry_with_prefix("wpex_operator");
+        sub.register(
+            "reconciliations",
+            "Reconciliations run",
+            metrics.reconciliations.clone(),
+        );
+        sub.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by error",
+            metrics.failures.clone(),
+        );
+        sub.register(
+            "reconcile_duration_seconds",
+            "Time spent reconciling",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {
+        let label = ControllerLabel { controller };
+        self.reconciliations.get_or_create(&label).inc();
+        self.duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.failures
+                .get_or_create(&FailureLabels { controller, error })
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The objects a WireGuardRelay owns, built by pure functions from the validated relay.
+//!
+//! Nothing here depends on the keys except the ConfigMap: a key change must never touch the pod
+//! template, or every key change would restart the relay and drop everyone's sessions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use wpex::keys::PublicKey;
+
+use crate::crd::{AccessMode, LogLevel, ServiceType, WireGuardRelaySpec};
+
+/// The file name inside the keys ConfigMap and the relay's mount.
+pub const KEY_FILE: &str = "allowed-keys";
+pub const KEYS_MOUNT: &str = "/etc/wpex/keys";
+pub const METRICS_PORT: i32 = 9090;
+/// Non-root user of the distroless/static images.
+const RUN_AS: i64 = 65532;
+
+/// A WireGuardRelay after dereferencing: the identity its children need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relay {
+    pub name: String,
+    pub namespace: String,
+    pub owner: OwnerReference,
+    pub spec: WireGuardRelaySpec,
+}
+
+pub fn keys_config_map_name(relay: &str) -> String {
+    format!("{relay}-keys")
+}
+
+/// Labels on every child, and the pod selector.
+pub fn labels(relay: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "wpex-relay".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), relay.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "wpex-operator".to_owned(),
+        ),
+    ])
+}
+
+fn metadata(relay: &Relay, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(relay.namespace.clone()),
+        labels: Some(labels(&relay.name)),
+        owner_references: Some(vec![relay.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+pub fn config_map(relay: &Relay, keys: &[PublicKey]) -> ConfigMap {
+    let header = format!(
+        "Allowed WireGuard public keys of relay {}/{}.\nManaged by wpex-operator from WireGuardPeerKeys: edits here are overwritten.",
+        relay.namespace, relay.name
+    );
+    ConfigMap {
+        metadata: metadata(relay, keys_config_map_name(&relay.name)),
+        data: Some(BTreeMap::from([(
+            KEY_FILE.to_owned(),
+            wpex::keyfile::render(&header, keys.iter().copied()),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+fn args(spec: &WireGuardRelaySpec) -> Vec<String> {
+    let mut args = vec![
+        "--port".to_owned(),
+        spec.port.to_string(),
+        "--metrics-addr".to_owned(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+        "--log-format".to_owned(),
+        "json".to_owned(),
+    ];
+    if spec.access_mode == AccessMode::AllowList {
+        args.extend([
+            "--allow-file".to_owned(),
+            format!("{KEYS_MOUNT}/{KEY_FILE}"),
+        ]);
+    }
+    if let Some(rate) = spec.broadcast_rate.filter(|r| *r > 0) {
+        args.extend(["--broadcast-rate".to_owned(), rate.to_string()]);
+    }
+    if spec.log_level == LogLevel::Debug {
+        args.push("--debug".to_owned());
+    }
+    args
+}
+
+fn probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    }
+}
+
+pub fn deployment(relay: &Relay, default_image: &str) -> Deployment {
+    let spec = &relay.spec;
+    let allow_list = spec.access_mode == AccessMode::AllowList;
+    let container = Container {
+        name: "wpex".to_owned(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| default_image.to_owned()),
+        ),
+        args: Some(args(spec)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("wireguard".to_owned()),
+                container_port: i32::from(spec.port),
+                protocol: Some("UDP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".to_owned()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        // No subPath: kubelet only updates a ConfigMap volume mounted whole.
+        volume_mounts: allow_list.then(|| {
+            vec![VolumeMount {
+                name: "keys".to_owned(),
+                mount_path: KEYS_MOUNT.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: allow_list.then(|| {
+            vec![Volume {
+                name: "keys".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: keys_config_map_name(&relay.name),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]
+        }),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: metadata(relay, relay.name.clone()),
+        spec: Some(DeploymentSpec {
+            // Relay state lives in memory: one replica, and never two at once.
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_owned()),
+                ..DeploymentStrategy::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(labels(&relay.name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&relay.name)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+pub fn service(relay: &Relay) -> Service {
+    let spec = &relay.spec;
+    let exposed = spec.service.type_ != ServiceType::ClusterIp;
+    let mut metadata = metadata(relay, relay.name.clone());
+    if !spec.service.annotations.is_empty() {
+        metadata.annotations = Some(spec.service.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(spec.service.type_.as_str().to_owned()),
+            selector: Some(labels(&relay.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("wireguard".to_owned()),
+                protocol: Some("UDP".to_owned()),
+                port: i32::from(spec.port),
+                target_port: Some(IntOrString::String("wireguard".to_owned())),
+                node_port: spec.service.node_port.filter(|_| exposed),
+                ..ServicePort::default()
+            }]),
+            // Only valid on externally reachable Services.
+            external_traffic_policy: exposed
+                .then(|| spec.service.external_traffic_policy.as_str().to_owned()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{RelayService, TrafficPolicy};
+
+    fn relay(spec: WireGuardRelaySpec) -> Relay {
+        Relay {
+            name: "edge".into(),
+            namespace: "net".into(),
+            owner: OwnerReference {
+                api_version: "wpex.io/v1alpha1".into(),
+                kind: "WireGuardRelay".into(),
+                name: "edge".into(),
+                uid: "0000-1111".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+            spec,
+        }
+    }
+
+    fn default_spec() -> WireGuardRelaySpec {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+
+    fn container(d: &Deployment) -> &Container {
+        &d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+            .containers[0]
+    }
+
+    #[test]
+    fn defaults_follow_the_crd() {
+        let spec = default_spec();
+        assert_eq!(spec.port, 40000);
+        assert_eq!(spec.service.type_, ServiceType::LoadBalancer);
+        assert_eq!(spec.service.external_traffic_policy, TrafficPolicy::Local);
+        assert_eq!(spec.access_mode, AccessMode::AllowList);
+    }
+
+    #[test]
+    fn config_map_holds_sorted_unique_keys_in_the_relay_file_format() {
+        let k1: PublicKey = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+            .parse()
+            .expect("key");
+        let k2: PublicKey = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+            .parse()
+            .expect("key");
+        let cm = config_map(&relay(default_spec()), &[k1, k2, k1]);
+        assert_eq!(cm.metadata.name.as_deref(), Some("edge-keys"));
+        assert_eq!(cm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+        let text = &cm.data.as_ref().expect("data")[KEY_FILE];
+        let parsed = wpex::keyfile::parse(std::path::Path::new(KEY_FILE), text).expect("parses");
+        let mut expected = vec![k1, k2];
+        expected.sort();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn deployment_runs_one_hardened_replica_with_the_keys_mounted_whole() {
+        let d = deployment(&relay(default_spec()), "wpex:test");
+        let spec = d.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+            Some("Recreate")
+        );
+        let c = container(&d);
+        assert_eq!(c.image.as_deref(), Some("wpex:test"));
+        let args = c.args.as_ref().expect("args").join(" ");
+        assert!(args.contains("--port 40000"), "{args}");
+        assert!(
+            args.contains("--allow-file /etc/wpex/keys/allowed-keys"),
+            "{args}"
+        );
+        assert!(args.contains("--metrics-addr 0.0.0.0:9090"), "{args}");
+        assert!(!args.contains("--broadcast-rate"), "{args}");
+        let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(mount.mount_path, KEYS_MOUNT);
+        assert_eq!(mount.sub_path, None, "subPath would freeze the file");
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    }
+
+    #[test]
+    fn open_mode_passes_no_key_flags_and_mounts_nothing() {
+        let mut spec = default_spec();
+        spec.access_mode = AccessMode::Open;
+        spec.broadcast_rate = Some(3);
+        spec.log_level = LogLevel::Debug;
+        spec.image = Some("own/wpex:1".into());
+        let d = deployment(&relay(spec), "wpex:test");
+        let c = container(&d);
+        let args = c.args.as_ref().expect("args").join(" ");
+        assert!(!args.contains("--allow"), "{args}");
+        assert!(
+            args.contains("--broadcast-rate 3") && args.contains("--debug"),
+            "{args}"
+        );
+        assert_eq!(c.image.as_deref(), Some("own/wpex:1"));
+        assert!(c.volume_mounts.is_none());
+    }
+
+    #[test]
+    fn service_is_udp_with_the_requested_exposure() {
+        let mut spec = default_spec();
+        spec.service = RelayService {
+            type_: ServiceType::NodePort,
+            node_port: Some(31820),
+            annotations: BTreeMap::from([("a".into(), "b".into())]),
+            external_traffic_policy: TrafficPolicy::Local,
+        };
+        let s = service(&relay(spec.clone()));
+        let ss = s.spec.as_ref().expect("spec");
+        assert_eq!(ss.type_.as_deref(), Some("NodePort"));
+        assert_eq!(ss.external_traffic_policy.as_deref(), Some("Local"));
+        let port = &ss.ports.as_ref().expect("ports")[0];
+        assert_eq!(
+            (port.protocol.as_deref(), port.port, port.node_port),
+            (Some("UDP"), 40000, Some(31820))
+        );
+        assert_eq!(
+            s.metadata.annotations.as_ref().map(|a| a["a"].as_str()),
+            Some("b")
+        );
+
+        spec.service.type_ = ServiceType::ClusterIp;
+        let s = service(&relay(spec));
+        let ss = s.spec.as_ref().expect("spec");
+        assert_eq!(ss.external_traffic_policy, None, "invalid on ClusterIP");
+        assert_eq!(ss.ports.as_ref().expect("ports")[0].node_port, None);
+    }
+}
