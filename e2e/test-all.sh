@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, runnable on a fresh Debian bookworm machine: installs what it needs
+# (cached under /var/cache/wpex), then runs lints, unit and integration tests, and the
+# end-to-end tests with real WireGuard peers in network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "test-all: network namespaces need root; re-running under sudo" >&2
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" "$@"
+fi
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "installing test dependencies"
+e2e/install-deps.sh
+
+step "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "end-to-end: real WireGuard peers behind NAT, through the relay"
+cargo build -p wpex --locked
+WPEX_BIN="$PWD/target/debug/wpex" cargo test -p wpex-e2e --locked -- --ignored --test-threads=1

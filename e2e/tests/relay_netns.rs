@@ -1,0 +1,438 @@
+//! The relay binary between real WireGuard peers (boringtun-cli and wireguard-go), each behind its
+//! own NAT in network namespaces. Run as root:
+//! `cargo test -p wpex-e2e --test relay_netns -- --ignored --test-threads=1 --nocapture`.
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use wpex_e2e::netns::{Host, Lab};
+use wpex_e2e::wg::{Implementation, Peer, sample};
+
+use Implementation::{BoringTun, WireGuardGo};
+
+/// A fair bound for a first handshake: allow-list mode costs one 5 s WireGuard retry.
+const CONNECT: Duration = Duration::from_secs(30);
+const MTU: u16 = 1420;
+
+struct Setup {
+    lab: Lab,
+    relay_host: Host,
+    relay: SocketAddrV4,
+}
+
+fn setup(relay_args: &[&str]) -> Result<Setup> {
+    let mut lab = Lab::new()?;
+    let relay_host = lab.public_host("relay", 1)?;
+    let relay = lab.relay(&relay_host, relay_args)?;
+    Ok(Setup {
+        lab,
+        relay_host,
+        relay,
+    })
+}
+
+/// Two peers behind their own NATs, each configured with the other through the relay.
+fn natted_pair(s: &mut Setup, a: Implementation, b: Implementation) -> Result<(Peer, Peer)> {
+    let ha = s.lab.natted_host("a")?;
+    let hb = s.lab.natted_host("b")?;
+    let pa = s.lab.wireguard(&ha, a, 1, MTU)?;
+    let pb = s.lab.wireguard(&hb, b, 2, MTU)?;
+    s.lab.connect(&pa, &pb, s.relay)?;
+    s.lab.connect(&pb, &pa, s.relay)?;
+    Ok((pa, pb))
+}
+
+fn open_mode(a: Implementation, b: Implementation) -> Result<()> {
+    let mut s = setup(&[])?;
+    let (pa, pb) = natted_pair(&mut s, a, b)?;
+    let took = s.lab.wait_for_ping(&pa, &pb, CONNECT)?;
+    println!("open mode, {a:?} <-> {b:?}: first ping both ways after {took:?}");
+    let m = s.lab.relay_metrics(&s.relay_host)?;
+    ensure!(
+        sample(&m, "wpex_sessions") >= Some(1.0),
+        "no session in metrics:\n{m}"
+    );
+    ensure!(
+        sample(&m, r#"wpex_forwarded_packets_total{type="transport_data"}"#) > Some(0.0),
+        "no data forwarded:\n{m}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn open_mode_boringtun_pair() -> Result<()> {
+    open_mode(BoringTun, BoringTun)
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn open_mode_wireguard_go_pair() -> Result<()> {
+    open_mode(WireGuardGo, WireGuardGo)
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn open_mode_mixed_pair() -> Result<()> {
+    open_mode(BoringTun, WireGuardGo)
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn allow_list_with_both_keys_connects() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let relay_host = lab.public_host("relay", 1)?;
+    let ha = lab.natted_host("a")?;
+    let hb = lab.natted_host("b")?;
+    // Keys must be known before the relay starts: make the peers first.
+    let pa = lab.wireguard(&ha, WireGuardGo, 1, MTU)?;
+    let pb = lab.wireguard(&hb, BoringTun, 2, MTU)?;
+    let relay = lab.relay(
+        &relay_host,
+        &["--allow", &pa.public_key, "--allow", &pb.public_key],
+    )?;
+    lab.connect(&pa, &pb, relay)?;
+    lab.connect(&pb, &pa, relay)?;
+    let took = lab.wait_for_ping(&pa, &pb, CONNECT)?;
+    println!("allow-list mode, WireGuardGo <-> BoringTun: first ping both ways after {took:?}");
+    let m = lab.relay_metrics(&relay_host)?;
+    ensure!(
+        sample(&m, "wpex_cookie_replies_total") >= Some(2.0),
+        "both addresses challenged:\n{m}"
+    );
+    ensure!(sample(&m, "wpex_sessions") >= Some(1.0), "{m}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn a_peer_whose_key_is_not_allowed_stays_out() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let relay_host = lab.public_host("relay", 1)?;
+    let (ha, hb, hc) = (
+        lab.natted_host("a")?,
+        lab.natted_host("b")?,
+        lab.natted_host("c")?,
+    );
+    let pa = lab.wireguard(&ha, BoringTun, 1, MTU)?;
+    let pb = lab.wireguard(&hb, WireGuardGo, 2, MTU)?;
+    let pc = lab.wireguard(&hc, BoringTun, 3, MTU)?;
+    let relay = lab.relay(
+        &relay_host,
+        &["--allow", &pa.public_key, "--allow", &pb.public_key],
+    )?;
+    // A would accept C: each is configured with the other.
+    for (x, y) in [(&pa, &pb), (&pb, &pa), (&pa, &pc), (&pc, &pa)] {
+        lab.connect(x, y, relay)?;
+    }
+    lab.wait_for_ping(&pa, &pb, CONNECT)?;
+
+    // C keeps trying for a fair while, in both directions, and never gets through.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let (ca, ac) = std::thread::scope(|s| {
+            let ca = s.spawn(|| lab.ping_once(&pc, pa.tunnel_ip, None));
+            let ac = s.spawn(|| lab.ping_once(&pa, pc.tunnel_ip, None));
+            (ca.join().unwrap_or(true), ac.join().unwrap_or(true))
+        });
+        ensure!(!ca && !ac, "C and A reached each other through the relay");
+    }
+    // C's initiations name A's allowed key, so they reach A and A answers them (boringtun even
+    // stamps a handshake time when it sends a response). A's response names C's key and is
+    // dropped, so C, the initiator, never completes a handshake.
+    ensure!(
+        lab.handshake_age(&pc, &pa)?.is_none(),
+        "C completed a handshake with A"
+    );
+    let m = lab.relay_metrics(&relay_host)?;
+    ensure!(
+        sample(&m, r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#) > Some(0.0),
+        "handshakes naming C's key were dropped:\n{m}"
+    );
+    // And A <-> B is unaffected.
+    ensure!(lab.ping_once(&pa, pb.tunnel_ip, None), "A <-> B broke");
+    Ok(())
+}
+
+/// Runs the probe binary in `host`'s namespace.
+fn probe(lab: &Lab, host: &Host, args: &[&str]) -> Result<String> {
+    let bin = env!("CARGO_BIN_EXE_udp-probe");
+    let mut all = vec![bin];
+    all.extend_from_slice(args);
+    lab.exec(&host.ns, &all)
+}
+
+/// Registers a listener, floods 200 initiations from another host, and returns how many copies
+/// the listener received and how long the flood window lasted.
+fn broadcast_copies(relay_args: &[&str]) -> Result<(u32, Duration)> {
+    let mut s = setup(relay_args)?;
+    let listener = s.lab.public_host("lsn", 20)?;
+    let flooder = s.lab.public_host("fld", 21)?;
+    let relay = s.relay.to_string();
+    let start = Instant::now();
+    let copies = std::thread::scope(|scope| -> Result<u32> {
+        let listening = scope.spawn(|| probe(&s.lab, &listener, &["listen", &relay, "4"]));
+        // Let the listener register before the flood starts.
+        std::thread::sleep(Duration::from_millis(500));
+        probe(&s.lab, &flooder, &["flood", &relay, "200"])?;
+        let out = listening
+            .join()
+            .map_err(|_| anyhow::anyhow!("listener panicked"))??;
+        out.trim().parse().context("listener count")
+    })?;
+    Ok((copies, start.elapsed()))
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn broadcast_rate_limits_the_copies() -> Result<()> {
+    let (unlimited, _) = broadcast_copies(&["--broadcast-rate", "0", "--source-rate", "0"])?;
+    println!("--broadcast-rate 0: the listener received {unlimited} of 200 initiations");
+    ensure!(
+        unlimited == 200,
+        "unlimited relay delivered {unlimited} of 200"
+    );
+
+    let (limited, window) = broadcast_copies(&["--broadcast-rate", "2", "--source-rate", "0"])?;
+    let bound = 10 + 2 * (window.as_secs() as u32 + 1);
+    println!(
+        "--broadcast-rate 2: the listener received {limited} of 200 (bound {bound} over {window:?})"
+    );
+    ensure!(limited >= 1, "the limit must not block everything");
+    ensure!(
+        limited <= bound,
+        "{limited} copies exceed burst 10 + 2/s over {window:?}"
+    );
+    Ok(())
+}
+
+/// Zero overhead, proven so that any overhead would fail: the underlay MTU is 1500 everywhere,
+/// IP fragments are dropped on every namespace of the path, and the tunnel MTU is set to exactly
+/// 1500 - 20 (IPv4) - 8 (UDP) - 32 (WireGuard) = 1440. A full-size ping then makes outer packets
+/// of exactly 1500 bytes; one extra byte of encapsulation at the relay would need fragmenting and
+/// be dropped. The same ping size must work over a direct WireGuard link, and one byte more must
+/// fail on both, which shows the fragment rule bites.
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn the_relay_adds_zero_mtu_overhead() -> Result<()> {
+    const TUNNEL_MTU: u16 = 1440;
+    const FULL: u16 = TUNNEL_MTU - 28; // ICMP payload filling the tunnel MTU
+    let mut s = setup(&[])?;
+    let ha = s.lab.natted_host("a")?;
+    let hb = s.lab.natted_host("b")?;
+    let da = s.lab.public_host("da", 30)?;
+    let db = s.lab.public_host("db", 31)?;
+    for ns in s.lab.namespaces().to_vec() {
+        for chain in ["INPUT", "OUTPUT", "FORWARD"] {
+            s.lab
+                .exec(&ns, &["iptables", "-A", chain, "-f", "-j", "DROP"])?;
+        }
+    }
+    let pa = s.lab.wireguard(&ha, BoringTun, 1, TUNNEL_MTU)?;
+    let pb = s.lab.wireguard(&hb, WireGuardGo, 2, TUNNEL_MTU)?;
+    s.lab.connect(&pa, &pb, s.relay)?;
+    s.lab.connect(&pb, &pa, s.relay)?;
+    let via_relay = s.lab.wait_for_ping(&pa, &pb, CONNECT)?;
+
+    // The direct link: two public hosts configured with each other's address.
+    let qa = s.lab.wireguard(&da, BoringTun, 3, TUNNEL_MTU)?;
+    let qb = s.lab.wireguard(&db, WireGuardGo, 4, TUNNEL_MTU)?;
+    for (x, y) in [(&qa, &qb), (&qb, &qa)] {
+        s.lab
+            .exec(&x.host.ns, &["wg", "set", &x.iface, "listen-port", "51820"])?;
+        s.lab.connect(x, y, SocketAddrV4::new(y.host.ip, 51820))?;
+    }
+    let direct = s.lab.wait_for_ping(&qa, &qb, CONNECT)?;
+    println!("first ping both ways: through the relay {via_relay:?}, direct link {direct:?}");
+
+    ensure!(
+        s.lab.ping_once(&pa, pb.tunnel_ip, Some(FULL)),
+        "full-size ping through the relay"
+    );
+    ensure!(
+        s.lab.ping_once(&pb, pa.tunnel_ip, Some(FULL)),
+        "full-size ping back through the relay"
+    );
+    ensure!(
+        s.lab.ping_once(&qa, qb.tunnel_ip, Some(FULL)),
+        "full-size ping over the direct link"
+    );
+
+    // One byte more than the underlay carries: must fail both ways, relay or not.
+    for p in [&pa, &qa] {
+        s.lab.exec(
+            &p.host.ns,
+            &[
+                "ip",
+                "link",
+                "set",
+                &p.iface,
+                "mtu",
+                &(TUNNEL_MTU + 1).to_string(),
+            ],
+        )?;
+    }
+    ensure!(
+        !s.lab.ping_once(&pa, pb.tunnel_ip, Some(FULL + 1)),
+        "an oversized packet got through: fragments are not dropped"
+    );
+    ensure!(
+        !s.lab.ping_once(&qa, qb.tunnel_ip, Some(FULL + 1)),
+        "an oversized packet crossed the direct link"
+    );
+    println!(
+        "largest ping payload, relay and direct: {FULL} bytes (tunnel MTU {TUNNEL_MTU} on a 1500-byte underlay)"
+    );
+    Ok(())
+}
+
+/// Replaces the key file the way an editor does.
+fn publish_keys(path: &std::path::Path, keys: &[&str]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        keys.iter().map(|k| format!("{k}\n")).collect::<String>(),
+    )?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Polls the relay's metrics until `series` has `value`; returns how long that took.
+fn wait_for_metric(
+    lab: &Lab,
+    relay: &Host,
+    series: &str,
+    value: f64,
+    bound: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let m = lab.relay_metrics(relay)?;
+        if sample(&m, series) == Some(value) {
+            return Ok(start.elapsed());
+        }
+        ensure!(
+            start.elapsed() < bound,
+            "{series} did not reach {value} within {bound:?}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pings `from` -> `to` for `span` and fails if any ping gets through.
+fn stays_unreachable(lab: &Lab, from: &Peer, to: &Peer, span: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < span {
+        ensure!(
+            !lab.ping_once(from, to.tunnel_ip, None),
+            "{} reached {}",
+            from.iface,
+            to.iface
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn keys_follow_the_file_over_one_relay_process() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let relay_host = lab.public_host("relay", 1)?;
+    let hosts: Vec<Host> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| lab.natted_host(n))
+        .collect::<Result<_>>()?;
+    let pa = lab.wireguard(&hosts[0], BoringTun, 1, MTU)?;
+    let pb = lab.wireguard(&hosts[1], WireGuardGo, 2, MTU)?;
+    let pc = lab.wireguard(&hosts[2], WireGuardGo, 3, MTU)?;
+    let pd = lab.wireguard(&hosts[3], BoringTun, 4, MTU)?;
+    let key_file = lab.dir().join("allowed-keys");
+    publish_keys(&key_file, &[&pa.public_key, &pb.public_key])?;
+    let relay = lab.relay(&relay_host, &["--allow-file", &key_file.to_string_lossy()])?;
+    let pid = lab.pid("relay").context("relay pid")?;
+    // A would accept B, C and D; each of them is configured with A.
+    for other in [&pb, &pc, &pd] {
+        lab.connect(&pa, other, relay)?;
+        lab.connect(other, &pa, relay)?;
+    }
+    lab.wait_for_ping(&pa, &pb, CONNECT)?;
+    stays_unreachable(&lab, &pc, &pa, Duration::from_secs(8))?;
+
+    // Adding C's key lets C in, without restarting the relay.
+    publish_keys(&key_file, &[&pa.public_key, &pb.public_key, &pc.public_key])?;
+    let loaded = wait_for_metric(
+        &lab,
+        &relay_host,
+        "wpex_allowed_keys",
+        3.0,
+        Duration::from_secs(2),
+    )?;
+    let connected = lab.wait_for_ping(&pa, &pc, CONNECT).with_context(|| {
+        let show = |p: &Peer| {
+            lab.exec(&p.host.ns, &["wg", "show", &p.iface])
+                .unwrap_or_default()
+        };
+        format!("A:\n{}\nC:\n{}", show(&pa), show(&pc))
+    })?;
+    println!("key added: loaded after {loaded:?}, C <-> A pinging {connected:?} later");
+
+    // A garbage update is rejected whole: the last good set stays and D stays out.
+    std::fs::write(key_file.with_extension("tmp"), "not a key\n")?;
+    std::fs::rename(key_file.with_extension("tmp"), &key_file)?;
+    wait_for_metric(
+        &lab,
+        &relay_host,
+        r#"wpex_key_reloads_total{result="failure"}"#,
+        1.0,
+        Duration::from_secs(2),
+    )?;
+    ensure!(sample(&lab.relay_metrics(&relay_host)?, "wpex_allowed_keys") == Some(3.0));
+    stays_unreachable(&lab, &pd, &pa, Duration::from_secs(8))?;
+    ensure!(
+        lab.ping_once(&pc, pa.tunnel_ip, None),
+        "C lost A after a rejected update"
+    );
+
+    // Removing C's key cuts C's live session at once; A <-> B keeps pinging.
+    let before = sample(
+        &lab.relay_metrics(&relay_host)?,
+        r#"wpex_forwarded_packets_total{type="transport_data"}"#,
+    );
+    publish_keys(&key_file, &[&pa.public_key, &pb.public_key])?;
+    let removed = Instant::now();
+    while lab.ping_once(&pc, pa.tunnel_ip, None) {
+        ensure!(
+            removed.elapsed() < Duration::from_secs(2),
+            "C still reaches A 2 s after removal"
+        );
+    }
+    println!(
+        "key removed: C's traffic stopped within {:?}",
+        removed.elapsed()
+    );
+    stays_unreachable(&lab, &pc, &pa, Duration::from_secs(5))?;
+    ensure!(
+        lab.ping_once(&pa, pb.tunnel_ip, None) && lab.ping_once(&pb, pa.tunnel_ip, None),
+        "A <-> B broke"
+    );
+
+    let m = lab.relay_metrics(&relay_host)?;
+    ensure!(
+        sample(&m, r#"wpex_key_reloads_total{result="success"}"#) == Some(2.0),
+        "{m}"
+    );
+    ensure!(
+        sample(&m, r#"wpex_forwarded_packets_total{type="transport_data"}"#) > before,
+        "{m}"
+    );
+    ensure!(
+        sample(&m, r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#) > Some(0.0),
+        "{m}"
+    );
+    ensure!(
+        lab.pid("relay") == Some(pid) && lab.is_running("relay"),
+        "the relay was restarted"
+    );
+    Ok(())
+}
