@@ -147,6 +147,10 @@ fn candidate(key: &WireGuardPeerKey) -> Candidate {
 }
 
 async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Being deleted: re-applying children now would fight the garbage collector.
+    if obj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let relay = dereference(&obj)?;
     let client = &ctx.client;
 

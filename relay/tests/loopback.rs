@@ -8,7 +8,7 @@ use wpex::message::Kind;
 use wpex::server::{Server, lock};
 use wpex::{Access, Config};
 
-fn run_pair(access: impl FnOnce(&Identity, &Identity) -> Access) {
+fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
     let (ia, ib) = (Identity::random(), Identity::random());
     let access = access(&ia, &ib);
     let challenged = matches!(access, Access::AllowList(_));
@@ -18,7 +18,7 @@ fn run_pair(access: impl FnOnce(&Identity, &Identity) -> Access) {
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _context = runtime.enter();
-    let server = Server::bind(config, "127.0.0.1", 0, 2).expect("bind relay");
+    let server = Server::bind(config, bind, 0, 2).expect("bind relay");
     let relay_addr = server.local_addr().expect("relay address");
     let core = server.relay();
     runtime.spawn(server.serve(std::future::pending()));
@@ -56,10 +56,24 @@ fn run_pair(access: impl FnOnce(&Identity, &Identity) -> Access) {
 
 #[test]
 fn open_mode_over_loopback() {
-    run_pair(|_, _| Access::Open);
+    run_pair("127.0.0.1", |_, _| Access::Open);
+}
+
+#[test]
+fn open_mode_over_ipv6_loopback() {
+    run_pair("::1", |_, _| Access::Open);
 }
 
 #[test]
 fn allow_list_mode_over_loopback() {
-    run_pair(|a, b| Access::AllowList(AllowedKeys::new([a.public, b.public])));
+    run_pair("127.0.0.1", |a, b| {
+        Access::AllowList(AllowedKeys::new([a.public, b.public]))
+    });
+}
+
+#[test]
+fn allow_list_mode_over_ipv6_loopback() {
+    run_pair("::1", |a, b| {
+        Access::AllowList(AllowedKeys::new([a.public, b.public]))
+    });
 }

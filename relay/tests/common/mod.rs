@@ -136,8 +136,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A socket on the loopback address of the relay's family.
     pub fn new(peer: Peer, relay: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
+        let local = if relay.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let socket = UdpSocket::bind(local).expect("bind peer socket");
         socket
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("set timeout");
