@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian bookworm machine: installs what it needs
-# (cached under /var/cache/wpex), then runs lints, unit and integration tests, and the
-# end-to-end tests with real WireGuard peers in network namespaces.
+# (cached under /var/cache/wpex), then runs lints, unit and integration tests, the end-to-end
+# tests with real WireGuard peers in network namespaces, and the operator against a real
+# kube-apiserver, etcd and kube-controller-manager.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "installing test dependencies"
 e2e/install-deps.sh
+e2e/k8s/install-k8s.sh
 
 step "formatting and lints"
 cargo fmt --all -- --check
@@ -22,6 +24,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "end-to-end: real WireGuard peers behind NAT, through the relay"
-cargo build -p wpex --locked
-WPEX_BIN="$PWD/target/debug/wpex" cargo test -p wpex-e2e --locked -- --ignored --test-threads=1
+step "end-to-end: real WireGuard peers behind NAT, and the operator against a real API server"
+cargo build -p wpex -p wpex-operator --locked
+WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator" \
+    cargo test -p wpex-e2e --locked -- --ignored --test-threads=1

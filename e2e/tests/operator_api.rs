@@ -1,0 +1,478 @@
+//! The operator binary against a real kube-apiserver, etcd and kube-controller-manager.
+//!
+//! Run with `cargo test -p wpex-e2e --test operator_api -- --ignored --test-threads=1` after
+//! `e2e/k8s/install-k8s.sh`; `e2e/test-all.sh` does both.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeAddress, NodeStatus, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use wpex_e2e::control_plane::{ControlPlane, with_temp_ns};
+use wpex_operator::crd::{WireGuardPeerKey, WireGuardPeerKeySpec, WireGuardRelay};
+
+const K1: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+const K3: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+/// "Within seconds": generous enough for a loaded 2-core CI machine.
+const SOON: Duration = Duration::from_secs(20);
+
+fn operator_bin() -> PathBuf {
+    std::env::var_os("WPEX_OPERATOR_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wpex-operator"),
+        PathBuf::from,
+    )
+}
+
+/// The operator process, killed on drop.
+struct Operator {
+    child: Child,
+    metrics: String,
+}
+
+impl Operator {
+    fn start(cp: &ControlPlane) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let bin = operator_bin();
+        if !bin.exists() {
+            bail!(
+                "{} is missing; build it with cargo build -p wpex-operator",
+                bin.display()
+            );
+        }
+        let log = std::fs::File::create(cp.log_dir().join("wpex-operator.log"))?;
+        let child = Command::new(bin)
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", "info,wpex_operator=debug")
+            .args(["--metrics-addr", &metrics, "--relay-image", "wpex:e2e"])
+            .args(["--lease-namespace", "default", "--identity", "e2e-operator"])
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting wpex-operator")?;
+        Ok(Self { child, metrics })
+    }
+
+    /// GETs a path of the operator's HTTP endpoint with curl.
+    fn get(&self, path: &str) -> Result<String> {
+        let url = format!("http://{}{path}", self.metrics);
+        let out = Command::new("curl")
+            .args(["-sSf", "--max-time", "2", &url])
+            .output()?;
+        if !out.status.success() {
+            bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [WireGuardRelay::crd(), WireGuardPeerKey::crd()] {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        poll("CRD established", SOON, || async {
+            let crd = crds.get(&name).await?;
+            Ok(crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns true; fails after `bound`. Returns the time it took.
+async fn poll<F, Fut>(what: &str, bound: Duration, check: F) -> Result<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(true) => return Ok(start.elapsed()),
+            Ok(false) | Err(_) if start.elapsed() < bound => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(false) => bail!("{what}: not within {bound:?}"),
+            Err(e) => return Err(e.context(format!("{what}: not within {bound:?}"))),
+        }
+    }
+}
+
+async fn apply_json<K>(api: &Api<K>, name: &str, body: serde_json::Value) -> Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .patch(
+            name,
+            &PatchParams::apply("e2e-user").force(),
+            &Patch::Apply(&body),
+        )
+        .await?)
+}
+
+fn relay_json(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "wpex.io/v1alpha1", "kind": "WireGuardRelay", "metadata": {"name": name}, "spec": spec})
+}
+
+fn key_json(name: &str, relay: &str, key: &str, disabled: bool) -> serde_json::Value {
+    json!({"apiVersion": "wpex.io/v1alpha1", "kind": "WireGuardPeerKey", "metadata": {"name": name},
+           "spec": {"relay": relay, "publicKey": key, "disabled": disabled}})
+}
+
+async fn key_file(cms: &Api<ConfigMap>, name: &str) -> Result<Vec<String>> {
+    let cm = cms.get(name).await?;
+    let text = cm
+        .data
+        .and_then(|d| d.get("allowed-keys").cloned())
+        .unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+async fn condition(api: &Api<WireGuardPeerKey>, name: &str) -> Result<Option<(String, String)>> {
+    let key = api.get(name).await?;
+    Ok(key
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Accepted"))
+        .map(|c| (c.status, c.reason)))
+}
+
+/// The pod-template-hash labels of the ReplicaSets the relay's Deployment created.
+async fn template_hashes(rs: &Api<ReplicaSet>, relay: &str) -> Result<Vec<String>> {
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={relay}"));
+    let mut hashes: Vec<String> = rs
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .filter_map(|r| r.labels().get("pod-template-hash").cloned())
+        .collect();
+    hashes.sort();
+    Ok(hashes)
+}
+
+#[tokio::test]
+#[ignore = "needs the Kubernetes binaries from e2e/k8s/install-k8s.sh and a built wpex-operator"]
+async fn operator_against_a_real_api_server() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    install_crds(&client).await?;
+    let operator = Operator::start(&cp)?;
+    let result = async {
+        scenarios(&client).await?;
+        operator_process(&client, &operator).await
+    }
+    .await;
+    if result.is_err() {
+        cp.print_logs();
+    }
+    result
+}
+
+async fn scenarios(client: &Client) -> Result<()> {
+    with_temp_ns(client, |ns| async move {
+        children_keys_and_gc(client, &ns).await
+    })
+    .await?;
+    with_temp_ns(client, |ns| async move {
+        validation_and_status(client, &ns).await
+    })
+    .await?;
+    with_temp_ns(
+        client,
+        |ns| async move { node_port_endpoint(client, &ns).await },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Leader election, readiness and metrics of the operator process itself.
+async fn operator_process(client: &Client, operator: &Operator) -> Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let lease = leases
+        .get("wpex-operator")
+        .await
+        .context("the operator's Lease")?;
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(
+        holder.as_deref(),
+        Some("e2e-operator"),
+        "the operator holds the Lease"
+    );
+    assert_eq!(operator.get("/readyz")?.trim(), "ready");
+    let metrics = operator.get("/metrics")?;
+    let reconciled = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"wpex_operator_reconciliations_total{controller="wireguardrelay"} "#)
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reconciled > 0.0, "{metrics}");
+    Ok(())
+}
+
+async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
+    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
+    let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+
+    apply_json(&keys, "alice", key_json("alice", "edge", K1, false)).await?;
+    apply_json(
+        &relays,
+        "edge",
+        relay_json(
+            "edge",
+            json!({"service": {"type": "ClusterIP"}, "broadcastRate": 4}),
+        ),
+    )
+    .await?;
+
+    // The three children appear, owned by the relay, with the right contents.
+    let took = poll("children created", SOON, || async {
+        Ok(cms.get_opt("edge-keys").await?.is_some()
+            && deploys.get_opt("edge").await?.is_some()
+            && services.get_opt("edge").await?.is_some())
+    })
+    .await?;
+    println!("relay applied -> children created in {took:?}");
+    assert_eq!(key_file(&cms, "edge-keys").await?, vec![K1.to_owned()]);
+    let deploy = deploys.get("edge").await?;
+    let relay_uid = relays.get("edge").await?.uid();
+    assert_eq!(
+        deploy.owner_references()[0].uid,
+        relay_uid.clone().unwrap_or_default()
+    );
+    let spec = deploy.spec.clone().context("deployment spec")?;
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate")
+    );
+    let pod = spec.template.spec.context("pod spec")?;
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.contains("--allow-file /etc/wpex/keys/allowed-keys")
+            && args.contains("--broadcast-rate 4"),
+        "{args}"
+    );
+    assert_eq!(pod.containers[0].image.as_deref(), Some("wpex:e2e"));
+    let volume = &pod.volumes.unwrap_or_default()[0];
+    assert_eq!(
+        volume.config_map.as_ref().map(|c| c.name.as_str()),
+        Some("edge-keys")
+    );
+    let svc = services.get("edge").await?.spec.context("service spec")?;
+    assert_eq!(
+        svc.ports.unwrap_or_default()[0].protocol.as_deref(),
+        Some("UDP")
+    );
+
+    // kube-controller-manager turns the Deployment into one ReplicaSet.
+    poll("ReplicaSet created", SOON, || async {
+        Ok(template_hashes(&replicasets, "edge").await?.len() == 1)
+    })
+    .await?;
+    let hashes = template_hashes(&replicasets, "edge").await?;
+    let generation = deploys.get("edge").await?.metadata.generation;
+
+    // Add, disable, delete: the ConfigMap follows; the pod template never changes.
+    apply_json(&keys, "bob", key_json("bob", "edge", K2, false)).await?;
+    let took = poll("added key in ConfigMap", SOON, || async {
+        Ok(key_file(&cms, "edge-keys").await?.len() == 2)
+    })
+    .await?;
+    println!("WireGuardPeerKey applied -> ConfigMap updated in {took:?}");
+    apply_json(&keys, "bob", key_json("bob", "edge", K2, true)).await?;
+    let took = poll("disabled key out of ConfigMap", SOON, || async {
+        Ok(key_file(&cms, "edge-keys").await? == vec![K1.to_owned()])
+    })
+    .await?;
+    println!("WireGuardPeerKey disabled -> ConfigMap updated in {took:?}");
+    assert_eq!(
+        condition(&keys, "bob").await?,
+        Some(("False".into(), "Disabled".into()))
+    );
+    keys.delete("alice", &DeleteParams::default()).await?;
+    let took = poll("deleted key out of ConfigMap", SOON, || async {
+        Ok(key_file(&cms, "edge-keys").await?.is_empty())
+    })
+    .await?;
+    println!("WireGuardPeerKey deleted -> ConfigMap updated in {took:?}");
+    assert_eq!(
+        template_hashes(&replicasets, "edge").await?,
+        hashes,
+        "no new ReplicaSet"
+    );
+    assert_eq!(
+        deploys.get("edge").await?.metadata.generation,
+        generation,
+        "Deployment untouched"
+    );
+
+    // The relay reports its key count.
+    poll("relay status keys", SOON, || async {
+        Ok(relays
+            .get("edge")
+            .await?
+            .status
+            .is_some_and(|s| s.keys == 0 && s.endpoint.is_some()))
+    })
+    .await?;
+
+    // Deleting the relay garbage-collects everything it owned.
+    relays.delete("edge", &DeleteParams::foreground()).await?;
+    let took = poll("children collected", SOON, || async {
+        Ok(cms.get_opt("edge-keys").await?.is_none()
+            && deploys.get_opt("edge").await?.is_none()
+            && services.get_opt("edge").await?.is_none()
+            && template_hashes(&replicasets, "edge").await?.is_empty())
+    })
+    .await?;
+    println!("relay deleted -> children collected in {took:?}");
+    Ok(())
+}
+
+async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
+    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
+    let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), ns);
+
+    // The API server itself refuses keys that are not base64 of 32 bytes.
+    for bad in [
+        "AAAA",
+        "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykx=",
+        "not a key at all, no",
+    ] {
+        let key = WireGuardPeerKey::new(
+            "bad",
+            WireGuardPeerKeySpec {
+                relay: "edge".into(),
+                public_key: bad.into(),
+                disabled: false,
+            },
+        );
+        match keys.create(&PostParams::default(), &key).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{status:?}");
+                assert!(
+                    status.message.contains("base64 of exactly 32 bytes"),
+                    "{}",
+                    status.message
+                );
+            }
+            other => bail!("key {bad:?} was not refused: {other:?}"),
+        }
+    }
+
+    // A key whose relay does not exist says so.
+    apply_json(&keys, "orphan", key_json("orphan", "nowhere", K3, false)).await?;
+    poll("orphan status", SOON, || async {
+        Ok(condition(&keys, "orphan").await? == Some(("False".into(), "RelayNotFound".into())))
+    })
+    .await?;
+
+    // Of two keys claiming the same public key, the older wins; the other is a duplicate.
+    apply_json(
+        &relays,
+        "edge",
+        relay_json("edge", json!({"service": {"type": "ClusterIP"}})),
+    )
+    .await?;
+    apply_json(&keys, "first", key_json("first", "edge", K1, false)).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // distinct creation seconds
+    apply_json(&keys, "second", key_json("second", "edge", K1, false)).await?;
+    poll("duplicate status", SOON, || async {
+        Ok(
+            condition(&keys, "second").await? == Some(("False".into(), "DuplicateKey".into()))
+                && condition(&keys, "first").await? == Some(("True".into(), "Accepted".into())),
+        )
+    })
+    .await?;
+    let first = keys.get("first").await?.status.context("status")?;
+    let hint = first.peer_config.context("peer config hint")?;
+    assert!(
+        hint.contains("PersistentKeepalive = 25") && hint.contains("Endpoint = "),
+        "{hint}"
+    );
+    Ok(())
+}
+
+async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
+    // No kubelet here: a Node object with addresses is what the endpoint is read from.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_name = format!("{ns}-node");
+    let node = Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(node_name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    nodes.create(&PostParams::default(), &node).await?;
+    let status = json!({"status": NodeStatus {
+        addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: "192.0.2.10".into() }]),
+        ..Default::default()
+    }});
+    nodes
+        .patch_status(&node_name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+
+    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
+    apply_json(
+        &relays,
+        "np",
+        relay_json(
+            "np",
+            json!({"service": {"type": "NodePort", "nodePort": 31820}}),
+        ),
+    )
+    .await?;
+    let took = poll("NodePort endpoint in status", SOON, || async {
+        Ok(relays
+            .get("np")
+            .await?
+            .status
+            .and_then(|s| s.endpoint)
+            .as_deref()
+            == Some("192.0.2.10:31820"))
+    })
+    .await?;
+    println!("NodePort relay applied -> endpoint in status in {took:?}");
+    nodes.delete(&node_name, &DeleteParams::default()).await?;
+    Ok(())
+}
