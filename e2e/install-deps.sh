@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need on a fresh Debian bookworm machine. Idempotent; heavy
-# builds are cached under /var/cache/wpex, keyed by version. The Rust harness (e2e/src/wg.rs)
-# looks for the binaries at these same paths.
+# Installs what the network-namespace end-to-end tests need on a fresh Debian bookworm machine.
+# Idempotent and non-interactive; heavy builds are cached under /var/cache/wpex, keyed by
+# version. The Rust harness (e2e/src/wg.rs) reads the two versions below from this file, so the
+# paths it looks in always match; WPEX_BORINGTUN and WPEX_WIREGUARD_GO override them.
 set -euo pipefail
 
 BORINGTUN_VERSION=0.7.1
@@ -10,6 +11,7 @@ WIREGUARD_GO_VERSION=v0.0.0-20250521234502-f333402bd9cb
 CACHE=/var/cache/wpex
 
 export DEBIAN_FRONTEND=noninteractive
+# wg, ip (netns, veth, bridge), iptables (NAT, fragment drops), ping, sysctl, curl (metrics).
 packages=(wireguard-tools iproute2 iptables iputils-ping procps curl)
 missing=()
 for p in "${packages[@]}"; do
@@ -18,19 +20,28 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${missing[*]}"
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-boringtun="$CACHE/boringtun-cli-$BORINGTUN_VERSION"
-if [ ! -x "$boringtun/bin/boringtun-cli" ]; then
+need() {
+    command -v "$1" >/dev/null || { echo "install-deps: $1 not found: $2" >&2; exit 1; }
+}
+
+boringtun="$CACHE/boringtun-cli-$BORINGTUN_VERSION/bin/boringtun-cli"
+if [ ! -x "$boringtun" ]; then
+    need cargo "install Rust (rustup) first"
     echo "install-deps: building boringtun-cli $BORINGTUN_VERSION"
-    cargo install boringtun-cli --locked --version "$BORINGTUN_VERSION" --root "$boringtun" --quiet
+    cargo install boringtun-cli --locked --version "$BORINGTUN_VERSION" \
+        --root "$CACHE/boringtun-cli-$BORINGTUN_VERSION" --quiet
 fi
 
-wggo="$CACHE/wireguard-go-$WIREGUARD_GO_VERSION"
-if [ ! -x "$wggo/bin/wireguard" ]; then
+wggo="$CACHE/wireguard-go-$WIREGUARD_GO_VERSION/bin/wireguard"
+if [ ! -x "$wggo" ]; then
+    need go "install Go 1.21 or newer (Debian's golang is too old for wireguard-go)"
     echo "install-deps: building wireguard-go $WIREGUARD_GO_VERSION"
-    GOBIN="$wggo/bin" go install "golang.zx2c4.com/wireguard@$WIREGUARD_GO_VERSION"
+    GOBIN="$(dirname "$wggo")" go install "golang.zx2c4.com/wireguard@$WIREGUARD_GO_VERSION"
 fi
 
-echo "install-deps: boringtun-cli $("$boringtun/bin/boringtun-cli" --version | awk '{print $2}'), wireguard-go $WIREGUARD_GO_VERSION, $(wg --version | awk '{print $1, $2}')"
+echo "install-deps: boringtun-cli $("$boringtun" --version | awk '{print $2}') at $boringtun (WPEX_BORINGTUN)"
+echo "install-deps: wireguard-go $WIREGUARD_GO_VERSION at $wggo (WPEX_WIREGUARD_GO)"
+echo "install-deps: $(wg --version | awk '{print $1, $2}'), $(ip -V)"

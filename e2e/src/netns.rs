@@ -1,8 +1,12 @@
 //! A lab of network namespaces: an "internet" bridge, public hosts on it, and hosts behind their
-//! own iptables MASQUERADE NAT. Everything is torn down on drop, also after a panic.
+//! own iptables MASQUERADE NAT. Everything is torn down on drop, also after a panic, and
+//! leftovers of earlier runs that died before cleaning up are removed by the next [`Lab::new`].
 //!
 //! Addresses are documentation ranges and never leave the namespaces: the internet is
-//! 198.51.100.0/24, each NAT's LAN a /28 of 203.0.113.0/24.
+//! 198.51.100.0/24, each NAT's LAN a /28 of 203.0.113.0/24 (tunnels use 192.0.2.0/24).
+//!
+//! Nothing here knows about the relay: anything reachable at an address on the internet segment
+//! (a relay host, a Kubernetes node plugged in with [`Lab::attach`]) can be the peers' endpoint.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -12,7 +16,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
 
+/// Starts every name a lab creates (namespaces, interfaces, UAPI sockets).
+const TAG: &str = "wx";
+/// Where wireguard-go and boringtun put their UAPI sockets: one directory for all namespaces.
+pub(crate) const UAPI_DIR: &str = "/var/run/wireguard";
+
 static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// Something worth printing when a test fails, computed at that moment.
+type Diagnostic = Box<dyn Fn(&Lab) -> String + Send + Sync>;
 
 /// A host: a network namespace with an address peers can reach it at (public or NATed).
 #[derive(Debug, Clone)]
@@ -23,14 +35,18 @@ pub struct Host {
 }
 
 pub struct Lab {
-    /// Short and unique, so interface and namespace names stay under 15 characters.
+    /// `wx<pid>_<n>` in base 36: unique per process and lab, at most 10 characters, so
+    /// interface names (prefix, one letter, up to 3 digits) stay within Linux's 15.
     pub prefix: String,
     inet: String,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     hosts: u8,
     nats: u8,
+    passed: bool,
+    /// Extra diagnostics printed with the logs on failure (the relay's metrics, for one).
+    on_failure: Vec<Diagnostic>,
 }
 
 /// Runs a command, failing with its stderr.
@@ -49,12 +65,94 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The PID of the process that made a name made by a [`Lab`], or `None` for other names.
+fn pid_of(name: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix(TAG)?.split_once('_')?;
+    u32::from_str_radix(pid, 36).ok()
+}
+
+/// Whether a name was made by a lab that can no longer clean up after itself: its process is
+/// gone, or it carries `mine`, a prefix this process has not used yet (so an old run's, whose
+/// PID we now have). Names of other live labs, in this process or another, are left alone.
+fn is_stale(name: &str, mine: &str) -> bool {
+    if let Some(rest) = name.strip_prefix(mine) {
+        let rest = rest.strip_suffix(".sock").unwrap_or(rest);
+        // Namespaces are `<prefix>-<name>`, interfaces `<prefix><letter><digits>`.
+        let interface = rest.len() > 1
+            && rest.starts_with(['b', 't', 'n', 'h', 'w'])
+            && rest[1..].bytes().all(|b| b.is_ascii_digit());
+        if rest.starts_with('-') || interface {
+            return true;
+        }
+    }
+    pid_of(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Kills whatever still runs in a namespace (processes outlive `ip netns del`).
+fn kill_all_in(ns: &str) {
+    let Ok(pids) = run("ip", &["netns", "pids", ns]) else {
+        return;
+    };
+    for pid in pids.split_whitespace() {
+        let _ = run("kill", &["-KILL", pid]);
+    }
+}
+
+/// Removes namespaces, stray veths and UAPI sockets left by labs whose process died.
+fn remove_stale(mine: &str) {
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if is_stale(ns, mine) {
+                eprintln!("netns: removing stale namespace {ns}");
+                kill_all_in(ns);
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+    }
+    // A veth pair is made in the root namespace and then moved: a crash in between leaves it.
+    if let Ok(links) = run("ip", &["-o", "link", "show"]) {
+        for link in links.lines() {
+            let Some(name) = link.split(": ").nth(1) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            if is_stale(name, mine) {
+                let _ = run("ip", &["link", "del", name]);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(UAPI_DIR) {
+        for entry in entries.flatten() {
+            if is_stale(&entry.file_name().to_string_lossy(), mine) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 impl Lab {
     pub fn new() -> Result<Self> {
+        if run("id", &["-u"])?.trim() != "0" {
+            bail!("network namespaces need root: run the e2e tests as root");
+        }
         let prefix = format!(
-            "x{}{}",
-            std::process::id() % 10_000,
-            LABS.fetch_add(1, Ordering::Relaxed)
+            "{TAG}{}_{}",
+            base36(std::process::id()),
+            base36(LABS.fetch_add(1, Ordering::Relaxed))
         );
         remove_stale(&prefix);
         let inet = format!("{prefix}-inet");
@@ -63,9 +161,11 @@ impl Lab {
             inet: inet.clone(),
             namespaces: Vec::new(),
             children: Vec::new(),
-            dir: tempfile::tempdir()?,
+            dir: Some(tempfile::tempdir()?),
             hosts: 0,
             nats: 0,
+            passed: false,
+            on_failure: Vec::new(),
         };
         lab.add_ns(&inet)?;
         lab.exec(&inet, &["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -73,8 +173,21 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The lab's scratch directory: process logs, key files. Kept after a failed test.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().map_or(Path::new("/tmp"), |d| d.path())
+    }
+
+    /// Marks the test as passed: from now on, dropping the lab stays quiet and removes its
+    /// directory. A lab dropped without this (an error returned, a panic) prints every
+    /// process's log and keeps the directory.
+    pub fn pass(&mut self) {
+        self.passed = true;
+    }
+
+    /// Adds a diagnostic to print, with the process logs, if the test fails.
+    pub fn on_failure(&mut self, f: impl Fn(&Lab) -> String + Send + Sync + 'static) {
+        self.on_failure.push(Box::new(f));
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<()> {
@@ -91,11 +204,11 @@ impl Lab {
         run("ip", &full)
     }
 
-    /// A veth pair with `a` in namespace `ns_a` and `b` in `ns_b`.
+    /// A veth pair with `a` in namespace `ns_a` and `b` in `ns_b`, both with MTU 1500.
     fn veth(&self, a: &str, ns_a: &str, b: &str, ns_b: &str) -> Result<()> {
         run("ip", &["link", "add", a, "type", "veth", "peer", "name", b])?;
-        run("ip", &["link", "set", a, "netns", ns_a])?;
-        run("ip", &["link", "set", b, "netns", ns_b])?;
+        run("ip", &["link", "set", a, "mtu", "1500", "netns", ns_a])?;
+        run("ip", &["link", "set", b, "mtu", "1500", "netns", ns_b])?;
         Ok(())
     }
 
@@ -119,7 +232,7 @@ impl Lab {
         Ok(())
     }
 
-    /// A host directly on the internet at 198.51.100.`last`.
+    /// A host directly on the internet at 198.51.100.`last` (1..=99; the NATs use 101 up).
     pub fn public_host(&mut self, name: &str, last: u8) -> Result<Host> {
         let ns = format!("{}-{name}", self.prefix);
         self.add_ns(&ns)?;
@@ -128,10 +241,26 @@ impl Lab {
         Ok(Host { ns, ip })
     }
 
+    /// Plugs a namespace made by someone else (a Kubernetes node, say) into the internet as
+    /// interface `wan` at 198.51.100.`last`, and sets its loopback up. The lab removes its
+    /// link, not the namespace.
+    pub fn attach(&mut self, ns: &str, last: u8) -> Result<Host> {
+        self.exec(ns, &["ip", "link", "set", "lo", "up"])?;
+        let ip = Ipv4Addr::new(198, 51, 100, last);
+        self.attach_to_internet(ns, "wan", ip)?;
+        Ok(Host {
+            ns: ns.to_owned(),
+            ip,
+        })
+    }
+
     /// A host on the LAN of its own NAT. The NAT's public address is 198.51.100.(100 + n).
     pub fn natted_host(&mut self, name: &str) -> Result<Host> {
         self.nats += 1;
         let n = self.nats;
+        if n > 14 {
+            bail!("at most 14 NATs per lab: each takes a /28 of 203.0.113.0/24");
+        }
         let nat = format!("{}-nat{n}", self.prefix);
         self.add_ns(&nat)?;
         self.attach_to_internet(&nat, "wan", Ipv4Addr::new(198, 51, 100, 100 + n))?;
@@ -183,18 +312,40 @@ impl Lab {
         Ok(Host { ns, ip })
     }
 
-    /// Every namespace of the lab, for rules that must hold on the whole path.
+    /// Every namespace the lab made, for rules that must hold on the whole path.
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces
     }
 
-    /// Starts a long-running process in `ns`, logging to `<name>.log` in the lab directory.
+    /// The MTU of interface `ifname` in namespace `ns`.
+    pub fn mtu(&self, ns: &str, ifname: &str) -> Result<u32> {
+        let text = self.exec(ns, &["cat", &format!("/sys/class/net/{ifname}/mtu")])?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("MTU of {ifname} in {ns}: {text:?}"))
+    }
+
+    /// Starts a long-running process in `ns`, its stdout and stderr going to `<name>.log` in
+    /// the lab directory (printed if the test fails).
     pub fn spawn(&mut self, ns: &str, name: &str, program: &Path, args: &[&str]) -> Result<()> {
+        self.spawn_env(ns, name, program, args, &[])
+    }
+
+    /// [`Lab::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        &mut self,
+        ns: &str,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let log = File::create(self.log_path(name))?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -205,7 +356,7 @@ impl Lab {
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
+        self.dir().join(format!("{name}.log"))
     }
 
     /// Whether a process started with [`Lab::spawn`] is still running.
@@ -224,45 +375,42 @@ impl Lab {
             .map(|(_, c)| c.id())
     }
 
-    /// Prints every process log; called when a test fails.
+    /// Prints every process log and the failure diagnostics to stderr.
     pub fn dump_logs(&self) {
         for (name, _) in &self.children {
-            let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("----- {name}.log (last {} lines)", tail.len());
+            let path = self.log_path(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("----- {} (last {} lines)", path.display(), tail.len());
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");
             }
         }
-    }
-}
-
-/// Removes namespaces left by an earlier run that died before cleaning up.
-fn remove_stale(prefix: &str) {
-    let Ok(list) = run("ip", &["netns", "list"]) else {
-        return;
-    };
-    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        if ns.starts_with(&format!("{prefix}-")) {
-            let _ = run("ip", &["netns", "del", ns]);
+        for f in &self.on_failure {
+            eprintln!("{}", f(self));
         }
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if !self.passed || std::thread::panicking() {
+            eprintln!("===== lab {} failed: logs follow", self.prefix);
             self.dump_logs();
+            if let Some(dir) = self.dir.take() {
+                eprintln!("===== lab files kept in {}", dir.keep().display());
+            }
         }
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
         for ns in self.namespaces.iter().rev() {
+            kill_all_in(ns);
             let _ = run("ip", &["netns", "del", ns]);
         }
         // UAPI sockets live on the shared file system, not in the namespaces.
-        if let Ok(entries) = std::fs::read_dir("/var/run/wireguard") {
+        if let Ok(entries) = std::fs::read_dir(UAPI_DIR) {
             for entry in entries.flatten() {
                 if entry
                     .file_name()
@@ -273,5 +421,38 @@ impl Drop for Lab {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_pid_of_their_lab() {
+        let prefix = format!("{TAG}{}_{}", base36(4_194_304), base36(35));
+        assert_eq!(prefix, "wx2hwcg_z");
+        assert!(prefix.len() <= 10, "room for a letter and 3 digits");
+        assert_eq!(pid_of("wx2hwcg_z-relay"), Some(4_194_304));
+        assert_eq!(pid_of("wx2hwcg_zw254.sock"), Some(4_194_304));
+        assert_eq!(pid_of("wxyz"), None);
+        assert_eq!(pid_of("other_1"), None);
+    }
+
+    #[test]
+    fn only_dead_or_reused_prefixes_are_stale() {
+        let me = base36(std::process::id());
+        let mine = format!("{TAG}{me}_1");
+        for reused in ["-relay", "-nat2", "w3", "w3.sock", "b12"] {
+            assert!(is_stale(&format!("{mine}{reused}"), &mine), "{reused}");
+        }
+        // Lab `1b` of this process is alive, and so are its names.
+        for other in ["b-inet", "bw3", "bw3.sock", "bt1", "b"] {
+            assert!(!is_stale(&format!("{mine}{other}"), &mine), "{other}");
+        }
+        // PIDs never reach u32::MAX / 2 on Linux (pid_max <= 2^22).
+        let dead = format!("{TAG}{}_0-inet", base36(u32::MAX / 2));
+        assert!(is_stale(&dead, "wx0_0"));
+        assert!(!is_stale("unrelated", "wx0_0"));
     }
 }
