@@ -16,6 +16,7 @@ step() { printf '\n=== %s\n' "$*"; }
 step "installing test dependencies"
 e2e/install-deps.sh
 e2e/k8s/install-k8s.sh
+e2e/install-helm.sh
 
 step "formatting and lints"
 cargo fmt --all -- --check
