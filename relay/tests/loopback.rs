@@ -26,7 +26,9 @@ fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
     let mut a = Endpoint::new(Peer::new(&ia, &ib, false), relay_addr);
     let mut b = Endpoint::new(Peer::new(&ib, &ia, false), relay_addr);
     // B registers (its own initiation reaches nobody), then A's initiation is relayed to B.
+    // The relay has several workers, so wait until B is known before A initiates.
     b.initiate(challenged);
+    wait_until_known(&core, &b);
     a.initiate(challenged);
     assert!(
         b.answer().is_empty(),
@@ -52,6 +54,18 @@ fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
     assert_eq!(stats.forwarded(Kind::Data).packets, 3);
     assert_eq!(stats.cookie_replies, if challenged { 2 } else { 0 });
     assert_eq!(stats.dropped_total(), 0);
+}
+
+/// Polls the relay's table; panics if `endpoint` is not registered within a generous bound.
+fn wait_until_known(core: &wpex::server::SharedRelay, endpoint: &Endpoint) {
+    let addr = endpoint.socket.local_addr().expect("peer address");
+    for _ in 0..500 {
+        if lock(core).table().is_known(addr) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the relay never registered {addr}");
 }
 
 #[test]

@@ -160,10 +160,15 @@ fn an_empty_key_file_allows_nobody() {
 }
 
 /// Completes a handshake between two fresh endpoints and checks data both ways.
-fn connect(relay: SocketAddr, first: &Identity, second: &Identity) -> (Endpoint, Endpoint) {
-    let mut x = Endpoint::new(Peer::new(first, second, false), relay);
-    let mut y = Endpoint::new(Peer::new(second, first, false), relay);
+fn connect(relay: &RelayProcess, first: &Identity, second: &Identity) -> (Endpoint, Endpoint) {
+    let mut x = Endpoint::new(Peer::new(first, second, false), relay.udp);
+    let mut y = Endpoint::new(Peer::new(second, first, false), relay.udp);
+    // The relay has a worker per core: x's initiation must not overtake y's registration.
+    let before = relay.sample("wpex_endpoints");
     y.initiate(true);
+    relay.wait_until("the relay registers y", Duration::from_secs(5), |r| {
+        r.sample("wpex_endpoints") > before
+    });
     x.initiate(true);
     y.answer();
     x.answer();
@@ -213,8 +218,8 @@ fn keys_follow_the_file_without_a_restart() {
         sample(&r.metrics(), "wpex_allowed_keys") == Some(4.0)
     });
     println!("key added -> loaded in {took:?}");
-    let (mut a, mut b) = connect(relay.udp, &ia, &ib);
-    let (mut c, mut d) = connect(relay.udp, &ic, &id);
+    let (mut a, mut b) = connect(&relay, &ia, &ib);
+    let (mut c, mut d) = connect(&relay, &ic, &id);
     assert_eq!(relay.sample("wpex_sessions"), 2.0);
 
     // A garbage update is rejected whole: the last good set stays, traffic flows on.
