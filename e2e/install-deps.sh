@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the network-namespace end-to-end tests need on a fresh Debian bookworm machine.
+# Installs what the end-to-end tests need on a fresh Debian bookworm machine: WireGuard peers in
+# network namespaces, and the packages of the local single-node cluster.
 # Idempotent and non-interactive; heavy builds are cached under /var/cache/wpex, keyed by
 # version. The Rust harness (e2e/src/wg.rs) reads the two versions below from this file, so the
 # paths it looks in always match; WPEX_BORINGTUN and WPEX_WIREGUARD_GO override them.
@@ -13,6 +14,10 @@ CACHE=/var/cache/wpex
 export DEBIAN_FRONTEND=noninteractive
 # wg, ip (netns, veth, bridge), iptables (NAT, fragment drops), ping, sysctl, curl (metrics).
 packages=(wireguard-tools iproute2 iptables iputils-ping procps curl)
+# The local cluster's node (e2e/src/cluster.rs): container runtime, CNI plugins, conntrack for
+# kube-proxy; and the Docker-free image build (e2e/build-images.sh): umoci, skopeo, a static C
+# toolchain for the pause image, readelf.
+packages+=(containerd runc containernetworking-plugins conntrack umoci skopeo gcc libc6-dev binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

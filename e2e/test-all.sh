@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian bookworm machine: installs what it needs
 # (cached under /var/cache/wpex), then runs lints, unit and integration tests, the end-to-end
-# tests with real WireGuard peers in network namespaces, and the operator against a real
-# kube-apiserver, etcd and kube-controller-manager.
+# tests with real WireGuard peers in network namespaces, the operator against a real
+# kube-apiserver, etcd and kube-controller-manager, and the chart installed on a real single-node
+# cluster (kubelet, containerd, kube-proxy) that the test brings up and tears down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit and integration tests"
 cargo test --workspace --locked
 
-step "end-to-end: real WireGuard peers behind NAT, and the operator against a real API server"
+step "images: static binaries packed without Docker (e2e/build-images.sh)"
+# Release builds go to a cache outside the repo; cargo rebuilds only what changed.
+CARGO_TARGET_DIR=/var/cache/wpex/images-target e2e/build-images.sh
+
+step "end-to-end: peers behind NAT, the operator on a real API server, the chart on a real node"
 cargo build -p wpex -p wpex-operator --locked
 WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator" \
     cargo test -p wpex-e2e --locked -- --ignored --test-threads=1

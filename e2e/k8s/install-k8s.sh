@@ -9,7 +9,8 @@ source "$here/versions.env"
 CACHE=/var/cache/wpex
 out="$CACHE/k8s-$K8S_VERSION"
 bin="$out/bin"
-components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# kubectl is for people debugging a failed run (and for `kubectl get wgr` in the cluster e2e).
+components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build"
 
@@ -39,19 +40,11 @@ gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Go
     grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" \
         | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
 } > "$src/go.mod"
-cat > "$src/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-)
-GO
+{
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "${components[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+} > "$src/tools.go"
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
 ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

@@ -1,9 +1,10 @@
 //! A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager,
-//! built from the Go module proxy by `e2e/k8s/install-k8s.sh`, on 127.0.0.1.
+//! built from the Go module proxy by `e2e/k8s/install-k8s.sh`, on 127.0.0.1 (or, under a real
+//! node, on the node's address: pods reach the API server through the `kubernetes` Service).
 
 use std::fs::File;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,7 +64,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn make_pki(dir: &Path) -> Result<Pki> {
+fn make_pki(dir: &Path, address: IpAddr) -> Result<Pki> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
         .distinguished_name
@@ -79,6 +80,7 @@ fn make_pki(dir: &Path) -> Result<Pki> {
     let mut serving = CertificateParams::new(vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
+        address.to_string(),
         "10.96.0.1".to_owned(),
         "kubernetes".to_owned(),
         "kubernetes.default".to_owned(),
@@ -148,8 +150,14 @@ current-context: e2e
 }
 
 impl ControlPlane {
-    /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API answers.
+    /// Starts etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 and waits until the
+    /// API answers.
     pub async fn start() -> Result<Self> {
+        Self::start_at(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// As [`ControlPlane::start`], with the API server serving and advertised on `address`.
+    pub async fn start_at(address: IpAddr) -> Result<Self> {
         let bin = bin_dir();
         for component in ["etcd", "kube-apiserver", "kube-controller-manager"] {
             if !bin.join(component).exists() {
@@ -160,9 +168,9 @@ impl ControlPlane {
             }
         }
         let dir = tempfile::tempdir()?;
-        let pki = make_pki(dir.path())?;
+        let pki = make_pki(dir.path(), address)?;
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{}", std::net::SocketAddr::new(address, api_port));
         let kubeconfig = write(dir.path(), "kubeconfig", &kubeconfig_text(&server, &pki)?)?;
         let mut cp = Self {
             client: Client::try_from(Config::new("http://127.0.0.1:1".parse()?))?,
@@ -194,8 +202,8 @@ impl ControlPlane {
             &bin.join("kube-apiserver"),
             &[
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
+                format!("--bind-address={address}"),
+                format!("--advertise-address={address}"),
                 format!("--secure-port={api_port}"),
                 format!("--tls-cert-file={}", p(&pki.serving.0)),
                 format!("--tls-private-key-file={}", p(&pki.serving.1)),
@@ -250,7 +258,9 @@ impl ControlPlane {
         Ok(Client::try_from(config)?)
     }
 
-    fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> Result<()> {
+    /// Starts a long-running component, its output going to `<name>.log` in the log directory.
+    /// It is killed when the control plane is dropped, or when the test process dies.
+    pub fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> Result<()> {
         let log = File::create(self.log_dir().join(format!("{name}.log")))?;
         let mut command = Command::new(program);
         command
@@ -275,7 +285,26 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn all_running(&mut self) -> bool {
+    /// Stops one component started with [`ControlPlane::spawn`] (SIGTERM, then SIGKILL).
+    pub fn stop(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(i);
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether every component is still running.
+    pub fn all_running(&mut self) -> bool {
         self.children
             .iter_mut()
             .all(|(_, c)| matches!(c.try_wait(), Ok(None)))

@@ -1,6 +1,9 @@
 //! End-to-end harness: network namespaces behind NATs ([`netns`]) with real WireGuard peers and
-//! the relay ([`wg`]); a real Kubernetes control plane ([`control_plane`]).
+//! the relay ([`wg`]); a real Kubernetes control plane ([`control_plane`]) and a
+//! real node beside it ([`cluster`]); helm and kubectl ([`tools`]).
 
+pub mod cluster;
 pub mod control_plane;
 pub mod netns;
+pub mod tools;
 pub mod wg;

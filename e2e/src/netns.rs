@@ -254,6 +254,53 @@ impl Lab {
         })
     }
 
+    /// Plugs this machine's own network namespace (where a local Kubernetes node runs) into the
+    /// internet at 198.51.100.`last`. Returns the interface, which keeps its lab name so that it
+    /// goes away with the lab's bridge, or with the stale-lab cleanup after a crash. Never made
+    /// a named namespace: the lab kills every process in its namespaces when it is dropped.
+    pub fn attach_root(&mut self, last: u8) -> Result<(String, Ipv4Addr)> {
+        self.hosts += 1;
+        let bridge_side = format!("{}b{}", self.prefix, self.hosts);
+        let root_side = format!("{}t{}", self.prefix, self.hosts);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &bridge_side,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &root_side,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "link",
+                "set",
+                &bridge_side,
+                "mtu",
+                "1500",
+                "netns",
+                &self.inet,
+            ],
+        )?;
+        let inet = self.inet.clone();
+        self.exec(
+            &inet,
+            &["ip", "link", "set", &bridge_side, "master", "br0", "up"],
+        )?;
+        let ip = Ipv4Addr::new(198, 51, 100, last);
+        run(
+            "ip",
+            &["addr", "add", &format!("{ip}/24"), "dev", &root_side],
+        )?;
+        run("ip", &["link", "set", &root_side, "mtu", "1500", "up"])?;
+        Ok((root_side, ip))
+    }
+
     /// A host on the LAN of its own NAT. The NAT's public address is 198.51.100.(100 + n).
     pub fn natted_host(&mut self, name: &str) -> Result<Host> {
         self.nats += 1;

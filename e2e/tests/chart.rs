@@ -2,45 +2,21 @@
 //! Needs helm from `e2e/install-helm.sh` (and, for the install, the Kubernetes binaries).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use wpex_e2e::control_plane::{ControlPlane, pinned};
-
-/// Offline renders assume an old cluster; render for the version the e2e cluster runs.
-const HELM_INSTALLER: &str = include_str!("../install-helm.sh");
-
-fn helm() -> PathBuf {
-    let version = HELM_INSTALLER
-        .lines()
-        .find_map(|l| l.strip_prefix("HELM_VERSION="))
-        .unwrap_or("unpinned");
-    std::env::var_os("WPEX_HELM").map_or_else(
-        || PathBuf::from(format!("/var/cache/wpex/helm-{version}/bin/helm")),
-        PathBuf::from,
-    )
-}
-
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/wpex")
-}
+use wpex_e2e::tools::{chart, helm, run_tool};
 
 /// Runs helm; returns (success, stdout + stderr).
 fn run_helm(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, String)> {
-    let mut command = Command::new(helm());
-    command.args(args);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command
-        .output()
-        .context("running helm; install it with e2e/install-helm.sh")?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Ok((out.status.success(), text))
+    let kubeconfig = env
+        .iter()
+        .find(|(k, _)| *k == "KUBECONFIG")
+        .map(|(_, v)| *v);
+    run_tool(&helm(), args, kubeconfig).context("install helm with e2e/install-helm.sh")
 }
 
 fn values_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {

@@ -1,0 +1,52 @@
+//! The command-line tools the e2e tests drive: helm (from `e2e/install-helm.sh`) and kubectl
+//! (built with the cluster by `e2e/k8s/install-k8s.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::control_plane::bin_dir;
+
+const HELM_INSTALLER: &str = include_str!("../install-helm.sh");
+
+/// helm, pinned in `e2e/install-helm.sh`; `WPEX_HELM` overrides.
+pub fn helm() -> PathBuf {
+    let version = HELM_INSTALLER
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION="))
+        .unwrap_or("unpinned");
+    std::env::var_os("WPEX_HELM").map_or_else(
+        || PathBuf::from(format!("/var/cache/wpex/helm-{version}/bin/helm")),
+        PathBuf::from,
+    )
+}
+
+/// kubectl of the pinned Kubernetes version; `WPEX_KUBECTL` overrides.
+pub fn kubectl() -> PathBuf {
+    std::env::var_os("WPEX_KUBECTL").map_or_else(|| bin_dir().join("kubectl"), PathBuf::from)
+}
+
+/// The chart in this repository.
+pub fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/wpex")
+}
+
+/// Runs `program` with `KUBECONFIG` set when given; returns (success, stdout + stderr).
+pub fn run_tool(
+    program: &Path,
+    args: &[&str],
+    kubeconfig: Option<&Path>,
+) -> Result<(bool, String)> {
+    let mut command = Command::new(program);
+    command.args(args);
+    if let Some(kubeconfig) = kubeconfig {
+        command.env("KUBECONFIG", kubeconfig);
+    }
+    let out = command
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), text))
+}

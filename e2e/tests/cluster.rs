@@ -1,0 +1,452 @@
+//! The product end to end on a real cluster: `helm install`, a NodePort WireGuardRelay with
+//! WireGuardPeerKeys, and stock WireGuard peers behind NATs outside the cluster reaching the relay
+//! pod through the node.
+//!
+//! The cluster is chosen by `WPEX_E2E_CLUSTER` (see [`Cluster`]): by default a local single-node
+//! cluster brought up here with no Docker; `current` for the current kubeconfig's (kind, via
+//! `e2e/kind/run.sh`). Either way this machine is plugged into the peers' internet at
+//! [`NODE_LAST`], where the relay's NodePort answers.
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use wpex_e2e::cluster::Cluster;
+use wpex_e2e::control_plane::with_temp_ns;
+use wpex_e2e::netns::Lab;
+use wpex_e2e::tools::{chart, helm, kubectl, run_tool};
+use wpex_e2e::wg::{Peer, PeerKind, sample};
+use wpex_operator::crd::{WireGuardPeerKey, WireGuardRelay};
+
+/// This machine on the peers' internet: 198.51.100.10.
+const NODE_LAST: u8 = 10;
+/// The relay's NodePort; kind maps the same host port to it (`e2e/kind/cluster.yaml`).
+const NODE_PORT: u16 = 31820;
+const RELEASE: &str = "wpex";
+const RELAY: &str = "edge";
+const RELAY_SELECTOR: &str = "app.kubernetes.io/name=wpex-relay,app.kubernetes.io/instance=edge";
+/// Tunnel MTU: 1500 minus WireGuard's 60 bytes over IPv4 (the relay adds nothing).
+const MTU: u16 = 1440;
+
+/// Polls `check` until it returns `Some`, or fails after `bound`.
+async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> Result<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok((value, start.elapsed()));
+        }
+        if start.elapsed() > bound {
+            bail!("{what}: not within {bound:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Suite<'a> {
+    cluster: &'a Cluster,
+    client: Client,
+    ns: String,
+}
+
+impl Suite<'_> {
+    fn kubeconfig(&self) -> Option<&Path> {
+        self.cluster.kubeconfig()
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["--namespace", &self.ns];
+        all.extend_from_slice(args);
+        let (ok, out) = run_tool(&kubectl(), &all, self.kubeconfig())?;
+        ensure!(ok, "kubectl {}: {out}", all.join(" "));
+        Ok(out)
+    }
+
+    fn helm(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["--namespace", &self.ns];
+        all.extend_from_slice(args);
+        let (ok, out) = run_tool(&helm(), &all, self.kubeconfig())?;
+        ensure!(ok, "helm {}: {out}", all.join(" "));
+        Ok(out)
+    }
+
+    /// `kubectl apply` of a manifest, as a user would.
+    fn apply(&self, manifest: &str) -> Result<()> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), manifest)?;
+        let path = file.path().to_str().context("utf-8 path")?;
+        self.kubectl(&["apply", "-f", path])?;
+        Ok(())
+    }
+
+    async fn relay_pod(&self) -> Result<Pod> {
+        let pods = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(RELAY_SELECTOR))
+            .await?;
+        match pods.items.as_slice() {
+            [pod] => Ok(pod.clone()),
+            other => bail!("expected one relay pod, found {}", other.len()),
+        }
+    }
+
+    /// The relay pod's /metrics, through the API server's pod proxy (works on kind too).
+    async fn relay_metrics(&self) -> Result<String> {
+        let pod = self.relay_pod().await?;
+        let name = pod.metadata.name.context("pod name")?;
+        let request = http::Request::get(format!(
+            "/api/v1/namespaces/{}/pods/{name}:9090/proxy/metrics",
+            self.ns
+        ))
+        .body(Vec::new())?;
+        Ok(self.client.request_text(request).await?)
+    }
+
+    async fn metric(&self, series: &str) -> Result<f64> {
+        Ok(sample(&self.relay_metrics().await?, series).unwrap_or(0.0))
+    }
+
+    /// What a person debugging a failure looks at first.
+    fn dump(&self) {
+        let what =
+            "deployments,replicasets,pods,services,configmaps,wireguardrelays,wireguardpeerkeys";
+        for args in [
+            vec!["get", what, "-o", "wide"],
+            vec!["describe", what],
+            vec!["get", "events", "--sort-by=.lastTimestamp"],
+            vec![
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=wpex-operator",
+                "--tail=100",
+            ],
+            vec!["logs", "-l", RELAY_SELECTOR, "--tail=100"],
+        ] {
+            let mut all = vec!["--namespace", &self.ns];
+            all.extend_from_slice(&args);
+            match run_tool(&kubectl(), &all, self.kubeconfig()) {
+                Ok((_, out)) => eprintln!("----- kubectl {}\n{out}", all.join(" ")),
+                Err(e) => eprintln!("----- kubectl {}: {e:#}", all.join(" ")),
+            }
+        }
+        self.cluster.print_logs();
+    }
+}
+
+async fn gone<K>(api: &Api<K>, name: &str) -> Result<Option<()>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?.is_none().then_some(()))
+}
+
+fn peer_key(name: &str, public_key: &str) -> String {
+    format!(
+        "apiVersion: wpex.io/v1alpha1
+kind: WireGuardPeerKey
+metadata:
+  name: {name}
+spec:
+  relay: {RELAY}
+  publicKey: {public_key}
+"
+    )
+}
+
+/// Pings `from` -> `to` until it fails three times in a row; fails if that takes over `bound`.
+fn wait_until_cut(lab: &Lab, from: &Peer, to: &Peer, bound: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut failures = 0;
+    while failures < 3 {
+        failures = if lab.ping_once(from, to.tunnel_ip, None) {
+            0
+        } else {
+            failures + 1
+        };
+        if start.elapsed() > bound {
+            bail!("{} still reaches {} after {bound:?}", from.iface, to.iface);
+        }
+    }
+    Ok(start.elapsed())
+}
+
+async fn scenario(suite: &Suite<'_>, lab: &mut Lab, node: std::net::Ipv4Addr) -> Result<()> {
+    // 1. helm install; the operator becomes ready.
+    let chart = chart();
+    let started = Instant::now();
+    suite.helm(&[
+        "install",
+        RELEASE,
+        chart.to_str().context("utf-8 path")?,
+        // The images were imported (local) or loaded (kind); never pull them.
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout=3m",
+    ])?;
+    let operator: Deployment = suite.api().get("wpex-operator").await?;
+    let ready = operator.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    ensure!(ready == 1, "the operator is ready after helm --wait");
+    eprintln!(
+        "1. helm install: operator ready in {:.1?}",
+        started.elapsed()
+    );
+
+    // 2. A NodePort relay and the keys of peers A and B; `kubectl get wgr` shows the endpoint.
+    let a = lab.natted_host("a")?;
+    let b = lab.natted_host("b")?;
+    let c = lab.natted_host("c")?;
+    let pa = lab.wireguard(&a, PeerKind::BoringTun, 1, MTU)?;
+    let pb = lab.wireguard(&b, PeerKind::WireGuardGo, 2, MTU)?;
+    let pc = lab.wireguard(&c, PeerKind::BoringTun, 3, MTU)?;
+    suite.apply(&format!(
+        "apiVersion: wpex.io/v1alpha1
+kind: WireGuardRelay
+metadata:
+  name: {RELAY}
+spec:
+  service:
+    type: NodePort
+    nodePort: {NODE_PORT}
+---
+{}---
+{}",
+        peer_key("peer-a", &pa.public_key),
+        peer_key("peer-b", &pb.public_key),
+    ))?;
+    let relays: Api<WireGuardRelay> = suite.api();
+    let (endpoint, took) = eventually(
+        "the relay reports an endpoint and is Ready",
+        Duration::from_secs(120),
+        || async {
+            let relay = relays.get(RELAY).await?;
+            let status = relay.status.unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(status.endpoint.filter(|_| ready && status.keys == 2))
+        },
+    )
+    .await?;
+    let table = suite.kubectl(&["get", "wgr", RELAY])?;
+    ensure!(table.contains(&endpoint), "kubectl get wgr:\n{table}");
+    ensure!(
+        endpoint.ends_with(&format!(":{NODE_PORT}")),
+        "endpoint {endpoint} is the NodePort"
+    );
+    if suite.cluster.is_local() {
+        ensure!(
+            endpoint == format!("{node}:{NODE_PORT}"),
+            "endpoint {endpoint}"
+        );
+    }
+    eprintln!("2. relay Ready with endpoint {endpoint} in {took:.1?}:\n{table}");
+    let relay_uid = suite.relay_pod().await?.metadata.uid;
+
+    // 3. A and B ping each other through the relay pod.
+    let relay_addr = SocketAddrV4::new(node, NODE_PORT);
+    lab.connect(&pa, &pb, relay_addr)?;
+    lab.connect(&pb, &pa, relay_addr)?;
+    lab.connect(&pa, &pc, relay_addr)?;
+    lab.connect(&pc, &pa, relay_addr)?;
+    // Lab calls block (ping, wg); the runtime has a second worker for the kube client.
+    let took = lab.wait_for_ping(&pa, &pb, Duration::from_secs(60))?;
+    let forwarded = suite
+        .metric(r#"wpex_forwarded_packets_total{type="transport_data"}"#)
+        .await?;
+    ensure!(forwarded > 0.0, "the relay pod forwarded the pings");
+    eprintln!("3. A <-> B through the relay pod in {took:.1?} ({forwarded} data packets relayed)");
+
+    // 4. C has no WireGuardPeerKey: its handshakes are dropped and it never reaches A.
+    let dropped = r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#;
+    let before = suite.metric(dropped).await?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        ensure!(
+            !lab.ping_once(&pc, pa.tunnel_ip, None),
+            "C got through without a key"
+        );
+    }
+    let after = suite.metric(dropped).await?;
+    ensure!(
+        after > before,
+        "the relay dropped C's initiations as mac1_invalid"
+    );
+    ensure!(
+        lab.handshake_age(&pc, &pa)?.is_none(),
+        "C never completed a handshake"
+    );
+    eprintln!("4. C blocked: {} initiations dropped", after - before);
+
+    // 5. C's key: C gets through once kubelet refreshes the mounted ConfigMap; same relay pod.
+    suite.apply(&peer_key("peer-c", &pc.public_key))?;
+    let took = lab.wait_for_ping(&pc, &pa, Duration::from_secs(120))?;
+    let pod = suite.relay_pod().await?;
+    ensure!(
+        pod.metadata.uid == relay_uid,
+        "the relay pod was not replaced"
+    );
+    let restarts: i32 = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.restart_count)
+        .sum();
+    ensure!(restarts == 0, "the relay container never restarted");
+    ensure!(suite.metric("wpex_allowed_keys").await? == 3.0, "3 keys");
+    eprintln!("5. C's key applied: C <-> A in {took:.1?}, same relay pod, 0 restarts");
+
+    // 6. Delete C's key: C is cut off while A and B keep talking.
+    let keys: Api<WireGuardPeerKey> = suite.api();
+    keys.delete("peer-c", &DeleteParams::default()).await?;
+    let took = wait_until_cut(lab, &pc, &pa, Duration::from_secs(120))?;
+    lab.wait_for_ping(&pa, &pb, Duration::from_secs(10))?;
+    ensure!(!lab.ping_once(&pc, pa.tunnel_ip, None), "C stays cut off");
+    eprintln!("6. C's key deleted: C cut off within {took:.1?}; A <-> B still ping");
+
+    // 7. Delete the relay: everything it owned goes with it.
+    relays.delete(RELAY, &DeleteParams::default()).await?;
+    let deployments: Api<Deployment> = suite.api();
+    let services: Api<Service> = suite.api();
+    let config_maps: Api<ConfigMap> = suite.api();
+    let (_, took) = eventually(
+        "the relay's Deployment, Service, ConfigMap and pod are gone",
+        Duration::from_secs(120),
+        || async {
+            let pods = suite
+                .api::<Pod>()
+                .list(&ListParams::default().labels(RELAY_SELECTOR))
+                .await?;
+            Ok((gone(&deployments, RELAY).await?.is_some()
+                && gone(&services, RELAY).await?.is_some()
+                && gone(&config_maps, &format!("{RELAY}-keys"))
+                    .await?
+                    .is_some()
+                && pods.items.is_empty())
+            .then_some(()))
+        },
+    )
+    .await?;
+    eprintln!("7. relay deleted: its objects garbage-collected in {took:.1?}");
+
+    // 8. helm uninstall leaves nothing of the release (CRDs stay, as Helm does with crds/).
+    suite.helm(&["uninstall", RELEASE, "--wait", "--timeout=2m"])?;
+    let release = format!("app.kubernetes.io/instance={RELEASE}");
+    let by_release = ListParams::default().labels(&release);
+    let leftovers = [
+        (
+            "Deployment",
+            deployments.list(&by_release).await?.items.len(),
+        ),
+        (
+            "ServiceAccount",
+            suite
+                .api::<ServiceAccount>()
+                .list(&by_release)
+                .await?
+                .items
+                .len(),
+        ),
+        (
+            "Role",
+            suite.api::<Role>().list(&by_release).await?.items.len(),
+        ),
+        (
+            "RoleBinding",
+            suite
+                .api::<RoleBinding>()
+                .list(&by_release)
+                .await?
+                .items
+                .len(),
+        ),
+        (
+            "ClusterRole",
+            Api::<ClusterRole>::all(suite.client.clone())
+                .list(&by_release)
+                .await?
+                .items
+                .len(),
+        ),
+        (
+            "ClusterRoleBinding",
+            Api::<ClusterRoleBinding>::all(suite.client.clone())
+                .list(&by_release)
+                .await?
+                .items
+                .len(),
+        ),
+    ];
+    for (kind, n) in leftovers {
+        ensure!(
+            n == 0,
+            "{n} {kind} of the release left after helm uninstall"
+        );
+    }
+    let (_, pods_gone) = eventually(
+        "the operator pod is gone",
+        Duration::from_secs(60),
+        || async {
+            let pods = suite
+                .api::<Pod>()
+                .list(&ListParams::default().labels("app.kubernetes.io/name=wpex-operator"))
+                .await?;
+            Ok(pods.items.is_empty().then_some(()))
+        },
+    )
+    .await?;
+    let list = suite.helm(&["list", "--short"])?;
+    ensure!(list.trim().is_empty(), "no release left: {list}");
+    eprintln!("8. helm uninstall: nothing left ({pods_gone:.1?} for the operator pod)");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, the Kubernetes binaries, containerd and the images (e2e/test-all.sh)"]
+async fn helm_install_then_peers_through_the_relay_pod() -> Result<()> {
+    // Declared first so it is dropped last: the node's address lives on the lab's bridge.
+    let mut lab = Lab::new()?;
+    let (_, node) = lab.attach_root(NODE_LAST)?;
+    let started = Instant::now();
+    let cluster = Cluster::from_env(node).await?;
+    eprintln!("cluster ready in {:.1?}", started.elapsed());
+    let client = cluster.client();
+    let (lab_ref, cluster_ref) = (&mut lab, &cluster);
+    let result = with_temp_ns(&client, |ns| async move {
+        let suite = Suite {
+            cluster: cluster_ref,
+            client: cluster_ref.client(),
+            ns,
+        };
+        let result = scenario(&suite, lab_ref, node).await;
+        if result.is_err() {
+            suite.dump();
+        }
+        result
+    })
+    .await;
+    if result.is_ok() {
+        lab.pass();
+    }
+    result
+}
