@@ -174,6 +174,8 @@ impl LocalCluster {
         run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
 
         let mut cp = ControlPlane::start_at(IpAddr::V4(node_ip)).await?;
+        // Every component uses the admin credential, a test cluster's shortcut; the operator
+        // still runs under its own ServiceAccount and the chart's RBAC.
         let kubeconfig = cp.kubeconfig_path().display().to_string();
         let s = |p: &str| state(p).display().to_string();
         cp.spawn(

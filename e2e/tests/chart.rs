@@ -9,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use wpex_e2e::control_plane::{ControlPlane, pinned};
 use wpex_e2e::tools::{chart, helm, run_tool};
+use wpex_operator::crd::{WireGuardPeerKey, WireGuardRelay};
 
 /// Runs helm; returns (success, stdout + stderr).
 fn run_helm(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, String)> {
@@ -17,6 +18,32 @@ fn run_helm(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, String)> {
         .find(|(k, _)| *k == "KUBECONFIG")
         .map(|(_, v)| *v);
     run_tool(&helm(), args, kubeconfig).context("install helm with e2e/install-helm.sh")
+}
+
+/// The shell commands of the NOTES that `helm install` printed: each `kubectl` line, with its
+/// here-document when it has one.
+fn notes_commands(helm_output: &str) -> Vec<String> {
+    let notes = helm_output.split("NOTES:").nth(1).unwrap_or_default();
+    let mut commands = Vec::new();
+    let mut lines = notes.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim_start();
+        if !line.starts_with("kubectl ") {
+            continue;
+        }
+        let mut command = line.to_owned();
+        if line.ends_with("<<'YAML'") {
+            for body in lines.by_ref() {
+                command.push('\n');
+                command.push_str(body);
+                if body == "YAML" {
+                    break;
+                }
+            }
+        }
+        commands.push(command);
+    }
+    commands
 }
 
 fn values_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
@@ -194,6 +221,34 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
         .get("wpex-operator")
         .await
         .context("operator Deployment")?;
+
+    // The NOTES commands work as pasted (with a real key for the placeholder).
+    let commands = notes_commands(&out);
+    ensure!(commands.len() == 4, "4 commands in NOTES:\n{out}");
+    let (_, key) = wpex_e2e::wg::keypair()?;
+    for command in commands {
+        let command = command.replace("<base64 public key>", &key);
+        let path = format!(
+            "{}:{}",
+            wpex_e2e::control_plane::bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &command])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("PATH", path)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "NOTES command failed:\n{command}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), "wpex-system");
+    relays.get("edge").await.context("the NOTES relay")?;
+    let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), "wpex-system");
+    let alice = keys.get("alice-laptop").await.context("the NOTES key")?;
+    ensure!(alice.spec.public_key == key, "the NOTES key holds our key");
 
     let (ok, out) = run_helm(
         &["uninstall", "wpex", "--namespace", "wpex-system", "--wait"],
