@@ -22,7 +22,7 @@ use crate::tools::{kubectl, run_tool};
 
 /// The node's name.
 pub const NODE_NAME: &str = "wpex-e2e-node";
-/// containerd's state, kubelet's root, CNI configuration and IPAM state, pod logs. A tmpfs.
+/// containerd's state, kubelet's root, CNI configuration and IPAM state, pod logs.
 pub const STATE_DIR: &str = "/run/wpex-e2e";
 /// The sandbox ("pause") image; `e2e/build-images.sh` builds it from a few lines of C.
 pub const PAUSE_IMAGE: &str = "localhost/wpex-e2e/pause:1";
