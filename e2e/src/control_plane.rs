@@ -24,10 +24,7 @@ const VERSIONS: &str = include_str!("../k8s/versions.env");
 
 /// A version pinned in `e2e/k8s/versions.env`.
 pub fn pinned(variable: &str) -> &'static str {
-    VERSIONS
-        .lines()
-        .find_map(|l| l.strip_prefix(variable)?.strip_prefix('='))
-        .unwrap_or("unpinned")
+    crate::tools::pinned_in(VERSIONS, variable)
 }
 
 /// Where install-k8s.sh puts the binaries; `WPEX_K8S_BIN` overrides.

@@ -212,18 +212,51 @@ impl Lab {
         Ok(())
     }
 
-    /// Plugs namespace `ns` into the internet bridge as `ifname` with address `ip`.
-    fn attach_to_internet(&mut self, ns: &str, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+    /// A new port on the internet bridge: a veth pair whose bridge end is in the internet
+    /// namespace, on br0 and up. Returns the other end, still in this machine's own namespace.
+    /// Both ends have MTU 1500.
+    fn bridge_port(&mut self) -> Result<String> {
         self.hosts += 1;
         let bridge_side = format!("{}b{}", self.prefix, self.hosts);
-        let temp = format!("{}t{}", self.prefix, self.hosts);
-        self.veth(&bridge_side, &self.inet.clone(), &temp, ns)?;
-        let inet = self.inet.clone();
+        let other = format!("{}t{}", self.prefix, self.hosts);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &bridge_side,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &other,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "link",
+                "set",
+                &bridge_side,
+                "mtu",
+                "1500",
+                "netns",
+                &self.inet,
+            ],
+        )?;
+        run("ip", &["link", "set", &other, "mtu", "1500"])?;
         self.exec(
-            &inet,
+            &self.inet,
             &["ip", "link", "set", &bridge_side, "master", "br0", "up"],
         )?;
-        self.exec(ns, &["ip", "link", "set", &temp, "name", ifname])?;
+        Ok(other)
+    }
+
+    /// Plugs namespace `ns` into the internet bridge as `ifname` with address `ip`.
+    fn attach_to_internet(&mut self, ns: &str, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+        let port = self.bridge_port()?;
+        run("ip", &["link", "set", &port, "netns", ns])?;
+        self.exec(ns, &["ip", "link", "set", &port, "name", ifname])?;
         self.exec(
             ns,
             &["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname],
@@ -259,46 +292,11 @@ impl Lab {
     /// goes away with the lab's bridge, or with the stale-lab cleanup after a crash. Never made
     /// a named namespace: the lab kills every process in its namespaces when it is dropped.
     pub fn attach_root(&mut self, last: u8) -> Result<(String, Ipv4Addr)> {
-        self.hosts += 1;
-        let bridge_side = format!("{}b{}", self.prefix, self.hosts);
-        let root_side = format!("{}t{}", self.prefix, self.hosts);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &bridge_side,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &root_side,
-            ],
-        )?;
-        run(
-            "ip",
-            &[
-                "link",
-                "set",
-                &bridge_side,
-                "mtu",
-                "1500",
-                "netns",
-                &self.inet,
-            ],
-        )?;
-        let inet = self.inet.clone();
-        self.exec(
-            &inet,
-            &["ip", "link", "set", &bridge_side, "master", "br0", "up"],
-        )?;
+        let port = self.bridge_port()?;
         let ip = Ipv4Addr::new(198, 51, 100, last);
-        run(
-            "ip",
-            &["addr", "add", &format!("{ip}/24"), "dev", &root_side],
-        )?;
-        run("ip", &["link", "set", &root_side, "mtu", "1500", "up"])?;
-        Ok((root_side, ip))
+        run("ip", &["addr", "add", &format!("{ip}/24"), "dev", &port])?;
+        run("ip", &["link", "set", &port, "up"])?;
+        Ok((port, ip))
     }
 
     /// A host on the LAN of its own NAT. The NAT's public address is 198.51.100.(100 + n).

@@ -10,12 +10,18 @@ use crate::control_plane::bin_dir;
 
 const HELM_INSTALLER: &str = include_str!("../install-helm.sh");
 
+/// The value of a `VARIABLE=value` line in an installer `script`, or `"unpinned"`. The
+/// installers pin the versions, and the harness reads them there so the paths always agree.
+pub fn pinned_in(script: &'static str, variable: &str) -> &'static str {
+    script
+        .lines()
+        .find_map(|l| l.strip_prefix(variable)?.strip_prefix('='))
+        .unwrap_or("unpinned")
+}
+
 /// helm, pinned in `e2e/install-helm.sh`; `WPEX_HELM` overrides.
 pub fn helm() -> PathBuf {
-    let version = HELM_INSTALLER
-        .lines()
-        .find_map(|l| l.strip_prefix("HELM_VERSION="))
-        .unwrap_or("unpinned");
+    let version = pinned_in(HELM_INSTALLER, "HELM_VERSION");
     std::env::var_os("WPEX_HELM").map_or_else(
         || PathBuf::from(format!("/var/cache/wpex/helm-{version}/bin/helm")),
         PathBuf::from,

@@ -13,10 +13,7 @@ use crate::netns::{Host, Lab, UAPI_DIR, run};
 const INSTALLER: &str = include_str!("../install-deps.sh");
 
 fn pinned(variable: &str) -> &'static str {
-    INSTALLER
-        .lines()
-        .find_map(|l| l.strip_prefix(variable)?.strip_prefix('='))
-        .unwrap_or("unpinned")
+    crate::tools::pinned_in(INSTALLER, variable)
 }
 
 fn tool(env: &str, default: String) -> Result<PathBuf> {

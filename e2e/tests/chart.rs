@@ -11,12 +11,8 @@ use wpex_e2e::control_plane::{ControlPlane, pinned};
 use wpex_e2e::tools::{chart, helm, run_tool};
 use wpex_operator::crd::{WireGuardPeerKey, WireGuardRelay};
 
-/// Runs helm; returns (success, stdout + stderr).
-fn run_helm(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, String)> {
-    let kubeconfig = env
-        .iter()
-        .find(|(k, _)| *k == "KUBECONFIG")
-        .map(|(_, v)| *v);
+/// Runs helm, against `kubeconfig`'s cluster if given; returns (success, stdout + stderr).
+fn run_helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<(bool, String)> {
     run_tool(&helm(), args, kubeconfig).context("install helm with e2e/install-helm.sh")
 }
 
@@ -93,7 +89,7 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         vec!["lint", chart, "--kube-version", kube],
         vec!["lint", chart, "-f", with_relay, "--kube-version", kube],
     ] {
-        let (ok, out) = run_helm(&args, &[])?;
+        let (ok, out) = run_helm(&args, None)?;
         ensure!(ok, "helm {args:?} failed:\n{out}");
     }
 
@@ -107,7 +103,7 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
             "--kube-version",
             kube,
         ],
-        &[],
+        None,
     )?;
     ensure!(ok, "{plain}");
     let expected = [
@@ -140,7 +136,7 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
             "--kube-version",
             pinned("K8S_VERSION"),
         ],
-        &[],
+        None,
     )?;
     ensure!(ok, "{full}");
     let k = kinds(&full);
@@ -171,7 +167,7 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
             "--kube-version",
             kube,
         ],
-        &[],
+        None,
     )?;
     ensure!(!ok, "a bad publicKey rendered:\n{out}");
     ensure!(
@@ -186,7 +182,7 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
 async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
     let cp = ControlPlane::start().await?;
     let kubeconfig = cp.kubeconfig_path().to_owned();
-    let env = [("KUBECONFIG", kubeconfig.as_path())];
+    let on_cluster = Some(kubeconfig.as_path());
     let chart = chart();
     let chart = chart.to_str().context("utf-8 path")?;
     let (ok, out) = run_helm(
@@ -198,7 +194,7 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
             "wpex-system",
             "--create-namespace",
         ],
-        &env,
+        on_cluster,
     )?;
     if !ok {
         cp.print_logs();
@@ -252,14 +248,14 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
 
     let (ok, out) = run_helm(
         &["uninstall", "wpex", "--namespace", "wpex-system", "--wait"],
-        &env,
+        on_cluster,
     )?;
     ensure!(ok, "helm uninstall failed:\n{out}");
     ensure!(
         deployments.get_opt("wpex-operator").await?.is_none(),
         "the operator Deployment is gone"
     );
-    let (_, list) = run_helm(&["list", "--all-namespaces", "--short"], &env)?;
+    let (_, list) = run_helm(&["list", "--all-namespaces", "--short"], on_cluster)?;
     ensure!(list.trim().is_empty(), "no release left: {list}");
     Ok(())
 }

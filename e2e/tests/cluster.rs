@@ -158,6 +158,26 @@ where
     Ok(api.get_opt(name).await?.is_none().then_some(()))
 }
 
+/// Fails if `api` still lists objects matching `selector` (the release's label).
+async fn none_left<K>(api: Api<K>, selector: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let left = api.list(&ListParams::default().labels(selector)).await?;
+    let names: Vec<String> = left
+        .items
+        .iter()
+        .filter_map(|o| o.meta().name.clone())
+        .collect();
+    ensure!(
+        names.is_empty(),
+        "{} {names:?} of the release left after helm uninstall",
+        K::kind(&Default::default())
+    );
+    Ok(())
+}
+
 fn peer_key(name: &str, public_key: &str) -> String {
     format!(
         "apiVersion: wpex.io/v1alpha1
@@ -352,57 +372,16 @@ spec:
     // 8. helm uninstall leaves nothing of the release (CRDs stay, as Helm does with crds/).
     suite.helm(&["uninstall", RELEASE, "--wait", "--timeout=2m"])?;
     let release = format!("app.kubernetes.io/instance={RELEASE}");
-    let by_release = ListParams::default().labels(&release);
-    let leftovers = [
-        (
-            "Deployment",
-            deployments.list(&by_release).await?.items.len(),
-        ),
-        (
-            "ServiceAccount",
-            suite
-                .api::<ServiceAccount>()
-                .list(&by_release)
-                .await?
-                .items
-                .len(),
-        ),
-        (
-            "Role",
-            suite.api::<Role>().list(&by_release).await?.items.len(),
-        ),
-        (
-            "RoleBinding",
-            suite
-                .api::<RoleBinding>()
-                .list(&by_release)
-                .await?
-                .items
-                .len(),
-        ),
-        (
-            "ClusterRole",
-            Api::<ClusterRole>::all(suite.client.clone())
-                .list(&by_release)
-                .await?
-                .items
-                .len(),
-        ),
-        (
-            "ClusterRoleBinding",
-            Api::<ClusterRoleBinding>::all(suite.client.clone())
-                .list(&by_release)
-                .await?
-                .items
-                .len(),
-        ),
-    ];
-    for (kind, n) in leftovers {
-        ensure!(
-            n == 0,
-            "{n} {kind} of the release left after helm uninstall"
-        );
-    }
+    none_left(deployments, &release).await?;
+    none_left(suite.api::<ServiceAccount>(), &release).await?;
+    none_left(suite.api::<Role>(), &release).await?;
+    none_left(suite.api::<RoleBinding>(), &release).await?;
+    none_left(Api::<ClusterRole>::all(suite.client.clone()), &release).await?;
+    none_left(
+        Api::<ClusterRoleBinding>::all(suite.client.clone()),
+        &release,
+    )
+    .await?;
     let (_, pods_gone) = eventually(
         "the operator pod is gone",
         Duration::from_secs(60),
