@@ -26,11 +26,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit and integration tests"
 cargo test --workspace --locked
 
+step "fuzzing the relay core for a bounded time (e2e/fuzz.sh)"
+e2e/fuzz.sh "${WPEX_FUZZ_SECONDS:-60}"
+
 step "images: static binaries packed without Docker (e2e/build-images.sh)"
 # Release builds go to a cache outside the repo; cargo rebuilds only what changed.
 CARGO_TARGET_DIR=/var/cache/wpex/images-target e2e/build-images.sh
 
 step "end-to-end: peers behind NAT, the operator on a real API server, the chart on a real node"
 cargo build -p wpex -p wpex-operator --locked
+# The attack tests measure the relay's CPU: only a release build gives figures users see.
+cargo build --release -p wpex --locked
 WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator" \
+    WPEX_RELEASE_BIN="$PWD/target/release/wpex" \
     cargo test -p wpex-e2e --locked -- --ignored --test-threads=1

@@ -1,9 +1,11 @@
 //! End-to-end harness: network namespaces behind NATs ([`netns`]) with real WireGuard peers and
-//! the relay ([`wg`]); a real Kubernetes control plane ([`control_plane`]) and a
-//! real node beside it ([`cluster`]); helm and kubectl ([`tools`]).
+//! the relay ([`wg`]), and what the attack tests measure there ([`measure`]); a real Kubernetes
+//! control plane ([`control_plane`]) and a real node beside it ([`cluster`]); helm and kubectl
+//! ([`tools`]).
 
 pub mod cluster;
 pub mod control_plane;
+pub mod measure;
 pub mod netns;
 pub mod tools;
 pub mod wg;

@@ -32,6 +32,8 @@ pub struct Host {
     pub ns: String,
     /// Its own address: public for a public host, on the LAN for a NATed one.
     pub ip: Ipv4Addr,
+    /// The namespace of its NAT, for a NATed host.
+    pub nat: Option<String>,
 }
 
 pub struct Lab {
@@ -271,7 +273,7 @@ impl Lab {
         self.add_ns(&ns)?;
         let ip = Ipv4Addr::new(198, 51, 100, last);
         self.attach_to_internet(&ns, "wan", ip)?;
-        Ok(Host { ns, ip })
+        Ok(Host { ns, ip, nat: None })
     }
 
     /// Plugs a namespace made by someone else (a Kubernetes node, say) into the internet as
@@ -284,6 +286,7 @@ impl Lab {
         Ok(Host {
             ns: ns.to_owned(),
             ip,
+            nat: None,
         })
     }
 
@@ -354,7 +357,79 @@ impl Lab {
             &ns,
             &["ip", "route", "add", "default", "via", &gateway.to_string()],
         )?;
-        Ok(Host { ns, ip })
+        Ok(Host {
+            ns,
+            ip,
+            nat: Some(nat),
+        })
+    }
+
+    /// The namespace holding the internet bridge `br0`: every packet between hosts crosses it,
+    /// so it is where an on-path observer sits.
+    pub fn internet_ns(&self) -> &str {
+        &self.inet
+    }
+
+    /// Makes `host`'s NAT map UDP to public source ports in `ports` (`"40000-40100"`), or to
+    /// whatever port the kernel picks with `None`, and forgets every existing mapping, as a
+    /// NAT does when it reboots or its uplink changes: the next packet out gets a new port.
+    pub fn set_nat_ports(&self, host: &Host, ports: Option<&str>) -> Result<()> {
+        let nat = host.nat.as_deref().context("not a NATed host")?;
+        self.exec(nat, &["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
+        if let Some(ports) = ports {
+            self.exec(
+                nat,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    "wan",
+                    "-p",
+                    "udp",
+                    "-j",
+                    "MASQUERADE",
+                    "--to-ports",
+                    ports,
+                ],
+            )?;
+        }
+        self.exec(
+            nat,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        self.exec(nat, &["conntrack", "-F"])?;
+        Ok(())
+    }
+
+    /// The public UDP ports `host`'s NAT currently maps it to (one per live mapping).
+    pub fn nat_public_ports(&self, host: &Host) -> Result<Vec<u16>> {
+        let nat = host.nat.as_deref().context("not a NATed host")?;
+        let src = host.ip.to_string();
+        let list = self.exec(nat, &["conntrack", "-L", "-p", "udp", "--orig-src", &src])?;
+        // The reply tuple comes second: its dport is the public port.
+        Ok(list
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .filter_map(|f| f.strip_prefix("dport="))
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .collect())
     }
 
     /// Every namespace the lab made, for rules that must hold on the whole path.

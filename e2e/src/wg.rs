@@ -40,6 +40,21 @@ pub fn relay_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A release build of the relay, for tests that measure its CPU: `WPEX_RELEASE_BIN`, which
+/// `e2e/test-all.sh` sets. A debug build's figures would mean nothing, so there is no fallback.
+pub fn release_relay_bin() -> Result<PathBuf> {
+    let path = std::env::var_os("WPEX_RELEASE_BIN")
+        .map(PathBuf::from)
+        .context(
+            "WPEX_RELEASE_BIN is not set: this test measures CPU and needs a release relay \
+         (cargo build --release -p wpex, then WPEX_RELEASE_BIN=$PWD/target/release/wpex)",
+        )?;
+    if !path.exists() {
+        bail!("WPEX_RELEASE_BIN={} does not exist", path.display());
+    }
+    Ok(path)
+}
+
 /// The userspace WireGuard implementations the tests use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
@@ -437,10 +452,19 @@ impl Lab {
     /// Runs the relay on `host`, port 40000, metrics on 127.0.0.1:9090 inside its namespace,
     /// and waits until it is ready.
     pub fn relay(&mut self, host: &Host, args: &[&str]) -> Result<SocketAddrV4> {
-        let bin = relay_bin()?;
+        self.relay_with(&relay_bin()?, host, args)
+    }
+
+    /// [`Lab::relay`] with the relay binary `bin`.
+    pub fn relay_with(
+        &mut self,
+        bin: &std::path::Path,
+        host: &Host,
+        args: &[&str],
+    ) -> Result<SocketAddrV4> {
         let mut all = vec!["--port", "40000", "--metrics-addr", "127.0.0.1:9090"];
         all.extend_from_slice(args);
-        self.spawn(&host.ns, "relay", &bin, &all)?;
+        self.spawn(&host.ns, "relay", bin, &all)?;
         let relay = host.clone();
         self.on_failure(move |lab| match lab.relay_metrics(&relay) {
             Ok(m) => {

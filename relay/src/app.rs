@@ -101,6 +101,7 @@ pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
         access,
         broadcast_rate: args.broadcast_rate,
         source_rate: args.source_rate,
+        scan_budget: args.scan_budget,
         ..Config::default()
     };
     let signals = tokio::spawn(shutdown_signal());

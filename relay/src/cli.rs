@@ -32,6 +32,11 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub source_rate: u32,
 
+    /// mac1 computations per second the relay may spend identifying handshakes that no likely
+    /// key explains (a full scan costs one per allowed key). 0 = unlimited.
+    #[arg(long, default_value_t = crate::relay::DEFAULT_SCAN_BUDGET, value_name = "N")]
+    pub scan_budget: u32,
+
     /// Allow a WireGuard public key (base64). Repeat for more keys. Without any, the relay is
     /// open to everyone.
     #[arg(long = "allow", value_name = "KEY")]
@@ -54,9 +59,11 @@ pub struct Args {
     #[arg(long)]
     pub debug: bool,
 
-    /// Receive sockets (SO_REUSEPORT). Default: one per CPU.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub workers: Option<u16>,
+    /// Receive sockets sharing the port (SO_REUSEPORT). Every datagram is decided under one lock,
+    /// so more than one mostly adds contention: under a junk flood two cost half as much CPU
+    /// again per datagram as one.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -87,13 +87,36 @@ impl AllowedKeys {
         self.keys.iter().map(|a| &a.key)
     }
 
-    /// The allowed key a handshake message is addressed to, judged by its mac1.
-    pub fn addressee(&self, msg: &Handshake<'_>) -> Option<(PublicKey, &PeerMacKeys)> {
+    /// An allowed key's precomputed MAC keys.
+    pub fn get(&self, key: &PublicKey) -> Option<&PeerMacKeys> {
         self.keys
-            .iter()
-            .find(|a| a.macs.mac1_matches(msg))
-            .map(|a| (a.key, &a.macs))
+            .binary_search_by(|a| a.key.cmp(key))
+            .ok()
+            .map(|i| &self.keys[i].macs)
     }
+
+    /// Tries every allowed key's mac1 on a handshake message: the expensive path, which the core
+    /// only takes for messages no likely key explains, under a budget, and off the forwarding lock.
+    pub fn scan(&self, msg: &Handshake<'_>) -> Scan {
+        let mut macs = 0;
+        for a in &self.keys {
+            macs += 1;
+            if a.macs.mac1_matches(msg) {
+                return Scan {
+                    key: Some(a.key),
+                    macs,
+                };
+            }
+        }
+        Scan { key: None, macs }
+    }
+}
+
+/// What a full mac1 scan found, and how many mac1 computations it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    pub key: Option<PublicKey>,
+    pub macs: u32,
 }
 
 #[cfg(test)]

@@ -131,6 +131,10 @@ impl<'a> Handshake<'a> {
         le_u32(self.bytes, 4)
     }
 
+    pub fn is_initiation(&self) -> bool {
+        self.mac1_at == INITIATION_MAC1
+    }
+
     /// The initiator's index that a response answers. Meaningless on an initiation.
     pub fn receiver_index(&self) -> u32 {
         le_u32(self.bytes, 8)
@@ -152,6 +156,11 @@ impl<'a> Handshake<'a> {
 
     pub fn mac2(&self) -> &'a [u8; MAC_LEN] {
         fixed(&self.bytes[self.mac2_at()..])
+    }
+
+    /// A first handshake carries no cookie, hence an all-zero mac2.
+    pub fn mac2_is_zero(&self) -> bool {
+        self.mac2().iter().all(|b| *b == 0)
     }
 
     /// Offset of mac2, where a caller holding the datagram mutably can zero it.

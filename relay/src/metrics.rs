@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::keys::AllowedKeys;
 use crate::message::Kind;
+use crate::ratelimit::ScanClass;
 use crate::server::{IoErrors, SharedRelay, lock};
 use crate::stats::{DropReason, Stats};
 
@@ -144,6 +145,26 @@ impl Collector for RelayCollector {
             "wpex_broadcast_rate_limited",
             "Broadcast copies not sent because of --broadcast-rate",
             s.stats.broadcast_limited,
+        )?;
+        counter(
+            &mut e,
+            "wpex_mac1_computations",
+            "mac1 checks against one allowed key, on likely keys and in full scans",
+            s.stats.mac1_computations,
+        )?;
+        labelled(
+            &mut e,
+            "wpex_mac1_scans",
+            "Full scans of the allow-list, by the class of the handshake's source",
+            MetricType::Counter,
+            "class",
+            ScanClass::ALL.map(|c| (c.as_str(), s.stats.scans(c))),
+        )?;
+        counter(
+            &mut e,
+            "wpex_roams",
+            "Sources that began standing in for a quiet session side (a NAT rebinding, or a forger)",
+            s.stats.roams,
         )?;
         counter(
             &mut e,

@@ -39,6 +39,17 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `cost` tokens may be taken. A cost above the burst is allowed from a full bucket
+    /// and leaves a debt that refilling repays, so the long-run rate holds for any cost.
+    fn can_take(&mut self, now: Instant, cost: f64) -> bool {
+        self.refill(now);
+        self.tokens >= cost.min(self.burst)
+    }
+
+    fn take(&mut self, cost: f64) {
+        self.tokens -= cost;
+    }
+
     /// Full again: indistinguishable from a fresh bucket, so it can be forgotten.
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -85,6 +96,19 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
             .try_take(now)
     }
 
+    /// Whether [`KeyedBuckets::try_take`] would succeed, without taking or remembering anything.
+    pub fn can_take(&mut self, key: K, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let full = self.buckets.len() >= self.max_keys;
+        match self.buckets.get_mut(&key) {
+            Some(b) => b.can_take(now, 1.0),
+            None if full => self.overflow.as_mut().is_none_or(|b| b.can_take(now, 1.0)),
+            None => true,
+        }
+    }
+
     /// Forgets buckets that have refilled; called periodically, never per packet.
     pub fn prune(&mut self, now: Instant) {
         self.buckets.retain(|_, b| !b.is_full(now));
@@ -96,6 +120,92 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+}
+
+/// How trustworthy the sender of a handshake that needs a full mac1 scan looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScanClass {
+    /// The source is a known endpoint.
+    Known,
+    /// The source carries a mac2 from this relay's cookie: it receives at its address.
+    Proven,
+    /// An unknown source with the all-zero mac2 of a first handshake.
+    Fresh,
+    /// A fresh source that was refused a scan before and is trying again, as a real peer does
+    /// every 5 s; a flood of one-off spoofed sources rarely lands here.
+    Retry,
+    /// An unknown source with some other mac2: at best the real peer's cookie, usually junk.
+    Other,
+}
+
+impl ScanClass {
+    pub const ALL: [ScanClass; 5] = [
+        ScanClass::Known,
+        ScanClass::Proven,
+        ScanClass::Fresh,
+        ScanClass::Retry,
+        ScanClass::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanClass::Known => "known",
+            ScanClass::Proven => "proven",
+            ScanClass::Fresh => "fresh",
+            ScanClass::Retry => "retry",
+            ScanClass::Other => "other",
+        }
+    }
+}
+
+/// The mac1 computations full scans may spend, per second. Every scan draws on one global
+/// bucket; scans for unknown sources also draw on a bucket of their class, at 1/4 (fresh), 1/8
+/// (retry) or 1/16 (other) of the rate, which bounds what a flood of them can burn. So no flood of one class can use up what known and proven
+/// sources need, junk cannot crowd out a new peer's first handshake, and a flood of well-formed
+/// first handshakes cannot crowd out a new peer's retry.
+#[derive(Debug)]
+pub struct ScanBudget {
+    all: TokenBucket,
+    fresh: TokenBucket,
+    retry: TokenBucket,
+    other: TokenBucket,
+}
+
+impl ScanBudget {
+    /// `None` for 0, meaning unlimited. The burst is one second's worth.
+    pub fn new(macs_per_second: u32, now: Instant) -> Option<Self> {
+        let rate = f64::from(macs_per_second);
+        let bucket = |share: f64| TokenBucket::new(rate * share, rate * share, now);
+        (macs_per_second > 0).then(|| Self {
+            all: bucket(1.0),
+            fresh: bucket(0.25),
+            retry: bucket(0.125),
+            other: bucket(0.0625),
+        })
+    }
+
+    /// Takes `cost` mac1 computations for a scan of `class`, or nothing if any bucket it draws
+    /// on is short.
+    pub fn try_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
+        let cost = f64::from(cost);
+        let class_bucket = match class {
+            ScanClass::Known | ScanClass::Proven => None,
+            ScanClass::Fresh => Some(&mut self.fresh),
+            ScanClass::Retry => Some(&mut self.retry),
+            ScanClass::Other => Some(&mut self.other),
+        };
+        if !self.all.can_take(now, cost) {
+            return false;
+        }
+        if let Some(b) = class_bucket {
+            if !b.can_take(now, cost) {
+                return false;
+            }
+            b.take(cost);
+        }
+        self.all.take(cost);
+        true
     }
 }
 

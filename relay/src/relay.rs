@@ -4,21 +4,43 @@
 //! datagram and [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
-use crate::crypto::{CookieSecrets, PeerMacKeys};
-use crate::keys::{AllowedKeys, PublicKey};
+use crate::crypto::CookieSecrets;
+use crate::keys::{AllowedKeys, PublicKey, Scan};
 use crate::message::{COOKIE_REPLY_LEN, Handshake, Kind, MAC_LEN, Message, ParseError, Routed};
-use crate::ratelimit::{KeyedBuckets, PRUNE_EVERY, TokenBucket, wpex_bucket};
+use crate::ratelimit::{
+    KeyedBuckets, PRUNE_EVERY, ScanBudget, ScanClass, TokenBucket, wpex_bucket,
+};
 use crate::stats::{DropReason, Stats};
-use crate::table::{Role, State, Table};
+use crate::table::{Role, Source, State, Table};
 
 /// How often the cookie secret is replaced (WireGuard's COOKIE_SECRET_MAX_AGE).
 pub const COOKIE_ROTATION: Duration = Duration::from_secs(120);
+
+/// mac1 computations per second that full scans may spend by default: about 0.2 of a core.
+pub const DEFAULT_SCAN_BUDGET: u32 = 1_000_000;
+
+/// Full scans per second one source IP may cause, burst 5x. A peer retries a handshake every 5 s,
+/// so this leaves room for a few peers behind one NAT and none for a flood from one address.
+pub const SCAN_SOURCE_RATE: u32 = 2;
+
+/// Recent partners remembered per key, tried first when that key's endpoint sends a handshake.
+const PARTNERS: usize = 4;
+
+/// Sources remembered per cookie generation as challenged, with the key they were asking for.
+const CHALLENGED_MAX: usize = 1 << 16;
+
+/// Slots remembering fresh sources refused a scan (4 bytes each, 8 MiB). Under a flood of 100k
+/// one-off sources a second, a refused peer's slot survives until its retry 5 s later with
+/// probability e^-0.25, about 78%, and each further retry gets the same chance.
+const REFUSED_SLOTS: usize = 1 << 21;
 
 /// Who may use the relay.
 pub enum Access {
@@ -34,6 +56,8 @@ pub struct Config {
     pub broadcast_rate: u32,
     /// Handshake initiations per second from one source IP, burst 5x; 0 = unlimited.
     pub source_rate: u32,
+    /// mac1 computations per second for full scans of the allow-list; 0 = unlimited.
+    pub scan_budget: u32,
     /// Bound on indices in the table; initiations beyond it are dropped.
     pub max_indices: usize,
     /// Bound on known endpoints (and on per-source rate-limit buckets).
@@ -46,6 +70,7 @@ impl Default for Config {
             access: Access::Open,
             broadcast_rate: 0,
             source_rate: 20,
+            scan_budget: DEFAULT_SCAN_BUDGET,
             max_indices: 1 << 18,
             max_endpoints: 1 << 16,
         }
@@ -57,27 +82,185 @@ impl Default for Config {
 pub enum Output {
     /// Send the (possibly rewritten) datagram to this endpoint.
     Forward(SocketAddr),
+    /// Send it to a session side's endpoint and to the source standing in for it (roaming).
+    ForwardBoth([SocketAddr; 2]),
     /// Send the datagram to each of these endpoints (may be empty).
     Broadcast(Vec<SocketAddr>),
     /// Do not forward; send this cookie reply back to the source instead.
     CookieReply(SocketAddr, [u8; COOKIE_REPLY_LEN]),
+    /// No likely key explains this handshake: run the scan, off any lock the forwarding path
+    /// needs, and hand the datagram and the result to [`Relay::handle_scanned`].
+    Scan(ScanRequest),
     Drop(DropReason),
 }
 
+/// A full mac1 scan the core has admitted under its budget, to be run by the caller.
+#[derive(Clone)]
+pub struct ScanRequest {
+    keys: Arc<AllowedKeys>,
+    class: ScanClass,
+}
+
+/// A finished scan, for [`Relay::handle_scanned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanDone {
+    pub class: ScanClass,
+    pub scan: Scan,
+}
+
+impl ScanRequest {
+    /// Tries every allowed key on `datagram`, a snapshot of the allow-list taken at admission.
+    pub fn run(&self, datagram: &[u8]) -> ScanDone {
+        let scan = match Message::parse(datagram) {
+            Ok(Message::Initiation(h) | Message::Response(h)) => self.keys.scan(&h),
+            _ => Scan { key: None, macs: 0 },
+        };
+        ScanDone {
+            class: self.class,
+            scan,
+        }
+    }
+
+    pub fn class(&self) -> ScanClass {
+        self.class
+    }
+}
+
+impl PartialEq for ScanRequest {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys) && self.class == other.class
+    }
+}
+impl Eq for ScanRequest {}
+
+impl std::fmt::Debug for ScanRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanRequest")
+            .field("keys", &self.keys.len())
+            .field("class", &self.class)
+            .finish()
+    }
+}
+
+/// Allow-list mode: what the relay learned about one key from completed handshakes.
+#[derive(Debug, Clone)]
+struct KeyState {
+    last_handshake: Instant,
+    /// Keys it completed handshakes with, most recent first.
+    partners: [Option<PublicKey>; PARTNERS],
+}
+
+impl KeyState {
+    fn note_partner(&mut self, partner: PublicKey) {
+        let at = self
+            .partners
+            .iter()
+            .position(|p| *p == Some(partner))
+            .unwrap_or(PARTNERS - 1);
+        self.partners[..=at].rotate_right(1);
+        self.partners[0] = Some(partner);
+    }
+}
+
+/// Sources this relay sent a cookie reply to, with the key each was asking for, over the two
+/// cookie generations a cookie is accepted in. Only they can hold a mac2 from this relay, so the
+/// mac2 of anyone else is never computed; and their retry is matched on that key first.
+#[derive(Debug, Default)]
+struct Challenged {
+    current: HashMap<SocketAddr, PublicKey>,
+    previous: HashMap<SocketAddr, PublicKey>,
+    /// A generation hit its bound, so a cookie may be out there that is not remembered.
+    current_full: bool,
+    previous_full: bool,
+}
+
+impl Challenged {
+    fn insert(&mut self, src: SocketAddr, key: PublicKey) {
+        if self.current.len() < CHALLENGED_MAX || self.current.contains_key(&src) {
+            self.current.insert(src, key);
+        } else {
+            self.current_full = true;
+        }
+    }
+
+    fn key(&self, src: SocketAddr) -> Option<PublicKey> {
+        self.current
+            .get(&src)
+            .or_else(|| self.previous.get(&src))
+            .copied()
+    }
+
+    /// A generation overflowed, so any source may hold a cookie the map does not remember.
+    fn any_full(&self) -> bool {
+        self.current_full || self.previous_full
+    }
+
+    fn may_hold_cookie(&self, src: SocketAddr) -> bool {
+        self.any_full() || self.key(src).is_some()
+    }
+
+    fn rotate(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+        self.previous_full = std::mem::take(&mut self.current_full);
+    }
+}
+
+/// Fresh sources refused a scan, in a fixed table of fingerprints: a new entry overwrites
+/// whatever hashed to its slot, so memory stays fixed however many sources a flood spoofs. The
+/// table is allocated at the first refusal: a relay never under pressure does not pay for it.
+struct Refused {
+    slots: Vec<u32>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Refused {
+    fn new(seed: u64) -> Self {
+        Self {
+            slots: Vec::new(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+
+    /// The slot of `src` and the non-zero fingerprint stored there.
+    fn slot(&self, src: SocketAddr) -> (usize, u32) {
+        let h = self.hasher.hash_one(src);
+        // Truncations on purpose: the low bits pick the slot, the high bits fingerprint.
+        ((h as usize) & (REFUSED_SLOTS - 1), ((h >> 32) as u32) | 1)
+    }
+
+    fn record(&mut self, src: SocketAddr) {
+        if self.slots.is_empty() {
+            self.slots = vec![0; REFUSED_SLOTS];
+        }
+        let (i, fingerprint) = self.slot(src);
+        self.slots[i] = fingerprint;
+    }
+
+    fn contains(&self, src: SocketAddr) -> bool {
+        let (i, fingerprint) = self.slot(src);
+        self.slots.get(i) == Some(&fingerprint)
+    }
+}
+
 pub struct Relay {
-    access: Access,
+    /// The allow-list; `None` in open mode. Shared with scans running off the core.
+    keys: Option<Arc<AllowedKeys>>,
     table: Table,
     cookies: CookieSecrets,
+    challenged: Challenged,
     next_rotation: Instant,
     broadcast: Option<TokenBucket>,
     per_source: KeyedBuckets<IpAddr>,
+    scan_budget: Option<ScanBudget>,
+    scan_per_source: KeyedBuckets<IpAddr>,
+    refused: Refused,
     next_prune: Instant,
     max_indices: usize,
     max_endpoints: usize,
     rng: StdRng,
     stats: Stats,
-    /// Allow-list mode: when each key last completed a handshake through the relay.
-    last_handshake: HashMap<PublicKey, Instant>,
+    /// Allow-list mode: keys that completed a handshake through the relay. Bounded by the keys.
+    peers: HashMap<PublicKey, KeyState>,
 }
 
 /// A decision, plus where to zero a mac2 that only this relay could have asked for.
@@ -101,6 +284,32 @@ impl From<DropReason> for Decision {
     }
 }
 
+/// Up to this many likely keys are tried before a full scan.
+const MAX_LIKELY: usize = PARTNERS + 2;
+
+/// The likely keys for one handshake, deduplicated, in the order they are tried.
+#[derive(Default)]
+struct Likely {
+    keys: [Option<PublicKey>; MAX_LIKELY],
+    len: usize,
+}
+
+impl Likely {
+    fn push(&mut self, key: Option<PublicKey>) {
+        if let Some(key) = key
+            && self.len < MAX_LIKELY
+            && !self.keys[..self.len].contains(&Some(key))
+        {
+            self.keys[self.len] = Some(key);
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        self.keys[..self.len].iter().flatten().copied()
+    }
+}
+
 impl Relay {
     /// `seed` feeds the cookie secrets and nonces: pass OS randomness outside tests.
     pub fn new(config: Config, now: Instant, seed: [u8; 32]) -> Self {
@@ -108,18 +317,25 @@ impl Relay {
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
         Self {
-            access: config.access,
+            keys: match config.access {
+                Access::Open => None,
+                Access::AllowList(keys) => Some(Arc::new(keys)),
+            },
             table: Table::default(),
             cookies: CookieSecrets::new(secret),
+            challenged: Challenged::default(),
             next_rotation: now + COOKIE_ROTATION,
             broadcast: wpex_bucket(config.broadcast_rate, now),
             per_source: KeyedBuckets::new(config.source_rate, config.max_endpoints, now),
+            scan_budget: ScanBudget::new(config.scan_budget, now),
+            scan_per_source: KeyedBuckets::new(SCAN_SOURCE_RATE, config.max_endpoints, now),
+            refused: Refused::new(rng.next_u64()),
             next_prune: now + PRUNE_EVERY,
             max_indices: config.max_indices,
             max_endpoints: config.max_endpoints,
             rng,
             stats: Stats::default(),
-            last_handshake: HashMap::new(),
+            peers: HashMap::new(),
         }
     }
 
@@ -133,45 +349,103 @@ impl Relay {
 
     /// The allow-list; `None` in open mode.
     pub fn allowed_keys(&self) -> Option<&AllowedKeys> {
-        match &self.access {
-            Access::Open => None,
-            Access::AllowList(keys) => Some(keys),
-        }
+        self.keys.as_deref()
     }
 
     /// Allow-list mode: each key's last completed handshake. Bounded by the number of keys.
     pub fn last_handshakes(&self) -> impl Iterator<Item = (&PublicKey, &Instant)> {
-        self.last_handshake.iter()
+        self.peers.iter().map(|(k, s)| (k, &s.last_handshake))
     }
 
     /// Replaces the allow-list. Sessions involving a key no longer allowed are cut at once; the
     /// others are untouched. Returns how many indices were cut.
     pub fn set_allowed_keys(&mut self, now: Instant, keys: AllowedKeys) -> usize {
         let cut = self.table.revoke(now, |k| keys.contains(k));
-        self.last_handshake.retain(|k, _| keys.contains(k));
-        self.access = Access::AllowList(keys);
+        self.peers.retain(|k, _| keys.contains(k));
+        self.keys = Some(Arc::new(keys));
         cut
     }
 
     /// Handles one datagram from `src`. May rewrite it in place (zeroing mac2) before it is sent.
+    /// May also ask for a full mac1 scan ([`Output::Scan`]), which the caller runs without
+    /// holding up forwarding and then hands to [`Relay::handle_scanned`].
     pub fn handle_input(&mut self, now: Instant, src: SocketAddr, datagram: &mut [u8]) -> Output {
         let (kind, decision) = match Message::parse(datagram) {
             Err(e) => (None, DropReason::from(e).into()),
             Ok(msg) => (
                 Some(msg.kind()),
                 match msg {
-                    Message::Initiation(h) => self.on_initiation(now, src, &h),
-                    Message::Response(h) => self.on_response(now, src, &h),
-                    Message::CookieReply(r) => self.on_routed(src, &r, Kind::CookieReply),
-                    Message::Data(r) => self.on_routed(src, &r, Kind::Data),
+                    Message::Initiation(h) => match self.identify(now, src, &h, None) {
+                        Ok(key) => self.on_initiation(now, src, &h, key),
+                        Err(d) => d,
+                    },
+                    Message::Response(h) => self.on_response(now, src, &h, None),
+                    Message::CookieReply(r) => self.on_routed(now, src, &r, Kind::CookieReply),
+                    Message::Data(r) => self.on_routed(now, src, &r, Kind::Data),
                 },
             ),
         };
+        self.finish(kind, decision, datagram)
+    }
+
+    /// Finishes a handshake after the scan that [`Relay::handle_input`] asked for.
+    pub fn handle_scanned(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        done: ScanDone,
+    ) -> Output {
+        self.stats.scanned(done.class, done.scan.macs);
+        // The allow-list may have changed while the scan ran.
+        let key = done
+            .scan
+            .key
+            .filter(|k| self.keys.as_ref().is_some_and(|keys| keys.contains(k)));
+        let (kind, decision) = match (Message::parse(datagram), key) {
+            (Ok(Message::Initiation(h)), Some(key)) => (
+                Some(Kind::Initiation),
+                self.on_initiation(now, src, &h, Some(key)),
+            ),
+            (Ok(Message::Response(h)), Some(key)) => (
+                Some(Kind::Response),
+                self.on_response(now, src, &h, Some(key)),
+            ),
+            (Ok(msg), _) => (Some(msg.kind()), DropReason::Mac1Invalid.into()),
+            (Err(e), _) => (None, DropReason::from(e).into()),
+        };
+        self.finish(kind, decision, datagram)
+    }
+
+    /// [`Relay::handle_input`], running any scan on the spot: for callers with no other thread
+    /// to run scans on, such as tests and fuzzing.
+    pub fn handle_input_inline(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &mut [u8],
+    ) -> Output {
+        match self.handle_input(now, src, datagram) {
+            Output::Scan(request) => {
+                let done = request.run(datagram);
+                self.handle_scanned(now, src, datagram, done)
+            }
+            output => output,
+        }
+    }
+
+    /// Counts a scan the caller could not queue: its worker is behind, as good as over budget.
+    pub fn scan_abandoned(&mut self) {
+        self.stats.drop(DropReason::ScanBudget);
+    }
+
+    fn finish(&mut self, kind: Option<Kind>, decision: Decision, datagram: &mut [u8]) -> Output {
         if let Some(at) = decision.strip_mac2_at {
             datagram[at..at + MAC_LEN].fill(0);
         }
         let copies = match &decision.output {
             Output::Forward(_) => 1,
+            Output::ForwardBoth(_) => 2,
             Output::Broadcast(to) => {
                 self.stats.broadcast_copies += to.len() as u64;
                 to.len() as u64
@@ -180,6 +454,7 @@ impl Relay {
                 self.stats.cookie_replies += 1;
                 0
             }
+            Output::Scan(_) => 0,
             Output::Drop(reason) => {
                 self.stats.drop(*reason);
                 0
@@ -210,25 +485,98 @@ impl Relay {
             let mut fresh = [0u8; 32];
             self.rng.fill_bytes(&mut fresh);
             self.cookies.rotate(fresh);
+            self.challenged.rotate();
             self.next_rotation = now + COOKIE_ROTATION;
         }
         if now >= self.next_prune {
             self.per_source.prune(now);
+            self.scan_per_source.prune(now);
             self.next_prune = now + PRUNE_EVERY;
         }
     }
 
-    /// In allow-list mode, the allowed key a handshake message is addressed to, judged by mac1,
-    /// with that key's MAC keys. `Ok(None)` in open mode.
-    fn addressee(
-        &self,
+    /// In allow-list mode, the allowed key a handshake is addressed to, judged by mac1: the likely
+    /// keys first, a few MACs; otherwise a full scan, if the budgets admit it. `Ok(None)` in open
+    /// mode. `initiator_endpoint` is where the initiation a response answers came from.
+    ///
+    /// The likely keys: the key `src` asked for when the relay challenged it (looked up for known
+    /// endpoints and for messages with a mac2, never for a flood of first handshakes); for a response, the key proven at the initiator's endpoint; then the
+    /// recent partners of the key proven at `src`. A flood from unknown sources costs a table
+    /// lookup or two here, and no MAC.
+    fn identify(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
         msg: &Handshake<'_>,
-    ) -> Result<Option<(PublicKey, PeerMacKeys)>, DropReason> {
-        let Access::AllowList(keys) = &self.access else {
+        initiator_endpoint: Option<SocketAddr>,
+    ) -> Result<Option<PublicKey>, Decision> {
+        let Some(keys) = self.keys.clone() else {
             return Ok(None);
         };
-        let (key, macs) = keys.addressee(msg).ok_or(DropReason::Mac1Invalid)?;
-        Ok(Some((key, macs.clone())))
+        let at_src = self.table.endpoint_key(src);
+        let asked = (at_src.is_some() || !msg.mac2_is_zero())
+            .then(|| self.challenged.key(src))
+            .flatten();
+        let mut likely = Likely::default();
+        likely.push(asked);
+        likely.push(initiator_endpoint.and_then(|e| self.table.endpoint_key(e).flatten()));
+        if let Some(state) = at_src.flatten().and_then(|k| self.peers.get(&k)) {
+            for partner in state.partners {
+                likely.push(partner);
+            }
+        }
+        for key in likely.iter() {
+            let Some(macs) = keys.get(&key) else {
+                continue;
+            };
+            self.stats.mac1_computations += 1;
+            if macs.mac1_matches(msg) {
+                return Ok(Some(key));
+            }
+        }
+        if keys.is_empty() {
+            return Err(DropReason::Mac1Invalid.into());
+        }
+        // Known endpoints first, then sources that proved their address with this relay's cookie.
+        let class = if at_src.is_some() {
+            ScanClass::Known
+        } else if msg.mac2_is_zero() {
+            if self.refused.contains(src) {
+                ScanClass::Retry
+            } else {
+                ScanClass::Fresh
+            }
+        } else if (asked.is_some() || self.challenged.any_full())
+            && self.cookies.mac2_valid(src, msg)
+        {
+            ScanClass::Proven
+        } else {
+            ScanClass::Other
+        };
+        if !self.scan_per_source.can_take(src.ip(), now) {
+            return Err(DropReason::ScanSourceLimited.into());
+        }
+        let cost = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+        if !self
+            .scan_budget
+            .as_mut()
+            .is_none_or(|b| b.try_take(now, class, cost))
+        {
+            if class == ScanClass::Fresh {
+                self.refused.record(src);
+            }
+            return Err(DropReason::ScanBudget.into());
+        }
+        self.scan_per_source.try_take(src.ip(), now);
+        Err(Output::Scan(ScanRequest { keys, class }).into())
+    }
+
+    /// Whether `msg` carries a mac2 made from this relay's cookie for `src`. Only computed for
+    /// sources the relay challenged, so junk costs no MAC here.
+    fn relay_mac2(&self, src: SocketAddr, msg: &Handshake<'_>) -> bool {
+        !msg.mac2_is_zero()
+            && self.challenged.may_hold_cookie(src)
+            && self.cookies.mac2_valid(src, msg)
     }
 
     /// Allow-list address check. A known endpoint passes. An unknown one passes only with a mac2
@@ -239,13 +587,17 @@ impl Relay {
         &mut self,
         src: SocketAddr,
         msg: &Handshake<'_>,
-        macs: &PeerMacKeys,
+        key: PublicKey,
     ) -> Result<Option<usize>, Output> {
-        let ours = self.cookies.mac2_valid(src, msg);
+        let ours = self.relay_mac2(src, msg);
         if !ours && !self.table.is_known(src) {
+            let Some(macs) = self.keys.as_ref().and_then(|keys| keys.get(&key)) else {
+                return Err(Output::Drop(DropReason::Mac1Invalid));
+            };
             let mut nonce = [0u8; 24];
             self.rng.fill_bytes(&mut nonce);
             let reply = macs.cookie_reply(msg, &self.cookies.cookie(src), nonce);
+            self.challenged.insert(src, key);
             return Err(Output::CookieReply(src, reply));
         }
         Ok(ours.then(|| msg.mac2_at()))
@@ -256,23 +608,24 @@ impl Relay {
             && (self.table.is_known(endpoint) || self.table.endpoint_count() < self.max_endpoints)
     }
 
-    fn on_initiation(&mut self, now: Instant, src: SocketAddr, msg: &Handshake<'_>) -> Decision {
-        // mac1 first: a message for no allowed key touches nothing, not even the rate limits.
-        let addressee = match self.addressee(msg) {
-            Ok(a) => a,
-            Err(reason) => return reason.into(),
-        };
+    /// An initiation whose addressee (`None` in open mode) is known.
+    fn on_initiation(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        msg: &Handshake<'_>,
+        responder_key: Option<PublicKey>,
+    ) -> Decision {
+        // Identified first: a message for no allowed key never reaches the rate limits.
         if !self.per_source.try_take(src.ip(), now) {
             return DropReason::SourceRateLimited.into();
         }
         let mut strip_mac2_at = None;
-        let mut responder_key = None;
-        if let Some((key, macs)) = addressee {
-            match self.check_address(src, msg, &macs) {
+        if let Some(key) = responder_key {
+            match self.check_address(src, msg, key) {
                 Ok(strip) => strip_mac2_at = strip,
                 Err(challenge) => return challenge.into(),
             }
-            responder_key = Some(key);
         }
         let index = msg.sender_index();
         if self.table.contains_index(index) {
@@ -315,26 +668,34 @@ impl Relay {
         targets
     }
 
-    fn on_response(&mut self, now: Instant, src: SocketAddr, msg: &Handshake<'_>) -> Decision {
-        let addressee = match self.addressee(msg) {
-            Ok(a) => a,
-            Err(reason) => return reason.into(),
-        };
-        // The answered index must be waiting before the sender is registered anywhere.
+    /// A response; `initiator_key` is given when a scan has identified it already.
+    fn on_response(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        msg: &Handshake<'_>,
+        initiator_key: Option<PublicKey>,
+    ) -> Decision {
+        // The answered index must be waiting before anything else is spent or registered.
         let initiator = msg.receiver_index();
         let initiator_endpoint = match self.table.index(initiator) {
             None => return DropReason::UnknownReceiver.into(),
             Some(e) if e.state != State::HalfOpen => return DropReason::NotHalfOpen.into(),
             Some(e) => e.endpoint,
         };
+        let initiator_key = match initiator_key {
+            Some(key) => Some(key),
+            None => match self.identify(now, src, msg, Some(initiator_endpoint)) {
+                Ok(key) => key,
+                Err(d) => return d,
+            },
+        };
         let mut strip_mac2_at = None;
-        let mut initiator_key = None;
-        if let Some((key, macs)) = addressee {
-            match self.check_address(src, msg, &macs) {
+        if let Some(key) = initiator_key {
+            match self.check_address(src, msg, key) {
                 Ok(strip) => strip_mac2_at = strip,
                 Err(challenge) => return challenge.into(),
             }
-            initiator_key = Some(key);
         }
         let responder = msg.sender_index();
         if self.table.contains_index(responder) {
@@ -346,52 +707,75 @@ impl Relay {
         self.table
             .establish(now, initiator, responder, src, initiator_key);
         let responder_key = self.table.index(responder).and_then(|e| e.owner);
-        for key in [initiator_key, responder_key].into_iter().flatten() {
-            self.last_handshake.insert(key, now);
-        }
+        self.note_handshake(now, initiator_key, responder_key);
         Decision {
             output: Output::Forward(initiator_endpoint),
             strip_mac2_at,
         }
     }
 
-    /// Cookie replies and transport data: forwarded by receiver index, never re-homing anyone.
-    fn on_routed(&mut self, src: SocketAddr, msg: &Routed<'_>, kind: Kind) -> Decision {
+    /// Remembers when each key last completed a handshake, and with whom.
+    fn note_handshake(&mut self, now: Instant, a: Option<PublicKey>, b: Option<PublicKey>) {
+        for (key, partner) in [(a, b), (b, a)] {
+            let Some(key) = key else { continue };
+            let state = self.peers.entry(key).or_insert(KeyState {
+                last_handshake: now,
+                partners: [None; PARTNERS],
+            });
+            state.last_handshake = now;
+            if let Some(partner) = partner {
+                state.note_partner(partner);
+            }
+        }
+    }
+
+    /// Cookie replies and transport data, forwarded by receiver index. Handshakes alone move an
+    /// endpoint; data from elsewhere is only accepted beside a quiet endpoint (see the table).
+    fn on_routed(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        msg: &Routed<'_>,
+        kind: Kind,
+    ) -> Decision {
         let index = msg.receiver_index();
         let Some(entry) = self.table.index(index) else {
             return DropReason::UnknownReceiver.into();
         };
-        let to = entry.endpoint;
+        let output = match entry.roam {
+            Some(roam) => Output::ForwardBoth([entry.endpoint, roam.addr]),
+            None => Output::Forward(entry.endpoint),
+        };
         if kind == Kind::CookieReply {
             // Only someone the relay already talks to can have been sent the message answered.
             if !self.table.is_known(src) {
                 return DropReason::UnknownSource.into();
             }
-            return Output::Forward(to).into();
+            return output.into();
         }
-        // Transport data must come from the endpoint of the session's other index. The original
-        // moved the peer to any source here, so one forged packet could hijack a session; this
-        // relay re-homes peers only through handshakes, which allow-list mode authenticates.
         let State::Session { peer } = entry.state else {
             return DropReason::NoSession.into();
         };
-        let role = entry.role;
-        let (owner, counterpart) = (entry.owner, entry.counterpart);
-        match self.table.index(peer) {
-            Some(p) if p.endpoint == src => {}
-            _ => return DropReason::UnexpectedSource.into(),
-        }
-        // The initiator only sends data after verifying the response: that proves which key lives
-        // at each end, so later initiations for these keys need not be broadcast.
-        if role == Role::Responder && self.table.confirm(index) {
-            if let Some(k) = owner {
-                self.table.set_home(k, to);
+        let (role, owner, counterpart, to) =
+            (entry.role, entry.owner, entry.counterpart, entry.endpoint);
+        match self.table.admit_source(now, peer, src) {
+            Source::Rejected => return DropReason::UnexpectedSource.into(),
+            Source::NewRoam => self.stats.roams += 1,
+            Source::Roam => {}
+            // The initiator only sends data after verifying the response: that proves which key
+            // lives at each end, so later initiations for these keys need not be broadcast.
+            Source::Endpoint => {
+                if role == Role::Responder && self.table.confirm(index) {
+                    if let Some(k) = owner {
+                        self.table.set_home(k, to);
+                    }
+                    if let Some(k) = counterpart {
+                        self.table.set_home(k, src);
+                    }
+                }
             }
-            if let Some(k) = counterpart {
-                self.table.set_home(k, src);
-            }
         }
-        Output::Forward(to).into()
+        output.into()
     }
 }
 
@@ -405,3 +789,6 @@ impl From<ParseError> for DropReason {
         }
     }
 }
+
+// Invariant checks for tests and the fuzzer (relay/invariants.rs).
+pub mod invariants;

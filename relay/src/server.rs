@@ -1,20 +1,26 @@
-//! UDP IO around the sans-IO core: several SO_REUSEPORT sockets, one timer task.
+//! UDP IO around the sans-IO core: several SO_REUSEPORT sockets, one timer task, and one thread
+//! for the full mac1 scans the core asks for.
 //!
-//! The core sits behind one mutex held only for the in-memory decision, never across IO. This
-//! layer is deliberately thin so batched IO can replace it without touching the protocol.
+//! The core sits behind one mutex held only for the in-memory decision, never across IO and never
+//! across a scan: a scan of thousands of keys runs on its own thread and takes the lock only to
+//! hand in its result. This layer is deliberately thin so batched IO can replace it without
+//! touching the protocol.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::relay::{Config, Output, Relay};
+use crate::relay::{Config, Output, Relay, ScanRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -22,6 +28,10 @@ pub enum ServerError {
     Resolve { addr: String, source: io::Error },
     #[error("failed to listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error(
+        "UDP {addr} is already in use (another wpex relay?): stop it, or pick another --port or --bind"
+    )]
+    InUse { addr: SocketAddr },
     #[error("waiting for shutdown signals: {0}")]
     Signal(io::Error),
 }
@@ -72,10 +82,57 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// Fails if something already listens on `addr`. The workers' `SO_REUSEPORT` would otherwise let
+/// a second relay bind beside a running one, and the kernel would split the peers' flows between
+/// two processes with separate tables. A probe without `SO_REUSEPORT` cannot share the port.
+fn ensure_free(addr: SocketAddr) -> Result<(), ServerError> {
+    let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        probe
+            .set_only_v6(false)
+            .map_err(|source| ServerError::Listen { addr, source })?;
+    }
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(ServerError::InUse { addr }),
+        Err(source) => Err(ServerError::Listen { addr, source }),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Held for the life of the process: two relays starting at the same instant could both pass
+/// [`ensure_free`] before either binds. An abstract socket is per network namespace and is
+/// released by the kernel when the process dies, so nothing is left behind.
+fn claim(addr: SocketAddr) -> Result<std::os::unix::net::UnixDatagram, ServerError> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("wpex-relay-udp-{addr}");
+    let lock = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .and_then(|a| std::os::unix::net::UnixDatagram::bind_addr(&a));
+    match lock {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(ServerError::InUse { addr }),
+        Err(source) => Err(ServerError::Listen { addr, source }),
+        Ok(lock) => Ok(lock),
+    }
+}
+
+/// The sockets of one listen address, and the claim on it.
+struct Bound {
+    sockets: Vec<UdpSocket>,
+    _claim: Option<std::os::unix::net::UnixDatagram>,
+}
+
 /// Binds `workers` sockets to one address; with port 0 they all share the first one's port.
-fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Vec<UdpSocket>, ServerError> {
+fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Bound, ServerError> {
     let mut last_error = None;
     for &addr in candidates {
+        // Port 0 asks the kernel for a free port: nothing to claim or probe.
+        let claim = if addr.port() == 0 {
+            None
+        } else {
+            let claim = claim(addr)?;
+            ensure_free(addr)?;
+            Some(claim)
+        };
         let first = match udp_socket(addr) {
             Ok(s) => s,
             Err(source) => {
@@ -91,7 +148,10 @@ fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Vec<UdpSocket>,
             sockets
                 .push(udp_socket(actual).map_err(|source| ServerError::Listen { addr, source })?);
         }
-        return Ok(sockets);
+        return Ok(Bound {
+            sockets,
+            _claim: claim,
+        });
     }
     Err(last_error.unwrap_or(ServerError::Resolve {
         addr: String::new(),
@@ -127,9 +187,22 @@ impl IoErrors {
     }
 }
 
+/// Scans waiting for the scan thread. The core's budget keeps this short; if it is full anyway,
+/// the scan is dropped and counted rather than queued without bound.
+const SCAN_QUEUE: usize = 64;
+
+struct ScanJob {
+    request: ScanRequest,
+    src: SocketAddr,
+    datagram: Vec<u8>,
+    /// The socket the handshake arrived on, to send the outcome from.
+    socket: Arc<UdpSocket>,
+}
+
 pub struct Server {
     relay: SharedRelay,
     sockets: Vec<Arc<UdpSocket>>,
+    _claim: Option<std::os::unix::net::UnixDatagram>,
     io_errors: Arc<IoErrors>,
 }
 
@@ -141,12 +214,13 @@ impl Server {
         port: u16,
         workers: usize,
     ) -> Result<Self, ServerError> {
-        let sockets = bind_all(&listen_addrs(bind, port)?, workers.max(1))?;
+        let bound = bind_all(&listen_addrs(bind, port)?, workers.max(1))?;
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
         Ok(Self {
             relay: Arc::new(Mutex::new(Relay::new(config, Instant::now(), seed))),
-            sockets: sockets.into_iter().map(Arc::new).collect(),
+            sockets: bound.sockets.into_iter().map(Arc::new).collect(),
+            _claim: bound._claim,
             io_errors: Arc::default(),
         })
     }
@@ -165,41 +239,162 @@ impl Server {
 
     /// Relays until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let (scans, jobs) = std::sync::mpsc::sync_channel(SCAN_QUEUE);
+        let scanner = {
+            let (relay, errors) = (self.relay.clone(), self.io_errors.clone());
+            std::thread::Builder::new()
+                .name("wpex-scan".into())
+                .spawn(move || scan_loop(&relay, &jobs, &errors))
+        };
+        if let Err(e) = scanner {
+            tracing::error!(%e, "cannot start the scan thread; handshakes that need a scan are dropped");
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for socket in &self.sockets {
             tasks.spawn(receive_loop(
                 socket.clone(),
                 self.relay.clone(),
                 self.io_errors.clone(),
+                scans.clone(),
             ));
         }
+        drop(scans);
         tasks.spawn(timer_loop(self.relay.clone()));
         shutdown.await;
         tasks.abort_all();
     }
 }
 
-async fn receive_loop(socket: Arc<UdpSocket>, relay: SharedRelay, errors: Arc<IoErrors>) {
-    let mut buf = vec![0u8; 65536];
+/// What an output sends, and to whom: the datagram itself, or a reply of the relay's own.
+fn transmissions<'a>(output: &'a Output, datagram: &'a [u8]) -> (&'a [u8], &'a [SocketAddr]) {
+    match output {
+        Output::Forward(to) => (datagram, std::slice::from_ref(to)),
+        Output::ForwardBoth(to) => (datagram, to),
+        Output::Broadcast(to) => (datagram, to),
+        Output::CookieReply(to, reply) => (reply, std::slice::from_ref(to)),
+        Output::Scan(_) | Output::Drop(_) => (datagram, &[]),
+    }
+}
+
+/// Datagrams read per system call (`recvmmsg`).
+const BATCH: usize = quinn_udp::BATCH_SIZE;
+/// Room for one received buffer: with GRO the kernel may coalesce a train of same-size datagrams
+/// from one source into it, up to 64 KiB.
+const SLOT: usize = 1 << 16;
+
+/// Where each datagram of a GRO train lies in `storage`: `stride` apart, the last maybe shorter.
+fn segments(start: usize, len: usize, stride: usize) -> impl Iterator<Item = Range<usize>> {
+    let stride = if stride == 0 { len.max(1) } else { stride };
+    let count = len.div_ceil(stride).max(1);
+    (0..count).map(move |k| start + k * stride..start + len.min((k + 1) * stride))
+}
+
+/// Reads up to [`BATCH`] buffers in one `recvmmsg`, each into its [`SLOT`] of `storage`.
+async fn receive_batch(
+    socket: &UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    storage: &mut [u8],
+    meta: &mut [quinn_udp::RecvMeta; BATCH],
+) -> io::Result<usize> {
     loop {
-        let (len, src) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        socket.readable().await?;
+        let mut slots = storage.chunks_mut(SLOT);
+        let mut bufs: [IoSliceMut<'_>; BATCH] =
+            std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
+        match socket.try_io(Interest::READABLE, || {
+            state.recv(socket.into(), &mut bufs, meta)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            received => return received,
+        }
+    }
+}
+
+async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    relay: SharedRelay,
+    errors: Arc<IoErrors>,
+    scans: SyncSender<ScanJob>,
+) {
+    // quinn-udp reads batches with recvmmsg and GRO where the kernel offers them; without it,
+    // one datagram per call still works.
+    let state = quinn_udp::UdpSocketState::new((&*socket).into())
+        .inspect_err(
+            |e| tracing::warn!(%e, "batched receive unavailable; reading one datagram per call"),
+        )
+        .ok();
+    let mut storage = vec![0u8; SLOT * BATCH];
+    let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
+    let mut outputs: Vec<(Range<usize>, Output)> = Vec::with_capacity(BATCH);
+    loop {
+        let received = match &state {
+            Some(state) => receive_batch(&socket, state, &mut storage, &mut meta).await,
+            None => socket
+                .recv_from(&mut storage[..SLOT])
+                .await
+                .map(|(len, addr)| {
+                    meta[0].addr = addr;
+                    meta[0].len = len;
+                    meta[0].stride = len;
+                    1
+                }),
+        };
+        let n = match received {
+            Ok(n) => n,
             Err(e) => {
                 errors.record("receive", None, &e);
                 continue;
             }
         };
-        let datagram = &mut buf[..len];
-        let output = lock(&relay).handle_input(Instant::now(), src, datagram);
-        let (bytes, targets): (&[u8], Vec<SocketAddr>) = match &output {
-            Output::Forward(to) => (datagram, vec![*to]),
-            Output::Broadcast(to) => (datagram, to.clone()),
-            Output::CookieReply(to, reply) => (reply, vec![*to]),
-            Output::Drop(_) => continue,
-        };
+        // One lock and one clock reading for the whole batch; IO happens after the lock is gone.
+        {
+            let mut core = lock(&relay);
+            let now = Instant::now();
+            for (i, m) in meta[..n].iter().enumerate() {
+                for range in segments(i * SLOT, m.len.min(SLOT), m.stride) {
+                    let datagram = &mut storage[range.clone()];
+                    let output = core.handle_input(now, m.addr, datagram);
+                    if let Output::Scan(request) = &output {
+                        let job = ScanJob {
+                            request: request.clone(),
+                            src: m.addr,
+                            datagram: datagram.to_vec(),
+                            socket: socket.clone(),
+                        };
+                        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                            scans.try_send(job)
+                        {
+                            core.scan_abandoned();
+                        }
+                    }
+                    outputs.push((range, output));
+                }
+            }
+        }
+        for (range, output) in outputs.drain(..) {
+            let (bytes, targets) = transmissions(&output, &storage[range]);
+            for to in targets {
+                if let Err(e) = socket.send_to(bytes, *to).await {
+                    errors.record("send", Some(*to), &e);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the scans the core admitted, then hands each result back under the lock. Ends when
+/// every receive loop has gone.
+fn scan_loop(relay: &SharedRelay, jobs: &Receiver<ScanJob>, errors: &IoErrors) {
+    for mut job in jobs {
+        let done = job.request.run(&job.datagram);
+        let output = lock(relay).handle_scanned(Instant::now(), job.src, &mut job.datagram, done);
+        let (bytes, targets) = transmissions(&output, &job.datagram);
+        // A plain send on the socket, not tokio's readiness-tracked one: this thread is off the
+        // runtime. A full socket buffer drops this one datagram, as the network may.
+        let socket = socket2::SockRef::from(&*job.socket);
         for to in targets {
-            if let Err(e) = socket.send_to(bytes, to).await {
-                errors.record("send", Some(to), &e);
+            if let Err(e) = socket.send_to(bytes, &(*to).into()) {
+                errors.record("send", Some(*to), &e);
             }
         }
     }
@@ -226,4 +421,18 @@ pub async fn shutdown_signal() -> Result<(), ServerError> {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gro_train_splits_at_the_stride_and_a_lone_datagram_stays_whole() {
+        let ranges: Vec<_> = segments(100, 250, 100).collect();
+        assert_eq!(ranges, vec![100..200, 200..300, 300..350]);
+        assert_eq!(segments(0, 148, 148).collect::<Vec<_>>(), vec![0..148]);
+        // An empty datagram is still one datagram, so it is counted as malformed.
+        assert_eq!(segments(64, 0, 0).collect::<Vec<_>>(), vec![64..64]);
+    }
 }

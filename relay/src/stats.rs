@@ -1,6 +1,7 @@
 //! Counters kept by the core. Bad packets are counted here, never logged one by one.
 
 use crate::message::Kind;
+use crate::ratelimit::ScanClass;
 
 /// Why a datagram was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,10 +28,14 @@ pub enum DropReason {
     UnknownSource,
     /// The table is at its bound.
     TableFull,
+    /// No likely key explained a handshake and the scan budget for its class was spent.
+    ScanBudget,
+    /// No likely key explained a handshake and its source IP had used its share of scans.
+    ScanSourceLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::TooShort,
         DropReason::UnknownType,
         DropReason::Reserved,
@@ -44,6 +49,8 @@ impl DropReason {
         DropReason::UnexpectedSource,
         DropReason::UnknownSource,
         DropReason::TableFull,
+        DropReason::ScanBudget,
+        DropReason::ScanSourceLimited,
     ];
 
     /// A stable label for metrics.
@@ -62,6 +69,8 @@ impl DropReason {
             DropReason::UnexpectedSource => "unexpected_source",
             DropReason::UnknownSource => "unknown_source",
             DropReason::TableFull => "table_full",
+            DropReason::ScanBudget => "scan_budget",
+            DropReason::ScanSourceLimited => "scan_source_limited",
         }
     }
 
@@ -86,6 +95,11 @@ pub struct Stats {
     pub broadcast_limited: u64,
     pub expired_indices: u64,
     pub expired_endpoints: u64,
+    /// mac1 computations, on likely keys and in full scans alike.
+    pub mac1_computations: u64,
+    scans: [u64; ScanClass::ALL.len()],
+    /// Sources that began standing in for a quiet session side (roaming, see the table).
+    pub roams: u64,
 }
 
 impl Stats {
@@ -97,6 +111,16 @@ impl Stats {
 
     pub(crate) fn drop(&mut self, reason: DropReason) {
         self.dropped[reason.slot()] += 1;
+    }
+
+    pub(crate) fn scanned(&mut self, class: ScanClass, macs: u32) {
+        self.scans[class as usize] += 1;
+        self.mac1_computations += u64::from(macs);
+    }
+
+    /// Full mac1 scans over the allow-list, by the class of their source.
+    pub fn scans(&self, class: ScanClass) -> u64 {
+        self.scans[class as usize]
     }
 
     /// Datagrams sent on, counting each copy of a broadcast.

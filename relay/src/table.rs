@@ -18,6 +18,9 @@ pub const HALF_OPEN_TTL: Duration = Duration::from_secs(5);
 pub const SESSION_TTL: Duration = Duration::from_secs(180);
 /// How long an endpoint stays known (a broadcast target) after its last index is gone.
 pub const ENDPOINT_LINGER: Duration = Duration::from_secs(60);
+/// How long a session side must be silent at its endpoint before another source may stand in
+/// for it. A busy peer is never silent that long, so a forger cannot get in beside it.
+pub const ROAM_QUIET: Duration = Duration::from_secs(1);
 
 /// Which side of the handshake picked an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +52,33 @@ pub struct IndexEntry {
     pub unicast: bool,
     /// A transport packet has proved that the handshake on this index completed.
     pub confirmed: bool,
+    /// When this index's owner last sent transport data from `endpoint`.
+    pub heard: Instant,
+    /// Where the owner may have roamed to (see [`Table::admit_source`]).
+    pub roam: Option<Roam>,
     timer: u64,
+}
+
+/// A source that spoke for a session side while its endpoint was silent: a NAT rebinding, or a
+/// forger. Traffic for the side goes to both until the endpoint speaks again or the session ends,
+/// so neither case loses a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roam {
+    pub addr: SocketAddr,
+    pub heard: Instant,
+}
+
+/// Whether transport data from a source may be forwarded for a session side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The side's endpoint; any roam candidate is dropped, since the peer is evidently there.
+    Endpoint,
+    /// The side's current roam candidate.
+    Roam,
+    /// A new roam candidate, accepted because the endpoint and any older candidate went quiet.
+    NewRoam,
+    /// Someone else while the side is active: dropped.
+    Rejected,
 }
 
 #[derive(Debug)]
@@ -210,6 +239,8 @@ impl Table {
                 counterpart,
                 unicast,
                 confirmed: false,
+                heard: now,
+                roam: None,
                 timer,
             },
         );
@@ -232,6 +263,7 @@ impl Table {
         };
         init.state = State::Session { peer: responder };
         init.owner = initiator_key;
+        init.heard = now;
         init.timer = timer;
         let responder_key = init.counterpart;
 
@@ -247,10 +279,49 @@ impl Table {
                 counterpart: initiator_key,
                 unicast: false,
                 confirmed: false,
+                heard: now,
+                roam: None,
                 timer,
             },
         );
         self.sessions += 2;
+    }
+
+    /// Judges transport data from `src` on behalf of the owner of `side`, a session index: its
+    /// endpoint, or a stand-in while the endpoint is quiet. Only the endpoint moves nothing;
+    /// a stand-in is added beside it, never in its place, and handshakes alone re-home peers.
+    pub fn admit_source(&mut self, now: Instant, side: u32, src: SocketAddr) -> Source {
+        let Some(e) = self.indices.get_mut(&side) else {
+            return Source::Rejected;
+        };
+        if e.endpoint == src {
+            e.heard = now;
+            e.roam = None;
+            return Source::Endpoint;
+        }
+        match &mut e.roam {
+            Some(r) if r.addr == src => {
+                r.heard = now;
+                return Source::Roam;
+            }
+            Some(r) if now.saturating_duration_since(r.heard) < ROAM_QUIET => {
+                return Source::Rejected;
+            }
+            _ => {}
+        }
+        if now.saturating_duration_since(e.heard) < ROAM_QUIET {
+            return Source::Rejected;
+        }
+        e.roam = Some(Roam {
+            addr: src,
+            heard: now,
+        });
+        Source::NewRoam
+    }
+
+    /// `None` if `endpoint` is not known; otherwise the key proven to live there, if any.
+    pub fn endpoint_key(&self, endpoint: SocketAddr) -> Option<Option<PublicKey>> {
+        self.endpoints.get(&endpoint).map(|e| e.key)
     }
 
     /// Records that the handshake on `index` completed. Returns true the first time.
@@ -379,6 +450,9 @@ impl Table {
         doomed.len()
     }
 }
+
+// Invariant checks for tests and the fuzzer (table/invariants.rs).
+mod invariants;
 
 #[cfg(test)]
 mod tests {

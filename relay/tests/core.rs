@@ -10,9 +10,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wpex::keys::AllowedKeys;
 use wpex::message::Kind;
+use wpex::ratelimit::ScanClass;
 use wpex::relay::COOKIE_ROTATION;
 use wpex::stats::DropReason;
-use wpex::table::{HALF_OPEN_TTL, SESSION_TTL};
+use wpex::table::{HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
 use wpex::{Access, Config, Output, Relay};
 
 const A: &str = "198.51.100.10:51820";
@@ -39,7 +40,7 @@ fn allow_relay(now: Instant, keys: &[&Identity]) -> Relay {
 /// Feeds a datagram to the relay and returns it as rewritten, with the relay's decision.
 fn feed(relay: &mut Relay, now: Instant, from: &str, datagram: &[u8]) -> (Output, Vec<u8>) {
     let mut buf = datagram.to_vec();
-    let out = relay.handle_input(now, addr(from), &mut buf);
+    let out = relay.handle_input_inline(now, addr(from), &mut buf);
     (out, buf)
 }
 
@@ -190,8 +191,16 @@ fn allow_list_checks_mac1_on_initiations_and_responses() {
     let [response] = got.network.as_slice() else {
         panic!("A answers C directly: {got:?}")
     };
+    // A response to no waiting index is dropped before any MAC is spent on it.
     let (out, _) = feed(&mut relay, t0, A, response);
-    // The response names no waiting index here, but mac1 is checked first.
+    assert_eq!(out, Output::Drop(DropReason::UnknownReceiver));
+    // With C's initiation waiting, mac1 decides: A's response names C, who is not allowed.
+    let (_, init) = pass_cookie_challenge(&mut relay, t0, C, &mut c_to_a);
+    let got = a_to_c.receive(&init);
+    let [response] = got.network.as_slice() else {
+        panic!("A answers C through the relay: {got:?}")
+    };
+    let (out, _) = feed(&mut relay, t0, B, response);
     assert_eq!(out, Output::Drop(DropReason::Mac1Invalid));
     assert_eq!(relay.stats().dropped(DropReason::Mac1Invalid), 3);
 }
@@ -530,6 +539,11 @@ fn cookies_expire_after_two_rotations() {
         Output::Broadcast(_)
     ));
 
+    // Each relay challenged A itself: only a source the relay challenged can hold its cookie.
+    for relay in &mut relays[1..] {
+        let out = feed(relay, t0, A, &Peer::new(&ia, &ib, false).initiation()).0;
+        assert!(matches!(out, Output::CookieReply(..)), "{out:?}");
+    }
     let once = t0 + COOKIE_ROTATION;
     relays[1].handle_timeout(once);
     let (out, _) = feed(&mut relays[1], once, A, &with_cookie);
@@ -687,7 +701,7 @@ fn malformed_input_of_every_kind_is_dropped_and_counted_without_panic() {
             src_port = src_port.wrapping_add(1);
             let from = SocketAddr::from(([192, 0, 2, 99], src_port));
             let expected = malformed(&d);
-            let out = relay.handle_input(t0, from, &mut d);
+            let out = relay.handle_input_inline(t0, from, &mut d);
             if let Some(reason) = expected {
                 assert_eq!(out, Output::Drop(reason), "{d:?}");
             }
@@ -727,4 +741,284 @@ fn malformed(d: &[u8]) -> Option<DropReason> {
         _ => return Some(DropReason::UnknownType),
     };
     (!size_ok).then_some(DropReason::BadLength)
+}
+
+/// An allow-list relay with `extra` random keys besides the given identities.
+fn allow_relay_with(now: Instant, keys: &[&Identity], extra: usize) -> Relay {
+    let mut rng = StdRng::seed_from_u64(8);
+    let random = (0..extra).map(|_| wpex::keys::PublicKey(rng.r#gen()));
+    let config = Config {
+        access: Access::AllowList(AllowedKeys::new(
+            keys.iter().map(|k| k.public).chain(random),
+        )),
+        ..Config::default()
+    };
+    Relay::new(config, now, [7; 32])
+}
+
+fn mac1_computations(relay: &Relay) -> u64 {
+    relay.stats().mac1_computations
+}
+
+fn scans(relay: &Relay) -> u64 {
+    ScanClass::ALL.iter().map(|c| relay.stats().scans(*c)).sum()
+}
+
+/// A handshake A -> B and A's first data through an allow-list relay that already knows both
+/// endpoints; returns the mac1 computations it took.
+fn rekey(relay: &mut Relay, now: Instant, p: &mut Pair) -> u64 {
+    let before = mac1_computations(relay);
+    let scans_before = scans(relay);
+    let (out, init) = feed(relay, now, A, &p.a.initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(B)], "{out:?}");
+    let response = p.b.receive(&init).network.remove(0);
+    let (out, response) = feed(relay, now, B, &response);
+    assert_eq!(out, Output::Forward(addr(A)));
+    let keepalive = p.a.receive(&response).network.remove(0);
+    assert_eq!(feed(relay, now, A, &keepalive).0, Output::Forward(addr(B)));
+    assert_eq!(scans(relay), scans_before, "no full scan for a known pair");
+    mac1_computations(relay) - before
+}
+
+#[test]
+fn a_known_pair_rekeys_with_a_handful_of_macs_among_ten_thousand_keys() {
+    let t0 = Instant::now();
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut relay = allow_relay_with(t0, &[&ia, &ib], 10_000);
+    // First contact: each side is scanned once and challenged, then the pair completes.
+    pass_cookie_challenge(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    let mut p = pair(&ia, &ib);
+    pass_cookie_challenge(&mut relay, t0, A, &mut p.a);
+    let first = rekey(&mut relay, t0, &mut p);
+    assert!(scans(&relay) >= 2, "first contact needed scans");
+
+    // Rekeys at WireGuard's REKEY_AFTER_TIME, within and after the cookie generations that
+    // remember the challenge: the pair's keys are tried first either way.
+    let mut at = t0;
+    let mut costs = vec![first];
+    for _ in 0..3 {
+        at += Duration::from_secs(120);
+        relay.handle_timeout(at);
+        costs.push(rekey(&mut relay, at, &mut p));
+    }
+    println!("mac1 computations per handshake of a known pair among 10,002 keys: {costs:?}");
+    assert!(costs.iter().all(|c| *c <= 4), "{costs:?}");
+}
+
+/// A type-1 datagram of random bytes: no valid mac1, and a random mac2 unless zeroed.
+fn junk_initiation(rng: &mut StdRng, zero_mac2: bool) -> Vec<u8> {
+    let mut d: Vec<u8> = (0..148).map(|_| rng.r#gen()).collect();
+    d[..4].copy_from_slice(&[1, 0, 0, 0]);
+    if zero_mac2 {
+        d[132..].fill(0);
+    }
+    d
+}
+
+fn random_source(rng: &mut StdRng) -> SocketAddr {
+    SocketAddr::from(([198, 18, rng.r#gen(), rng.r#gen()], rng.r#gen()))
+}
+
+#[test]
+fn a_junk_flood_spends_only_its_share_of_the_scan_budget() {
+    let t0 = Instant::now();
+    let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
+    let mut relay = allow_relay_with(t0, &[&ia, &ib, &ic], 10_000);
+    pass_cookie_challenge(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    let mut p = pair(&ia, &ib);
+    pass_cookie_challenge(&mut relay, t0, A, &mut p.a);
+    rekey(&mut relay, t0, &mut p);
+
+    // 3,000 junk initiations a second from random sources, for 2 s.
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut admitted = 0u32;
+    let mut now = t0;
+    for _ in 0..6000 {
+        now += Duration::from_micros(333);
+        let mut d = junk_initiation(&mut rng, false);
+        match relay.handle_input(now, random_source(&mut rng), &mut d) {
+            Output::Scan(request) => {
+                assert_eq!(request.class(), ScanClass::Other);
+                admitted += 1;
+            }
+            Output::Drop(DropReason::ScanBudget) => {}
+            other => panic!("junk got {other:?}"),
+        }
+    }
+    // A sixteenth of the default budget, with a one-second burst, over 2 s.
+    let bound = 3 * wpex::relay::DEFAULT_SCAN_BUDGET / 16 / 10_003 + 1;
+    println!("junk scans admitted: {admitted} of 6000 (bound {bound})");
+    assert!(admitted > 0 && admitted <= bound, "{admitted} > {bound}");
+
+    // Meanwhile the known pair rekeys without a scan, and a new peer's first initiation is
+    // scanned and challenged at once.
+    assert!(rekey(&mut relay, now, &mut p) <= 4);
+    let (out, _) = feed(&mut relay, now, C, &Peer::new(&ic, &ia, false).initiation());
+    assert!(matches!(out, Output::CookieReply(..)), "{out:?}");
+}
+
+#[test]
+fn a_flood_from_one_address_is_held_to_that_address_share() {
+    let t0 = Instant::now();
+    let ia = Identity::random();
+    let mut relay = allow_relay_with(t0, &[&ia], 100);
+    let mut rng = StdRng::seed_from_u64(4);
+    let from = addr(C);
+    let outcomes: Vec<Output> = (0..100)
+        .map(|_| relay.handle_input(t0, from, &mut junk_initiation(&mut rng, true)))
+        .collect();
+    let admitted = outcomes
+        .iter()
+        .filter(|o| matches!(o, Output::Scan(_)))
+        .count();
+    assert_eq!(
+        admitted,
+        5 * wpex::relay::SCAN_SOURCE_RATE as usize,
+        "burst"
+    );
+    assert_eq!(
+        relay.stats().dropped(DropReason::ScanSourceLimited),
+        100 - admitted as u64
+    );
+}
+
+/// Data from B to A's index: where does the relay send it?
+fn b_to_a(relay: &mut Relay, now: Instant, p: &mut Pair) -> Output {
+    let d = p.b.send(&ipv4_packet(b"to A"));
+    feed(relay, now, B, &d).0
+}
+
+fn a_to_b(relay: &mut Relay, now: Instant, from: &str, p: &mut Pair) -> Output {
+    let d = p.a.send(&ipv4_packet(b"to B"));
+    feed(relay, now, from, &d).0
+}
+
+const A_REBOUND: &str = "198.51.100.10:60001";
+
+#[test]
+fn a_rebound_peer_is_reached_beside_its_quiet_endpoint_within_a_second() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    handshake_and_data(&mut relay, t0, &mut p);
+
+    // A's NAT rebinds. While A's endpoint was heard within ROAM_QUIET, the new source is not
+    // trusted: a busy peer cannot be joined by a forger.
+    let soon = t0 + ROAM_QUIET / 2;
+    assert_eq!(
+        a_to_b(&mut relay, soon, A_REBOUND, &mut p),
+        Output::Drop(DropReason::UnexpectedSource)
+    );
+    // Once the old endpoint has been quiet that long, the new source's data is forwarded and
+    // traffic for A goes to both addresses.
+    let later = t0 + ROAM_QUIET;
+    assert_eq!(
+        a_to_b(&mut relay, later, A_REBOUND, &mut p),
+        Output::Forward(addr(B))
+    );
+    assert_eq!(relay.stats().roams, 1);
+    assert_eq!(
+        b_to_a(&mut relay, later, &mut p),
+        Output::ForwardBoth([addr(A), addr(A_REBOUND)])
+    );
+    // A third source cannot displace a candidate that keeps sending.
+    assert_eq!(
+        a_to_b(&mut relay, later, FORGER, &mut p),
+        Output::Drop(DropReason::UnexpectedSource)
+    );
+    // If A speaks from its endpoint again, the stand-in is dropped.
+    assert_eq!(
+        a_to_b(&mut relay, later, A, &mut p),
+        Output::Forward(addr(B))
+    );
+    assert_eq!(b_to_a(&mut relay, later, &mut p), Output::Forward(addr(A)));
+}
+
+#[test]
+fn an_idle_peer_that_rebinds_is_reached_after_its_next_keepalive() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    handshake_and_data(&mut relay, t0, &mut p);
+    // PersistentKeepalive = 25: A's next keepalive comes from its new NAT port.
+    let keepalive_at = t0 + Duration::from_secs(25);
+    assert_eq!(
+        a_to_b(&mut relay, keepalive_at, A_REBOUND, &mut p),
+        Output::Forward(addr(B))
+    );
+    // B speaks 30 s after the rebinding: A is reached at its new address.
+    let ping_at = t0 + Duration::from_secs(30);
+    let d = p.b.send(&ipv4_packet(b"ping"));
+    let (out, d) = feed(&mut relay, ping_at, B, &d);
+    assert_eq!(out, Output::ForwardBoth([addr(A), addr(A_REBOUND)]));
+    assert_eq!(p.a.receive(&d).tunnel, vec![ipv4_packet(b"ping")]);
+    assert_eq!(
+        a_to_b(&mut relay, ping_at, A_REBOUND, &mut p),
+        Output::Forward(addr(B)),
+        "the reply from the new address goes through"
+    );
+}
+
+#[test]
+fn a_forger_beside_a_quiet_peer_gets_copies_but_takes_nothing_away() {
+    let t0 = Instant::now();
+    let mut relay = open_relay(t0);
+    let (ia, ib) = (Identity::random(), Identity::random());
+    let mut p = pair(&ia, &ib);
+    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    let (from_a, _) = handshake_and_data(&mut relay, t0, &mut p);
+    // An observer replays A's packet from its own address while A is quiet.
+    let quiet = t0 + Duration::from_secs(5);
+    assert_eq!(
+        feed(&mut relay, quiet, FORGER, &from_a).0,
+        Output::Forward(addr(B))
+    );
+    // B's traffic still reaches A; the forger only gets copies of ciphertext it already sees.
+    assert_eq!(
+        b_to_a(&mut relay, quiet, &mut p),
+        Output::ForwardBoth([addr(A), addr(FORGER)])
+    );
+    // A's next packet from its endpoint ends it.
+    a_to_b(&mut relay, quiet, A, &mut p);
+    assert_eq!(b_to_a(&mut relay, quiet, &mut p), Output::Forward(addr(A)));
+}
+
+#[test]
+fn a_new_peers_retry_gets_through_a_flood_of_well_formed_first_initiations() {
+    let t0 = Instant::now();
+    let (ia, ic) = (Identity::random(), Identity::random());
+    let mut relay = allow_relay_with(t0, &[&ia, &ic], 10_000);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut now = t0;
+    let mut admitted = 0;
+    let mut flood = |relay: &mut Relay, now: &mut Instant, n: usize| {
+        for _ in 0..n {
+            *now += Duration::from_micros(100);
+            let mut d = junk_initiation(&mut rng, true);
+            let out = relay.handle_input(*now, random_source(&mut rng), &mut d);
+            admitted += usize::from(matches!(out, Output::Scan(_)));
+        }
+    };
+    // 10,000 junk initiations a second with the zero mac2 of a real first handshake: they
+    // use up the fresh share, so C's first initiation is refused like theirs.
+    flood(&mut relay, &mut now, 10_000);
+    let mut c = Peer::new(&ic, &ia, false);
+    let (out, _) = feed(&mut relay, now, C, &c.initiation());
+    assert_eq!(out, Output::Drop(DropReason::ScanBudget));
+    // C retries 5 s later, from the same address, with the flood still on.
+    flood(&mut relay, &mut now, 50_000);
+    let mut retry = c.initiation();
+    let out = relay.handle_input(now, addr(C), &mut retry);
+    let Output::Scan(request) = &out else {
+        panic!("the retry is scanned: {out:?}")
+    };
+    assert_eq!(request.class(), ScanClass::Retry);
+    let done = request.run(&retry);
+    let out = relay.handle_scanned(now, addr(C), &mut retry, done);
+    assert!(matches!(out, Output::CookieReply(..)), "{out:?}");
+    println!("scans admitted to the flood: {admitted} of 60,000");
 }

@@ -134,6 +134,50 @@ fn startup_errors_name_the_problem() {
     );
 }
 
+/// Runs the binary until it exits or `bound` passes (then kills it); returns its exit code, if
+/// it exited on its own, and what it printed.
+fn run_with_bound(args: &[&str], bound: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wpex");
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (code, text)
+}
+
+#[test]
+fn a_second_relay_on_a_served_port_exits_with_address_in_use() {
+    let mut first = RelayProcess::start(&[]);
+    let port = first.udp.port().to_string();
+    // The same address, and the dual-stack default that covers it.
+    for bind in [&["--bind", "127.0.0.1"][..], &[]] {
+        let args: Vec<&str> = bind.iter().copied().chain(["--port", &port]).collect();
+        let (code, out) = run_with_bound(&args, Duration::from_secs(10));
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{args:?}: exit {code:?}: {out}"
+        );
+        assert!(out.contains("already in use"), "{args:?}: {out}");
+    }
+    assert!(first.still_running(), "the running relay is untouched");
+    assert_eq!(http_get(first.metrics, "/readyz").0, 200);
+}
+
 #[test]
 fn an_empty_key_file_allows_nobody() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,206 @@
+//! Consistency checks over the table's internals, for tests, property tests and the fuzzer.
+//!
+//! Always compiled (they cost nothing unless called) so that integration tests and the fuzz crate,
+//! which link the library as it ships, can call them after every step. A linear pass over the
+//! table and its timer heap: cheap on the small tables those drivers build.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{ENDPOINT_LINGER, HALF_OPEN_TTL, Role, SESSION_TTL, State, Subject, Table, Timer};
+use crate::keys::PublicKey;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+impl Table {
+    /// Checks the table's invariants; `now` is the latest instant given to the table.
+    ///
+    /// - every index has exactly one live timer, due no later than `now` plus its TTL;
+    /// - session links are symmetric (each side names the other, with the other role) and both
+    ///   sides share one deadline, so neither outlives the other; the session count matches;
+    /// - each endpoint's reference count is the number of indices pointing at it; an endpoint
+    ///   with no reference has a live linger timer and one with references has none;
+    /// - `homes` and each endpoint's key agree both ways;
+    /// - timer generations are unique and every live timer belongs to an existing entry.
+    ///
+    /// That nothing outlives its deadline is [`Table::next_deadline`] being after `now` once
+    /// [`Table::expire`]`(now)` has run: expiry pops every timer due, live or stale.
+    pub fn check_invariants(&self, now: Instant) -> Result<(), String> {
+        let mut by_generation: HashMap<u64, &Timer> = HashMap::with_capacity(self.timers.len());
+        for std::cmp::Reverse(t) in self.timers.iter() {
+            ensure!(
+                t.generation > 0 && t.generation <= self.generation,
+                "timer generation {} outside 1..={}",
+                t.generation,
+                self.generation
+            );
+            ensure!(
+                by_generation.insert(t.generation, t).is_none(),
+                "timer generation {} used twice",
+                t.generation
+            );
+        }
+
+        let mut refs: HashMap<SocketAddr, u32> = HashMap::new();
+        let mut session_sides = 0;
+        for (&i, e) in &self.indices {
+            *refs.entry(e.endpoint).or_default() += 1;
+            ensure!(
+                self.endpoints.contains_key(&e.endpoint),
+                "index {i} points at unknown endpoint {}",
+                e.endpoint
+            );
+            let timer = by_generation
+                .get(&e.timer)
+                .filter(|t| t.subject == Subject::Index(i))
+                .ok_or_else(|| format!("index {i} has no live timer (generation {})", e.timer))?;
+            let ttl = match e.state {
+                State::HalfOpen => HALF_OPEN_TTL,
+                State::Session { .. } => SESSION_TTL,
+            };
+            ensure!(
+                timer.at <= now + ttl,
+                "index {i} ({:?}) is due {:?} after now, beyond its TTL {ttl:?}",
+                e.state,
+                timer.at - now
+            );
+            ensure!(e.heard <= now, "index {i} heard from in the future");
+            if let Some(roam) = e.roam {
+                ensure!(
+                    roam.addr != e.endpoint && roam.heard <= now,
+                    "index {i}: roam {roam:?} is its own endpoint or heard in the future"
+                );
+            }
+            match e.state {
+                State::HalfOpen => {
+                    ensure!(
+                        e.role == Role::Initiator,
+                        "half-open index {i} is a responder's"
+                    );
+                }
+                State::Session { peer } => {
+                    session_sides += 1;
+                    let p = self
+                        .indices
+                        .get(&peer)
+                        .ok_or_else(|| format!("session index {i} names missing peer {peer}"))?;
+                    ensure!(
+                        peer != i && p.state == State::Session { peer: i },
+                        "session index {i} -> {peer}, but {peer} is {:?}",
+                        p.state
+                    );
+                    ensure!(
+                        p.role != e.role,
+                        "both sides of session {i}/{peer} are {:?}",
+                        e.role
+                    );
+                    let peer_at = by_generation.get(&p.timer).map(|t| t.at);
+                    ensure!(
+                        peer_at == Some(timer.at),
+                        "session {i}/{peer} sides expire apart: {:?} vs {peer_at:?}",
+                        timer.at
+                    );
+                }
+            }
+        }
+        ensure!(
+            self.sessions == session_sides,
+            "session side count {} but {session_sides} indices are in a session",
+            self.sessions
+        );
+
+        let mut lingering = 0;
+        for (addr, ep) in &self.endpoints {
+            let counted = refs.get(addr).copied().unwrap_or(0);
+            ensure!(
+                ep.refs == counted,
+                "endpoint {addr} has refs {} but {counted} indices point at it",
+                ep.refs
+            );
+            if ep.refs == 0 {
+                lingering += 1;
+                let timer = by_generation
+                    .get(&ep.timer)
+                    .filter(|t| t.subject == Subject::Endpoint(*addr))
+                    .ok_or_else(|| format!("unreferenced endpoint {addr} has no linger timer"))?;
+                ensure!(
+                    timer.at <= now + ENDPOINT_LINGER,
+                    "endpoint {addr} lingers {:?} past now",
+                    timer.at - now
+                );
+            } else {
+                ensure!(
+                    ep.timer == 0,
+                    "endpoint {addr} with {} refs has a linger timer",
+                    ep.refs
+                );
+            }
+            if let Some(key) = ep.key {
+                ensure!(
+                    self.homes.get(&key) == Some(addr),
+                    "endpoint {addr} holds {key:?} whose home is {:?}",
+                    self.homes.get(&key)
+                );
+            }
+        }
+        for (key, addr) in &self.homes {
+            let held = self.endpoints.get(addr).map(|e| e.key);
+            ensure!(
+                held == Some(Some(*key)),
+                "{key:?} lives at {addr}, which holds {held:?}"
+            );
+        }
+
+        // Live timers are exactly one per index and one per lingering endpoint.
+        let live = by_generation
+            .values()
+            .filter(|t| match t.subject {
+                Subject::Index(i) => self
+                    .indices
+                    .get(&i)
+                    .is_some_and(|e| e.timer == t.generation),
+                Subject::Endpoint(a) => self
+                    .endpoints
+                    .get(&a)
+                    .is_some_and(|e| e.refs == 0 && e.timer == t.generation),
+            })
+            .count();
+        ensure!(
+            live == self.indices.len() + lingering,
+            "{live} live timers for {} indices and {lingering} lingering endpoints",
+            self.indices.len()
+        );
+        Ok(())
+    }
+
+    /// Checks that every key the table holds (on an index or as a home) passes `allowed`, and,
+    /// for keys on sessions, `handshaken` too. Open mode passes `|_| false`: no key anywhere.
+    pub fn check_keys(
+        &self,
+        allowed: impl Fn(&PublicKey) -> bool,
+        handshaken: impl Fn(&PublicKey) -> bool,
+    ) -> Result<(), String> {
+        for (i, e) in &self.indices {
+            for key in [e.owner, e.counterpart].iter().flatten() {
+                ensure!(allowed(key), "index {i} holds key {key:?}, not allowed");
+                if matches!(e.state, State::Session { .. }) {
+                    ensure!(
+                        handshaken(key),
+                        "session index {i} holds {key:?}, with no handshake recorded"
+                    );
+                }
+            }
+        }
+        for key in self.homes.keys() {
+            ensure!(allowed(key), "{key:?} has a home but is not allowed");
+        }
+        Ok(())
+    }
+}
