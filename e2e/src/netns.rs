@@ -333,20 +333,7 @@ impl Lab {
         )?;
         self.exec(&nat, &["ip", "link", "set", &lan_nat, "up"])?;
         self.exec(&nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        self.exec(
-            &nat,
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-            ],
-        )?;
+        self.masquerade(&nat, None)?;
         self.exec(&ns, &["ip", "link", "set", &lan_host, "name", "lan"])?;
         self.exec(
             &ns,
@@ -370,6 +357,19 @@ impl Lab {
         &self.inet
     }
 
+    /// Source NAT out of the WAN side of `nat`: UDP to `udp_ports` if given, anything else to
+    /// whatever port the kernel picks.
+    fn masquerade(&self, nat: &str, udp_ports: Option<&str>) -> Result<()> {
+        let mut rule = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan"];
+        if let Some(ports) = udp_ports {
+            rule.extend(["-p", "udp", "-j", "MASQUERADE", "--to-ports", ports]);
+        } else {
+            rule.extend(["-j", "MASQUERADE"]);
+        }
+        self.exec(nat, &rule)?;
+        Ok(())
+    }
+
     /// Makes `host`'s NAT map UDP to public source ports in `ports` (`"40000-40100"`), or to
     /// whatever port the kernel picks with `None`, and forgets every existing mapping, as a
     /// NAT does when it reboots or its uplink changes: the next packet out gets a new port.
@@ -377,39 +377,9 @@ impl Lab {
         let nat = host.nat.as_deref().context("not a NATed host")?;
         self.exec(nat, &["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
         if let Some(ports) = ports {
-            self.exec(
-                nat,
-                &[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "POSTROUTING",
-                    "-o",
-                    "wan",
-                    "-p",
-                    "udp",
-                    "-j",
-                    "MASQUERADE",
-                    "--to-ports",
-                    ports,
-                ],
-            )?;
+            self.masquerade(nat, Some(ports))?;
         }
-        self.exec(
-            nat,
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-            ],
-        )?;
+        self.masquerade(nat, None)?;
         self.exec(nat, &["conntrack", "-F"])?;
         Ok(())
     }

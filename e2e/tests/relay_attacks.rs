@@ -607,6 +607,22 @@ fn hijack_setup() -> Result<(Pair, Host, String)> {
 
 /// Checks the forgeries reached the relay and named live indices, so that a pass means
 /// resistance and not a lab that dropped the attack.
+/// The directions that delivered less than [`MIN_DELIVERY`] of [`PINGS`].
+fn short_delivery(ab: u32, ba: u32) -> Vec<String> {
+    let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
+    [("A->B", ab), ("B->A", ba)]
+        .into_iter()
+        .filter(|(_, got)| delivery(*got) < MIN_DELIVERY)
+        .map(|(dir, got)| {
+            format!(
+                "{dir} delivered {:.1}% (target >= {:.0}%)",
+                100.0 * delivery(got),
+                100.0 * MIN_DELIVERY
+            )
+        })
+        .collect()
+}
+
 fn forgeries_landed(p: &Pair, hijack: &str, arrived: u64, deltas: &str) -> Vec<String> {
     let mut missed = Vec::new();
     let sent = number(hijack, "sent").unwrap_or(0.0);
@@ -685,15 +701,7 @@ fn hijack_busy_tunnel() -> Result<()> {
     );
     println!("{figures}");
     let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    for (dir, got) in [("A->B", ab), ("B->A", ba)] {
-        if delivery(got) < MIN_DELIVERY {
-            missed.push(format!(
-                "{dir} delivered {:.1}% (target >= {:.0}%)",
-                100.0 * delivery(got),
-                100.0 * MIN_DELIVERY
-            ));
-        }
-    }
+    missed.extend(short_delivery(ab, ba));
     check(&figures, missed)?;
     p.lab.pass();
     Ok(())
@@ -781,15 +789,7 @@ fn hijack_idle_tunnel() -> Result<()> {
     );
     println!("{figures}");
     let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    for (dir, got) in [("A->B", ab), ("B->A", ba)] {
-        if delivery(got) < MIN_DELIVERY {
-            missed.push(format!(
-                "{dir} delivered {:.1}% (target >= {:.0}%)",
-                100.0 * delivery(got),
-                100.0 * MIN_DELIVERY
-            ));
-        }
-    }
+    missed.extend(short_delivery(ab, ba));
     check(&figures, missed)?;
     p.lab.pass();
     Ok(())

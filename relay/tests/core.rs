@@ -895,14 +895,21 @@ fn a_to_b(relay: &mut Relay, now: Instant, from: &str, p: &mut Pair) -> Output {
 
 const A_REBOUND: &str = "198.51.100.10:60001";
 
-#[test]
-fn a_rebound_peer_is_reached_beside_its_quiet_endpoint_within_a_second() {
-    let t0 = Instant::now();
+/// An open relay that has carried a handshake and data both ways between A and B; with A's
+/// first data packet.
+fn open_session(t0: Instant) -> (Relay, Pair, Vec<u8>) {
     let mut relay = open_relay(t0);
     let (ia, ib) = (Identity::random(), Identity::random());
     let mut p = pair(&ia, &ib);
     register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
-    handshake_and_data(&mut relay, t0, &mut p);
+    let (from_a, _) = handshake_and_data(&mut relay, t0, &mut p);
+    (relay, p, from_a)
+}
+
+#[test]
+fn a_rebound_peer_is_reached_beside_its_quiet_endpoint_within_a_second() {
+    let t0 = Instant::now();
+    let (mut relay, mut p, _) = open_session(t0);
 
     // A's NAT rebinds. While A's endpoint was heard within ROAM_QUIET, the new source is not
     // trusted: a busy peer cannot be joined by a forger.
@@ -939,11 +946,7 @@ fn a_rebound_peer_is_reached_beside_its_quiet_endpoint_within_a_second() {
 #[test]
 fn an_idle_peer_that_rebinds_is_reached_after_its_next_keepalive() {
     let t0 = Instant::now();
-    let mut relay = open_relay(t0);
-    let (ia, ib) = (Identity::random(), Identity::random());
-    let mut p = pair(&ia, &ib);
-    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
-    handshake_and_data(&mut relay, t0, &mut p);
+    let (mut relay, mut p, _) = open_session(t0);
     // PersistentKeepalive = 25: A's next keepalive comes from its new NAT port.
     let keepalive_at = t0 + Duration::from_secs(25);
     assert_eq!(
@@ -966,11 +969,7 @@ fn an_idle_peer_that_rebinds_is_reached_after_its_next_keepalive() {
 #[test]
 fn a_forger_beside_a_quiet_peer_gets_copies_but_takes_nothing_away() {
     let t0 = Instant::now();
-    let mut relay = open_relay(t0);
-    let (ia, ib) = (Identity::random(), Identity::random());
-    let mut p = pair(&ia, &ib);
-    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
-    let (from_a, _) = handshake_and_data(&mut relay, t0, &mut p);
+    let (mut relay, mut p, from_a) = open_session(t0);
     // An observer replays A's packet from its own address while A is quiet.
     let quiet = t0 + Duration::from_secs(5);
     assert_eq!(
