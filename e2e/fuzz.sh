@@ -64,18 +64,18 @@ main() {
     set +e
     "$binary" -max_total_time="$secs" -max_len=4096 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" "$@" "$corpus" "relay/fuzz/corpus/$target" 2>&1 |
-        tee "$log" | grep -E '^(INFO: Seed|#[0-9]+[[:space:]]+(INITED|DONE|pulse)|stat::|Done [0-9]+ runs)|^(==|SUMMARY|thread|invariant)'
+        tee "$log" | grep -aE '^(INFO: Seed|#[0-9]+[[:space:]]+(INITED|DONE|pulse)|stat::|Done [0-9]+ runs)|^(==|SUMMARY|thread|invariant)'
     status=${PIPESTATUS[0]}
     set -e
 
     local runs rate cov
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
+    cov=$(grep -aoE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
     runs="${runs:-?} executions in $((SECONDS - started)) s (${rate:-?}/s, ${cov:-cov ?})"
     if [ "$status" != 0 ]; then
         echo "fuzz: FAILED (exit $status) after $runs; log: $log" >&2
-        grep -A4 'invariant failed' "$log" | head -20 >&2 || true
+        grep -a -A4 'invariant failed' "$log" | head -20 >&2 || true
         for crash in $(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log"); do
             echo "fuzz: input $crash (base64 below); replay: $binary $crash" >&2
             echo "fuzz:   or WPEX_FUZZ_REPLAY=$crash cargo test -p wpex --test fuzz_corpus" >&2

@@ -37,6 +37,9 @@ step "end-to-end: peers behind NAT, the operator on a real API server, the chart
 cargo build -p wpex -p wpex-operator --locked
 # The attack tests measure the relay's CPU: only a release build gives figures users see.
 cargo build --release -p wpex --locked
-WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator" \
-    WPEX_RELEASE_BIN="$PWD/target/release/wpex" \
-    cargo test -p wpex-e2e --locked -- --ignored --test-threads=1
+export WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator" \
+    WPEX_RELEASE_BIN="$PWD/target/release/wpex"
+# Floods, NAT rebinding and forgery, with every figure printed (one line per test).
+cargo test -p wpex-e2e --locked --test relay_attacks -- --ignored --test-threads=1 --nocapture
+cargo test -p wpex-e2e --locked -- --ignored --test-threads=1 \
+    --skip flood_ --skip hijack_ --skip rebinding_

@@ -118,6 +118,8 @@ struct Flood {
     /// Whether C's first handshake within [`C_WITHIN`] is a target, or only reported after
     /// waiting up to [`C_REPORTED_WITHIN`].
     c_is_target: bool,
+    /// The relay's CPU bound, in cores.
+    max_cores: f64,
 }
 
 impl Flood {
@@ -297,9 +299,10 @@ fn flood(run: &Flood) -> Result<()> {
             ));
         }
     }
-    if cores > MAX_CORES {
+    if cores > run.max_cores {
         missed.push(format!(
-            "relay CPU {cores:.3} cores (target <= {MAX_CORES})"
+            "relay CPU {cores:.3} cores (target <= {})",
+            run.max_cores
         ));
     }
     if run.c_is_target && c_took.is_none() {
@@ -319,6 +322,7 @@ fn flood_10k_keys_3000_per_s() -> Result<()> {
         rate: Some(3000),
         zero_mac2: false,
         c_is_target: true,
+        max_cores: MAX_CORES,
     })
 }
 
@@ -332,12 +336,13 @@ fn flood_10k_keys_flat_out() -> Result<()> {
         rate: None,
         zero_mac2: false,
         c_is_target: true,
+        max_cores: MAX_CORES,
     })
 }
 
 /// An attacker that read the README: zero mac2, like a real first initiation, at full speed.
-/// It competes with new peers for their half of the scan budget, so C's first handshake is only
-/// reported; forwarding and the relay's CPU must still hold.
+/// It competes with new peers for their share of the scan budget and spends that share, so C's
+/// first handshake is only reported, and the CPU bound allows for that share.
 #[test]
 #[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
 fn flood_10k_keys_flat_out_zero_mac2() -> Result<()> {
@@ -347,6 +352,9 @@ fn flood_10k_keys_flat_out_zero_mac2() -> Result<()> {
         rate: None,
         zero_mac2: true,
         c_is_target: false,
+        // The scans it wins are real work, bounded by its classes' share of --scan-budget:
+        // a quarter plus an eighth of 1,000,000 mac1s a second, about 0.07 of a core.
+        max_cores: MAX_CORES + 0.1,
     })
 }
 
@@ -359,6 +367,7 @@ fn flood_100_keys_3000_per_s() -> Result<()> {
         rate: Some(3000),
         zero_mac2: false,
         c_is_target: true,
+        max_cores: MAX_CORES,
     })
 }
 
@@ -607,9 +616,9 @@ fn hijack_setup() -> Result<(Pair, Host, String)> {
 
 /// Checks the forgeries reached the relay and named live indices, so that a pass means
 /// resistance and not a lab that dropped the attack.
-/// The directions that delivered less than [`MIN_DELIVERY`] of [`PINGS`].
-fn short_delivery(ab: u32, ba: u32) -> Vec<String> {
-    let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
+/// The directions that delivered less than [`MIN_DELIVERY`] of the `sent` pings.
+fn short_delivery(ab: u32, ba: u32, sent: u32) -> Vec<String> {
+    let delivery = |got: u32| f64::from(got) / f64::from(sent);
     [("A->B", ab), ("B->A", ba)]
         .into_iter()
         .filter(|(_, got)| delivery(*got) < MIN_DELIVERY)
@@ -701,7 +710,7 @@ fn hijack_busy_tunnel() -> Result<()> {
     );
     println!("{figures}");
     let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    missed.extend(short_delivery(ab, ba));
+    missed.extend(short_delivery(ab, ba, PINGS));
     check(&figures, missed)?;
     p.lab.pass();
     Ok(())
@@ -789,7 +798,7 @@ fn hijack_idle_tunnel() -> Result<()> {
     );
     println!("{figures}");
     let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    missed.extend(short_delivery(ab, ba));
+    missed.extend(short_delivery(ab, ba, PINGS));
     check(&figures, missed)?;
     p.lab.pass();
     Ok(())

@@ -41,6 +41,9 @@ fn allow_relay(now: Instant, keys: &[&Identity]) -> Relay {
 fn feed(relay: &mut Relay, now: Instant, from: &str, datagram: &[u8]) -> (Output, Vec<u8>) {
     let mut buf = datagram.to_vec();
     let out = relay.handle_input_inline(now, addr(from), &mut buf);
+    if let Err(broken) = relay.check_invariants(now) {
+        panic!("after a datagram from {from}: {broken}");
+    }
     (out, buf)
 }
 
