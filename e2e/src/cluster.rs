@@ -31,10 +31,6 @@ const CNI_BRIDGE: &str = "wpexcni0";
 const CNI_NETWORK: &str = "wpex-e2e";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
-/// How often kubelet syncs pods, and so how soon it refreshes a mounted ConfigMap. The default is
-/// one minute; a test cluster can afford more API calls.
-pub const KUBELET_SYNC: Duration = Duration::from_secs(5);
-
 pub struct LocalCluster {
     cp: ControlPlane,
     node_ip: Ipv4Addr,
@@ -117,7 +113,6 @@ containerRuntimeEndpoint: unix://{socket}
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
-syncFrequency: {sync}s
 podLogsDir: {logs}
 authentication: {{anonymous: {{enabled: true}}, webhook: {{enabled: false}}}}
 authorization: {{mode: AlwaysAllow}}
@@ -128,7 +123,6 @@ evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.avail
 resolvConf: ""
 "#,
         socket = containerd_socket().display(),
-        sync = KUBELET_SYNC.as_secs(),
         logs = state("pod-logs").display(),
     )
 }

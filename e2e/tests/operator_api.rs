@@ -324,10 +324,11 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     })
     .await?;
     println!("WireGuardPeerKey disabled -> ConfigMap updated in {took:?}");
-    assert_eq!(
-        condition(&keys, "bob").await?,
-        Some(("False".into(), "Disabled".into()))
-    );
+    // The status follows in the same reconcile, after the children are applied.
+    poll("disabled key's status", SOON, || async {
+        Ok(condition(&keys, "bob").await? == Some(("False".into(), "Disabled".into())))
+    })
+    .await?;
     keys.delete("alice", &DeleteParams::default()).await?;
     let took = poll("deleted key out of ConfigMap", SOON, || async {
         Ok(key_file(&cms, "edge-keys").await?.is_empty())
@@ -405,6 +406,14 @@ async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
         Ok(condition(&keys, "orphan").await? == Some(("False".into(), "RelayNotFound".into())))
     })
     .await?;
+    // A key cannot move to another relay: the old one would keep allowing it until a resync.
+    match apply_json(&keys, "orphan", key_json("orphan", "elsewhere", K3, false)).await {
+        Err(e) => {
+            let text = format!("{e:#}");
+            assert!(text.contains("relay is immutable"), "{text}");
+        }
+        Ok(_) => bail!("spec.relay of a WireGuardPeerKey was changed"),
+    }
 
     // Of two keys claiming the same public key, the older wins; the other is a duplicate.
     apply_json(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -65,6 +65,58 @@ where
             name,
             source,
         })
+}
+
+/// The annotation on relay pods naming the version of the key ConfigMap they should mount.
+pub const KEYS_VERSION_ANNOTATION: &str = "wpex.io/keys-version";
+
+/// kubelet refreshes a mounted ConfigMap when it syncs the pod, which by default happens once a
+/// minute; an update of the pod object makes it sync at once. So every relay pod is annotated
+/// with the key ConfigMap's version. Pods only: a change to the Deployment's pod template would
+/// restart the relay.
+async fn refresh_key_volumes(
+    client: &Client,
+    relay: &Relay,
+    keys: &ConfigMap,
+) -> Result<(), Error> {
+    let Some(version) = keys.metadata.resource_version.as_deref() else {
+        return Ok(());
+    };
+    let pods = Api::<Pod>::namespaced(client.clone(), &relay.namespace);
+    let selector = resources::labels(&relay.name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read {
+            what: "relay Pods",
+            source,
+        })?;
+    for pod in listed.items {
+        if pod
+            .annotations()
+            .get(KEYS_VERSION_ANNOTATION)
+            .map(String::as_str)
+            == Some(version)
+        {
+            continue;
+        }
+        let name = pod.name_any();
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {KEYS_VERSION_ANNOTATION: version}}
+        });
+        pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "Pod".to_owned(),
+                name,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// A condition that keeps its transition time while its status does not change, so re-applying
@@ -173,12 +225,13 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
     let accepted = admission::accepted(&verdicts);
 
     // Build and apply. The ConfigMap first, so a new pod mounts the current keys.
-    apply(
+    let keys_config_map = apply(
         client,
         &relay.namespace,
         &resources::config_map(&relay, &accepted),
     )
     .await?;
+    refresh_key_volumes(client, &relay, &keys_config_map).await?;
     let deployment = apply(
         client,
         &relay.namespace,

@@ -149,12 +149,15 @@ pub struct WireGuardRelayStatus {
     printcolumn = r#"{"name":"Relay","type":"string","jsonPath":".spec.relay"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WireGuardPeerKeySpec {
-    /// Name of a WireGuardRelay in the same namespace.
+    /// Name of a WireGuardRelay in the same namespace. Immutable: moving a key to another relay
+    /// is a delete and a create, so the old relay drops it at once.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("relay must name a WireGuardRelay"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("relay is immutable; delete this key and create one for the other relay"))]
     pub relay: String,
     /// The peer's WireGuard public key, as `wg pubkey` prints it (base64 of 32 bytes).
     #[x_kube(validation = kube::core::Rule::new(PUBLIC_KEY_RULE).message("publicKey must be the base64 of exactly 32 bytes, as `wg pubkey` prints"))]

@@ -48,6 +48,8 @@ struct Args {
 }
 
 const LEASE_NAME: &str = "wpex-operator";
+/// The holder renews 5 s before expiry, every 10 s.
+const LEASE_SECONDS: u64 = 15;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -105,10 +107,17 @@ async fn main() -> anyhow::Result<()> {
             .with_namespace(&args.lease_namespace)
             .with_identity(&identity)
             .with_field_manager(controller::FIELD_MANAGER)
+            // A standby only looks again when the holder's Lease would expire, even after a
+            // release: a short Lease makes an upgraded pod take over sooner.
+            .with_duration(LEASE_SECONDS)
             .build()
             .await
             .context("setting up leader election")?;
         let (mut leader, task) = manager.watch().await;
+        // A standby replica is ready: it serves and will take over. Waiting for the Lease here
+        // would deadlock a rolling update, where the old pod keeps the Lease until the new one
+        // is ready.
+        ready.set_ready();
         tracing::info!(%identity, namespace = %args.lease_namespace, "waiting to become leader");
         tokio::select! {
             changed = leader.wait_for(|is_leader| *is_leader) => {
