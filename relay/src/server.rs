@@ -125,13 +125,19 @@ struct Bound {
 fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Bound, ServerError> {
     let mut last_error = None;
     for &addr in candidates {
-        // Port 0 asks the kernel for a free port: nothing to claim or probe.
+        // Port 0 asks the kernel for a free port: nothing to claim or probe. A served address
+        // stops here; any other failure (no IPv6, say) moves on to the next candidate.
         let claim = if addr.port() == 0 {
             None
         } else {
-            let claim = claim(addr)?;
-            ensure_free(addr)?;
-            Some(claim)
+            match claim(addr).and_then(|c| ensure_free(addr).map(|()| c)) {
+                Ok(c) => Some(c),
+                Err(e @ ServerError::InUse { .. }) => return Err(e),
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            }
         };
         let first = match udp_socket(addr) {
             Ok(s) => s,
