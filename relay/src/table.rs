@@ -288,8 +288,8 @@ impl Table {
     }
 
     /// Judges transport data from `src` on behalf of the owner of `side`, a session index: its
-    /// endpoint, or a stand-in while the endpoint is quiet. Only the endpoint moves nothing;
-    /// a stand-in is added beside it, never in its place, and handshakes alone re-home peers.
+    /// endpoint, or a stand-in while the endpoint is quiet. Nothing here moves the endpoint: a
+    /// stand-in is added beside it, never in its place, and handshakes alone re-home peers.
     pub fn admit_source(&mut self, now: Instant, side: u32, src: SocketAddr) -> Source {
         let Some(e) = self.indices.get_mut(&side) else {
             return Source::Rejected;
