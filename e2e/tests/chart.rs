@@ -151,6 +151,32 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         "{full}"
     );
 
+    // More than one operator replica: spread over nodes, and kept through a drain.
+    let (ok, ha) = run_helm(
+        &[
+            "template",
+            "wpex",
+            chart,
+            "--set",
+            "replicaCount=2",
+            "--kube-version",
+            kube,
+        ],
+        None,
+    )?;
+    ensure!(ok, "{ha}");
+    ensure!(
+        kinds(&ha).contains(&"PodDisruptionBudget".to_owned())
+            && ha.contains("replicas: 2")
+            && ha.contains("podAntiAffinity")
+            && ha.contains("minAvailable: 1"),
+        "replicaCount=2:\n{ha}"
+    );
+    ensure!(
+        !plain.contains("podAntiAffinity") && plain.contains("replicas: 1"),
+        "one replica needs neither: {plain}"
+    );
+
     // The values schema refuses a malformed key before anything reaches the cluster.
     let bad = values_file(
         dir.path(),
