@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use wpex_e2e::cluster::Cluster;
@@ -35,6 +35,60 @@ const RELAY: &str = "edge";
 const RELAY_SELECTOR: &str = "app.kubernetes.io/name=wpex-relay,app.kubernetes.io/instance=edge";
 /// Tunnel MTU: 1500 minus WireGuard's 60 bytes over IPv4 (the relay adds nothing).
 const MTU: u16 = 1440;
+
+/// The relay's scrape period plus a handshake's round trip, with room for a loaded machine.
+const HANDSHAKE_STATUS_BOUND: Duration = Duration::from_secs(30);
+const GHOST_ADDRESS: &str = "203.0.113.77";
+
+/// A Node object no kubelet runs and nothing may be scheduled on; deleted by [`Self::delete`]
+/// (and on drop, best effort).
+struct GhostNode {
+    api: Api<Node>,
+    name: String,
+    deleted: bool,
+}
+
+impl GhostNode {
+    async fn create(client: &Client, name: &str) -> Result<Self> {
+        let api: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"unschedulable": true},
+        }))?;
+        api.create(&PostParams::default(), &node).await?;
+        let status = serde_json::json!({"status": {"addresses": [
+            {"type": "ExternalIP", "address": GHOST_ADDRESS},
+            {"type": "InternalIP", "address": GHOST_ADDRESS},
+        ]}});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        Ok(Self {
+            api,
+            name: name.to_owned(),
+            deleted: false,
+        })
+    }
+
+    async fn delete(mut self) -> Result<()> {
+        self.api
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        self.deleted = true;
+        Ok(())
+    }
+}
+
+impl Drop for GhostNode {
+    fn drop(&mut self) {
+        let (api, name) = (self.api.clone(), self.name.clone());
+        if self.deleted {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { api.delete(&name, &DeleteParams::default()).await });
+        }
+    }
+}
 
 /// Polls `check` until it returns `Some`, or fails after `bound`.
 async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> Result<(T, Duration)>
@@ -246,8 +300,18 @@ async fn scenario(suite: &Suite<'_>, lab: &mut Lab, node: std::net::Ipv4Addr) ->
         "1. helm install: operator ready in {:.1?}",
         started.elapsed()
     );
+    let tested = Instant::now();
+    let out = suite.helm(&["test", RELEASE, "--timeout=2m"])?;
+    ensure!(out.contains("Succeeded"), "helm test: {out}");
+    eprintln!(
+        "1b. helm test: the operator answers /readyz ({:.1?})",
+        tested.elapsed()
+    );
 
     // 2. A NodePort relay and the keys of peers A and B; `kubectl get wgr` shows the endpoint.
+    // A second Node object, with no kubelet and a name that sorts first, must not be taken for
+    // the relay pod's node.
+    let ghost = GhostNode::create(&suite.client, &format!("aaa-{}", suite.ns)).await?;
     let a = lab.natted_host("a")?;
     let b = lab.natted_host("b")?;
     let c = lab.natted_host("c")?;
@@ -296,7 +360,14 @@ spec:
             "endpoint {endpoint}"
         );
     }
-    eprintln!("2. relay Ready with endpoint {endpoint} in {took:.1?}:\n{table}");
+    ensure!(
+        !endpoint.starts_with(GHOST_ADDRESS),
+        "endpoint {endpoint} is the node without the relay pod"
+    );
+    ghost.delete().await?;
+    eprintln!(
+        "2. relay Ready with endpoint {endpoint} (the relay pod's node, not the other of 2) in {took:.1?}:\n{table}"
+    );
     let relay_uid = suite.relay_pod().await?.metadata.uid;
 
     // 3. A and B ping each other through the relay pod.
@@ -312,6 +383,41 @@ spec:
         .await?;
     ensure!(forwarded > 0.0, "the relay pod forwarded the pings");
     eprintln!("3. A <-> B through the relay pod in {took:.1?} ({forwarded} data packets relayed)");
+
+    // 3b. "Is my peer connected?": each key's last handshake reaches its status.
+    let keys: Api<WireGuardPeerKey> = suite.api();
+    let (at, took) = eventually(
+        "peer-a's status shows its last handshake",
+        HANDSHAKE_STATUS_BOUND,
+        || async {
+            let a = keys
+                .get("peer-a")
+                .await?
+                .status
+                .and_then(|s| s.last_handshake);
+            let b = keys
+                .get("peer-b")
+                .await?
+                .status
+                .and_then(|s| s.last_handshake);
+            Ok(a.zip(b))
+        },
+    )
+    .await?;
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(at.0.0);
+    ensure!(
+        age.as_secs() < 120,
+        "peer-a's last handshake is {age:?} old"
+    );
+    let table = suite.kubectl(&["get", "wgpk"])?;
+    ensure!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("HANDSHAKE")),
+        "kubectl get wgpk has a Handshake column:\n{table}"
+    );
+    eprintln!("3b. last handshakes in the keys' status {took:.1?} after the first ping:\n{table}");
 
     // 4. C has no WireGuardPeerKey: its handshakes are dropped and it never reaches A.
     let dropped = r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#;
@@ -407,7 +513,6 @@ spec:
     );
 
     // 6. Delete C's key: C is cut off while A and B keep talking.
-    let keys: Api<WireGuardPeerKey> = suite.api();
     keys.delete("peer-c", &DeleteParams::default()).await?;
     let out_of_relay = suite.wait_for_keys(2).await?;
     let took = wait_until_cut(lab, &pc, &pa, Duration::from_secs(120))?;
@@ -415,6 +520,54 @@ spec:
     ensure!(!lab.ping_once(&pc, pa.tunnel_ip, None), "C stays cut off");
     eprintln!(
         "6. C's key deleted: out of the relay after {out_of_relay:.1?}, C cut off within {took:.1?}; A <-> B still ping"
+    );
+
+    // 6b. helm upgrade with another relay image: the relay pod is replaced and the peers
+    // reconnect on their own.
+    let old_uid = suite.relay_pod().await?.metadata.uid;
+    let started = Instant::now();
+    suite.helm(&[
+        "upgrade",
+        RELEASE,
+        chart.to_str().context("utf-8 path")?,
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "resources.limits.memory=192Mi",
+        // build-images.sh tags each image with the version and with `dev`.
+        "--set",
+        "relayImage.tag=dev",
+        "--wait",
+        "--timeout=3m",
+    ])?;
+    let rolled = started.elapsed();
+    let (_, replaced) = eventually(
+        "a relay pod with the new image is ready",
+        Duration::from_secs(120),
+        || async {
+            let pod = match suite.relay_pod().await {
+                Ok(pod) => pod,
+                Err(_) => return Ok(None),
+            };
+            let image = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Ok((pod.metadata.uid != old_uid && image.ends_with(":dev") && ready).then_some(()))
+        },
+    )
+    .await?;
+    let reconnected = lab.wait_for_ping(&pa, &pb, Duration::from_secs(180))?;
+    eprintln!(
+        "6b. helm upgrade to relay image :dev: --wait finished in {rolled:.1?}, new relay pod ready {replaced:.1?} later, A <-> B pinging again {reconnected:.1?} after that ({:.1?} in all)",
+        started.elapsed()
     );
 
     // 7. Delete the relay: everything it owned goes with it.

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeAddress, NodeStatus, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeAddress, NodeStatus, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
@@ -192,6 +192,11 @@ async fn operator_against_a_real_api_server() -> Result<()> {
     let operator = Operator::start(&cp)?;
     let result = async {
         scenarios(&client).await?;
+        with_temp_ns(&client, |ns| {
+            let (client, operator) = (&client, &operator);
+            async move { unrelated_config_maps(client, &ns, operator).await }
+        })
+        .await?;
         operator_process(&client, &operator).await
     }
     .await;
@@ -441,47 +446,251 @@ async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
-    // No kubelet here: a Node object with addresses is what the endpoint is read from.
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node_name = format!("{ns}-node");
+/// A Node object with these addresses; no kubelet runs it.
+async fn fake_node(nodes: &Api<Node>, name: &str, addresses: &[(&str, &str)]) -> Result<()> {
     let node = Node {
         metadata: kube::api::ObjectMeta {
-            name: Some(node_name.clone()),
+            name: Some(name.to_owned()),
             ..Default::default()
         },
         ..Default::default()
     };
     nodes.create(&PostParams::default(), &node).await?;
     let status = json!({"status": NodeStatus {
-        addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: "192.0.2.10".into() }]),
+        addresses: Some(addresses.iter().map(|(t, a)| NodeAddress { type_: (*t).into(), address: (*a).into() }).collect()),
         ..Default::default()
     }});
     nodes
-        .patch_status(&node_name, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
+    Ok(())
+}
 
-    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
-    apply_json(
-        &relays,
-        "np",
-        relay_json(
-            "np",
-            json!({"service": {"type": "NodePort", "nodePort": 31820}}),
-        ),
-    )
-    .await?;
-    let took = poll("NodePort endpoint in status", SOON, || async {
-        Ok(relays
-            .get("np")
+/// There is no scheduler here: binds the relay's pending pod to `node`, as the scheduler would.
+async fn schedule_relay_pod(pods: &Api<Pod>, relay: &str, node: &str) -> Result<String> {
+    let selector = format!("app.kubernetes.io/instance={relay}");
+    let mut name = None;
+    poll("the relay pod exists", SOON, || async {
+        Ok(pods
+            .list(&ListParams::default().labels(&selector))
             .await?
-            .status
-            .and_then(|s| s.endpoint)
-            .as_deref()
-            == Some("192.0.2.10:31820"))
+            .items
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_none()))
     })
     .await?;
-    println!("NodePort relay applied -> endpoint in status in {took:?}");
-    nodes.delete(&node_name, &DeleteParams::default()).await?;
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let pod_name = pod.name_any();
+        let binding = json!({
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod_name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
+        });
+        pods.create_subresource::<_, serde_json::Value>(
+            "binding",
+            &pod_name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await?;
+        name = Some(pod_name);
+    }
+    name.context("no pending relay pod to bind")
+}
+
+async fn relay_endpoints(
+    relays: &Api<WireGuardRelay>,
+    name: &str,
+) -> Result<(Option<String>, Vec<String>)> {
+    let status = relays.get(name).await?.status.unwrap_or_default();
+    Ok((status.endpoint, status.endpoints))
+}
+
+async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
+    // Two nodes; "a" sorts first and has no external address. The relay's endpoint must follow
+    // its pod, wherever the scheduler puts it.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
+    fake_node(&nodes, &node_a, &[("InternalIP", "192.0.2.10")]).await?;
+    fake_node(
+        &nodes,
+        &node_b,
+        &[
+            ("InternalIP", "192.0.2.20"),
+            ("ExternalIP", "198.51.100.20"),
+        ],
+    )
+    .await?;
+    let result = async {
+        let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
+        let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        apply_json(
+            &relays,
+            "np",
+            relay_json(
+                "np",
+                json!({"service": {"type": "NodePort", "nodePort": 31820}}),
+            ),
+        )
+        .await?;
+        apply_json(&keys, "np-peer", key_json("np-peer", "np", K2, false)).await?;
+        // Not on a node yet: no endpoint rather than a guess.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (pending, _) = relay_endpoints(&relays, "np").await?;
+        ensure!(pending.is_none(), "an endpoint before the pod has a node: {pending:?}");
+
+        let first = schedule_relay_pod(&pods, "np", &node_b).await?;
+        let took = poll("the endpoint is node b's external address", SOON, || async {
+            Ok(relay_endpoints(&relays, "np").await?
+                == (
+                    Some("198.51.100.20:31820".into()),
+                    vec!["198.51.100.20:31820".into()],
+                ))
+        })
+        .await?;
+        println!("NodePort relay pod bound to node b (of 2) -> endpoint in status in {took:?}");
+
+        // The pod moves to node a: the endpoint follows.
+        pods.delete(
+            &first,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
+        schedule_relay_pod(&pods, "np", &node_a).await?;
+        let took = poll("the endpoint follows the pod to node a", SOON, || async {
+            Ok(relay_endpoints(&relays, "np").await?.0.as_deref() == Some("192.0.2.10:31820"))
+        })
+        .await?;
+        println!("relay pod moved to node a -> endpoint followed in {took:?}");
+
+        // An override is used verbatim, in status and in the keys' [Peer] hints.
+        apply_json(
+            &relays,
+            "np",
+            relay_json(
+                "np",
+                json!({"service": {"type": "NodePort", "nodePort": 31820}, "endpoint": "vpn.example.com:51820"}),
+            ),
+        )
+        .await?;
+        poll("spec.endpoint overrides status and hints", SOON, || async {
+            let key = keys.get("np-peer").await?.status.unwrap_or_default();
+            Ok(relay_endpoints(&relays, "np").await?.0.as_deref() == Some("vpn.example.com:51820")
+                && key
+                    .peer_config
+                    .is_some_and(|h| h.contains("Endpoint = vpn.example.com:51820\n")))
+        })
+        .await?;
+        for bad in ["vpn.example.com", "vpn.example.com:0", "2001:db8::1:51820", "a b:1"] {
+            let refused = apply_json(
+                &relays,
+                "np",
+                relay_json("np", json!({"endpoint": bad})),
+            )
+            .await;
+            ensure!(refused.is_err(), "spec.endpoint {bad:?} was accepted");
+        }
+        apply_json(
+            &relays,
+            "np",
+            relay_json("np", json!({"endpoint": "[2001:db8::1]:51820"})),
+        )
+        .await?;
+        // A relay name is its Service's name: a DNS-1035 label.
+        for bad in ["1relay", &"r".repeat(64)] {
+            let refused = apply_json(&relays, bad, relay_json(bad, json!({}))).await;
+            ensure!(refused.is_err(), "relay name {bad:?} was accepted");
+        }
+        Ok(())
+    }
+    .await;
+    for node in [&node_a, &node_b] {
+        nodes.delete(node, &DeleteParams::default()).await?;
+    }
+    result
+}
+
+/// The operator's resident memory, from /proc.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS in /proc/PID/status")
+}
+
+/// CPU time (user + system) the operator has used, from /proc.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let total = ticks(11)
+        .zip(ticks(12))
+        .map(|(u, s)| u + s)
+        .context("utime and stime")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    Ok(Duration::from_millis(total * 1000 / hz))
+}
+
+/// 1,000 ConfigMaps the operator has nothing to do with must cost it nothing: it watches only
+/// its own children, by label, so their events never reach it.
+async fn unrelated_config_maps(client: &Client, ns: &str, operator: &Operator) -> Result<()> {
+    use futures::StreamExt;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = operator.child.id();
+    // What the idle operator uses (Lease renewals, scrapes) over as long as the test takes.
+    let idle_from = (Instant::now(), cpu_time(pid)?);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let idle = cpu_time(pid)?.saturating_sub(idle_from.1);
+    let idle_for = idle_from.0.elapsed();
+    let started = Instant::now();
+    let (before, cpu_before) = (rss_kib(pid)?, cpu_time(pid)?);
+    let payload = "x".repeat(32 * 1024);
+    let created = futures::stream::iter(0..1000)
+        .map(|i| {
+            let cms = cms.clone();
+            let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("unrelated-{i}")}, "data": {"blob": payload}});
+            async move { apply_json(&cms, &format!("unrelated-{i}"), body).await }
+        })
+        .buffer_unordered(16)
+        .filter(|r| std::future::ready(r.is_ok()))
+        .count()
+        .await;
+    ensure!(created == 1000, "created {created} of 1000 ConfigMaps");
+    // Watch events, if any, have long arrived.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, cpu) = (rss_kib(pid)?, cpu_time(pid)?.saturating_sub(cpu_before));
+    let grew = after.saturating_sub(before);
+    println!(
+        "1,000 unrelated 32 KiB ConfigMaps created: operator RSS {before} KiB before, {after} KiB after (+{grew} KiB); CPU {cpu:?} in {:.1?}, against {idle:?} idle in {idle_for:.1?}",
+        started.elapsed()
+    );
+    ensure!(grew < 2048, "the operator grew by {grew} KiB");
+    // Decoding 1,000 watch events of 32 KiB costs a debug build a few hundred ms.
+    ensure!(
+        cpu <= idle + Duration::from_millis(60),
+        "the operator used {cpu:?} of CPU, {idle:?} when idle"
+    );
     Ok(())
 }

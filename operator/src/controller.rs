@@ -2,7 +2,10 @@
 //!
 //! Two controllers share one context. The relay controller owns a relay's children and the
 //! status of its peer keys (acceptance depends on the whole set, for duplicates). The peer key
-//! controller only reports keys whose relay does not exist.
+//! controller only reports keys whose relay does not exist. Both read keys and relays from their
+//! reflector stores; the owned kinds and relay pods are watched by label, so the operator caches
+//! its own objects and nothing else of the cluster. Nodes are never cached: a NodePort relay
+//! reads the one node its pod runs on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +19,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,21 +29,59 @@ use crate::crd::{
     AccessMode, ServiceType, WireGuardPeerKey, WireGuardPeerKeyStatus, WireGuardRelay,
     WireGuardRelayStatus,
 };
-use crate::endpoint::{endpoint, peer_config};
+use crate::endpoint::{RelayNode, endpoints, peer_config};
 use crate::error::Error;
+use crate::http::HttpClient;
 use crate::metrics::Metrics;
-use crate::resources::{self, Relay};
+use crate::resources::{self, PodDefaults, Relay};
 
 pub const FIELD_MANAGER: &str = "wpex-operator";
 /// Re-check even without events: node addresses are not watched.
 const RESYNC: Duration = Duration::from_secs(300);
 const RETRY: Duration = Duration::from_secs(15);
 
-pub struct Context {
+/// What the operator is started with, shared by every namespace it watches.
+#[derive(Clone)]
+pub struct Settings {
     pub client: Client,
-    pub relay_image: String,
+    pub pods: PodDefaults,
     pub recorder: Recorder,
     pub metrics: Metrics,
+}
+
+/// Which namespaces the operator watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace: needs a ClusterRole.
+    Cluster,
+    /// Only these: Roles in each are enough.
+    Namespaces(Vec<String>),
+}
+
+/// One watched scope's context: the settings and the reflector stores of its resources.
+pub struct Context {
+    pub client: Client,
+    pub pods: PodDefaults,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub http: HttpClient,
+    pub keys: Store<WireGuardPeerKey>,
+    pub relays: Store<WireGuardRelay>,
+    /// True once both stores have synced. A `Store` wakes only one of several concurrent
+    /// `wait_until_ready` callers (its readiness is a oneshot), so everyone else waits here.
+    pub synced: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Waits until the key and relay stores hold the whole of their lists.
+    pub async fn stores_synced(&self) -> Result<(), Error> {
+        self.synced
+            .clone()
+            .wait_for(|synced| *synced)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::StoreClosed("WireGuardRelay and WireGuardPeerKey"))
+    }
 }
 
 fn apply_params() -> PatchParams {
@@ -70,6 +111,26 @@ where
 /// The annotation on relay pods naming the version of the key ConfigMap they should mount.
 pub const KEYS_VERSION_ANNOTATION: &str = "wpex.io/keys-version";
 
+/// The relay's pods, newest first, from a label-selected list.
+async fn relay_pods(client: &Client, relay: &Relay) -> Result<Vec<Pod>, Error> {
+    let selector = resources::selector(&resources::labels(&relay.name));
+    let mut pods = Api::<Pod>::namespaced(client.clone(), &relay.namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read {
+            what: "relay Pods",
+            source,
+        })?
+        .items;
+    pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+    pods.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+    });
+    Ok(pods)
+}
+
 /// kubelet refreshes a mounted ConfigMap when it syncs the pod, which by default happens once a
 /// minute; an update of the pod object makes it sync at once. So every relay pod is annotated
 /// with the key ConfigMap's version. Pods only: a change to the Deployment's pod template would
@@ -77,25 +138,14 @@ pub const KEYS_VERSION_ANNOTATION: &str = "wpex.io/keys-version";
 async fn refresh_key_volumes(
     client: &Client,
     relay: &Relay,
+    pods: &[Pod],
     keys: &ConfigMap,
 ) -> Result<(), Error> {
     let Some(version) = keys.metadata.resource_version.as_deref() else {
         return Ok(());
     };
-    let pods = Api::<Pod>::namespaced(client.clone(), &relay.namespace);
-    let selector = resources::labels(&relay.name)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let listed = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::Read {
-            what: "relay Pods",
-            source,
-        })?;
-    for pod in listed.items {
+    let api = Api::<Pod>::namespaced(client.clone(), &relay.namespace);
+    for pod in pods {
         if pod
             .annotations()
             .get(KEYS_VERSION_ANNOTATION)
@@ -108,15 +158,60 @@ async fn refresh_key_volumes(
         let patch = serde_json::json!({
             "metadata": {"annotations": {KEYS_VERSION_ANNOTATION: version}}
         });
-        pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| Error::Apply {
-                kind: "Pod".to_owned(),
-                name,
-                source,
-            })?;
+        {
+            Ok(_) => {}
+            // Gone since the list: its replacement mounts the current keys anyway.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "Pod".to_owned(),
+                    name,
+                    source,
+                });
+            }
+        }
     }
     Ok(())
+}
+
+/// The node running the relay's newest scheduled pod, if it can be read, and the pod's host IPs.
+/// Nodes are read one by name, never listed or watched; without RBAC for Nodes, the hostIP
+/// (the node's InternalIP) still names the right node.
+async fn relay_node(client: &Client, pods: &[Pod]) -> Result<(Option<Node>, Vec<String>), Error> {
+    let Some((pod, node_name)) = pods.iter().find_map(|p| {
+        let name = p.spec.as_ref()?.node_name.clone()?;
+        Some((p, name))
+    }) else {
+        return Ok((None, Vec::new()));
+    };
+    let host_ips: Vec<String> = pod
+        .status
+        .as_ref()
+        .map(|s| {
+            s.host_ips
+                .as_ref()
+                .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
+                .or_else(|| s.host_ip.clone().map(|ip| vec![ip]))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let node = match Api::<Node>::all(client.clone()).get_opt(&node_name).await {
+        Ok(node) => node,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::debug!(node = %node_name, "no RBAC to read Nodes; using the pod's hostIP");
+            None
+        }
+        Err(source) => {
+            return Err(Error::Read {
+                what: "the relay pod's Node",
+                source,
+            });
+        }
+    };
+    Ok((node, host_ips))
 }
 
 /// A condition that keeps its transition time while its status does not change, so re-applying
@@ -206,21 +301,21 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
     let relay = dereference(&obj)?;
     let client = &ctx.client;
 
-    // Validate: which of this relay's peer keys are accepted.
-    let keys_api = Api::<WireGuardPeerKey>::namespaced(client.clone(), &relay.namespace);
-    let mut keys: Vec<WireGuardPeerKey> = keys_api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Read {
-            what: "WireGuardPeerKeys",
-            source,
-        })?
-        .items
+    // Validate: which of this relay's peer keys are accepted. The store is complete before the
+    // first reconcile, or a relay could briefly be given an empty allow-list.
+    ctx.stores_synced().await?;
+    let mut keys: Vec<Arc<WireGuardPeerKey>> = ctx
+        .keys
+        .state()
         .into_iter()
-        .filter(|k| k.spec.relay == relay.name && k.metadata.deletion_timestamp.is_none())
+        .filter(|k| {
+            k.spec.relay == relay.name
+                && k.namespace().as_deref() == Some(relay.namespace.as_str())
+                && k.metadata.deletion_timestamp.is_none()
+        })
         .collect();
     keys.sort_by_key(|k| k.name_any());
-    let candidates: Vec<Candidate> = keys.iter().map(candidate).collect();
+    let candidates: Vec<Candidate> = keys.iter().map(|k| candidate(k)).collect();
     let verdicts = admission::judge(&candidates);
     let accepted = admission::accepted(&verdicts);
 
@@ -231,29 +326,32 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
         &resources::config_map(&relay, &accepted),
     )
     .await?;
-    refresh_key_volumes(client, &relay, &keys_config_map).await?;
+    let pods = relay_pods(client, &relay).await?;
+    refresh_key_volumes(client, &relay, &pods, &keys_config_map).await?;
     let deployment = apply(
         client,
         &relay.namespace,
-        &resources::deployment(&relay, &ctx.relay_image),
+        &resources::deployment(&relay, &ctx.pods),
     )
     .await?;
     let service = apply(client, &relay.namespace, &resources::service(&relay)).await?;
 
     // Status.
-    let nodes = if relay.spec.service.type_ == ServiceType::NodePort {
-        Api::<Node>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| Error::Read {
-                what: "Nodes",
-                source,
-            })?
-            .items
+    let (node, host_ips) = if relay.spec.service.type_ == ServiceType::NodePort {
+        relay_node(client, &pods).await?
     } else {
-        Vec::new()
+        (None, Vec::new())
     };
-    let endpoint = endpoint(relay.spec.service.type_, &service, &nodes);
+    let at = RelayNode {
+        node: node.as_ref(),
+        host_ips: &host_ips,
+    };
+    let endpoints = endpoints(relay.spec.service.type_, &service, at);
+    let endpoint = relay
+        .spec
+        .endpoint
+        .clone()
+        .or_else(|| endpoints.first().cloned());
     let available = deployment
         .status
         .as_ref()
@@ -283,6 +381,7 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
     let status = WireGuardRelayStatus {
         observed_generation: generation,
         endpoint: endpoint.clone(),
+        endpoints,
         keys: u32::try_from(accepted.len()).unwrap_or(u32::MAX),
         conditions: vec![condition(
             "Ready",
@@ -298,6 +397,7 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
         patch_status(&relays, &obj, &status).await?;
     }
 
+    let keys_api = Api::<WireGuardPeerKey>::namespaced(client.clone(), &relay.namespace);
     for (key, (_, verdict)) in keys.iter().zip(&verdicts) {
         let status = key_status(
             key,
@@ -306,7 +406,7 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
             relay.spec.access_mode,
         );
         if key.status.as_ref() != Some(&status) {
-            patch_status(&keys_api, key, &status).await?;
+            patch_status(&keys_api, key.as_ref(), &status).await?;
         }
     }
     Ok(Action::requeue(RESYNC))
@@ -337,7 +437,10 @@ fn key_status(
         message.push_str(" (the relay is in Open mode and lets every key in)");
     }
     let accepted = ok && verdict.is_some();
+    // Written by the handshake scraper; carried so an unchanged status compares equal.
+    let last_handshake = key.status.as_ref().and_then(|s| s.last_handshake.clone());
     WireGuardPeerKeyStatus {
+        last_handshake,
         observed_generation: generation,
         endpoint: endpoint.filter(|_| verdict.is_some()).map(str::to_owned),
         peer_config: endpoint
@@ -354,14 +457,10 @@ async fn reconcile_key(obj: Arc<WireGuardPeerKey>, ctx: Arc<Context>) -> Result<
         kind: "WireGuardPeerKey",
         field: "metadata.namespace",
     })?;
-    let relays = Api::<WireGuardRelay>::namespaced(ctx.client.clone(), &namespace);
-    let relay = relays
-        .get_opt(&obj.spec.relay)
-        .await
-        .map_err(|source| Error::Read {
-            what: "WireGuardRelay",
-            source,
-        })?;
+    ctx.stores_synced().await?;
+    let relay = ctx
+        .relays
+        .get(&ObjectRef::new(&obj.spec.relay).within(&namespace));
     // An existing relay's controller writes this key's status.
     if relay.is_none() {
         let status = key_status(&obj, None, None, AccessMode::AllowList);
@@ -386,7 +485,9 @@ where
 {
     let start = Instant::now();
     let reference = obj.object_ref(&());
+    tracing::debug!(controller, object = ?reference.name, "reconciling");
     let result = reconcile(obj, ctx.clone()).await;
+    tracing::debug!(controller, object = ?reference.name, took = ?start.elapsed(), ok = result.is_ok(), "reconciled");
     ctx.metrics.observe(
         controller,
         start.elapsed(),
@@ -412,22 +513,104 @@ fn retry<K>(_obj: Arc<K>, _error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(RETRY)
 }
 
-/// Runs both controllers until `shutdown` completes. `ready` is called once their caches have
-/// synced.
+/// Runs both controllers and the handshake scraper for each namespace in `scope` until
+/// `shutdown` completes. `ready` is called once every cache has synced.
 pub async fn run(
-    ctx: Arc<Context>,
+    settings: Settings,
+    scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
     ready: impl FnOnce(),
 ) {
-    let client = ctx.client.clone();
-    let relays = Api::<WireGuardRelay>::all(client.clone());
-    let keys = Api::<WireGuardPeerKey>::all(client.clone());
+    let namespaces = match scope {
+        Scope::Cluster => vec![None],
+        Scope::Namespaces(list) => list.into_iter().map(Some).collect(),
+    };
+    let mut runs = Vec::new();
+    let mut stores = Vec::new();
+    for namespace in namespaces {
+        let (run, synced) = run_scope(settings.clone(), namespace, shutdown.clone());
+        runs.push(run);
+        stores.push(synced);
+    }
+    let sync = async move {
+        if futures::future::try_join_all(stores).await.is_ok() {
+            ready();
+        }
+    };
+    futures::join!(futures::future::join_all(runs), sync);
+}
+
+/// `Store::wait_until_ready`, re-polled: the controller waits on its own store too, and a store
+/// wakes only the last of its concurrent waiters.
+async fn until_ready<K>(
+    store: &Store<K>,
+) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) =
+            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
+        {
+            return ready;
+        }
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The controllers of one namespace (or of the cluster), and a future that resolves once their
+/// stores have synced.
+fn run_scope(
+    settings: Settings,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) -> (
+    futures::future::BoxFuture<'static, ()>,
+    futures::future::BoxFuture<'static, Result<(), kube::runtime::reflector::store::WriterDropped>>,
+) {
+    let client = settings.client.clone();
+    let ns = namespace.as_deref();
+    let relays = api::<WireGuardRelay>(&client, ns);
+    let keys = api::<WireGuardPeerKey>(&client, ns);
     let config = watcher::Config::default();
+    // Only the operator's own children and relay pods: never every ConfigMap in the cluster.
+    let owned = watcher::Config::default().labels(&resources::selector(&resources::pod_labels()));
 
     let key_controller = Controller::new(keys.clone(), config.clone());
-    let key_store: Store<WireGuardPeerKey> = key_controller.store();
+    let relay_controller = Controller::new(relays.clone(), config.clone());
+    // The relay controller's key trigger writes the key store before it wakes a relay, so the
+    // reconcile sees the key that changed. A separate watch (the key controller's) could lag it
+    // and leave a deleted key allowed until the next resync.
+    let (key_store, key_writer) = kube::runtime::reflector::store();
+    let key_events = reflector(
+        key_writer,
+        watcher(keys.clone(), config.clone()).default_backoff(),
+    )
+    .touched_objects();
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: settings.pods,
+        recorder: settings.recorder,
+        metrics: settings.metrics,
+        http: HttpClient::default(),
+        keys: key_store,
+        relays: relay_controller.store(),
+        synced,
+    });
+
     let keys_of_relay = {
-        let store = key_store.clone();
+        let store = ctx.keys.clone();
         move |relay: WireGuardRelay| {
             let (name, namespace) = (relay.name_any(), relay.namespace());
             store
@@ -439,7 +622,7 @@ pub async fn run(
         }
     };
     let key_controller = key_controller
-        .watches(relays.clone(), config.clone(), keys_of_relay)
+        .watches(relays, config.clone(), keys_of_relay)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |obj, ctx| observed("wireguardpeerkey", obj, ctx, reconcile_key),
@@ -449,32 +632,57 @@ pub async fn run(
         .for_each(|_| async {});
 
     let relay_of_key = |key: WireGuardPeerKey| {
-        let namespace = key.namespace();
         let relay = ObjectRef::<WireGuardRelay>::new(&key.spec.relay);
-        Some(match namespace {
+        Some(match key.namespace() {
             Some(ns) => relay.within(&ns),
             None => relay,
         })
     };
-    let relay_controller = Controller::new(relays, config.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
-        .owns(Api::<Deployment>::all(client.clone()), config.clone())
-        .owns(Api::<Service>::all(client.clone()), config.clone())
-        .watches(keys, config, relay_of_key)
-        .graceful_shutdown_on(shutdown)
+    // A relay pod that starts, moves or gets an IP changes the endpoint and needs the keys.
+    let relay_of_pod = |pod: Pod| {
+        let relay = pod.labels().get(resources::INSTANCE_LABEL)?;
+        let relay = ObjectRef::<WireGuardRelay>::new(relay);
+        Some(match pod.namespace() {
+            Some(ns) => relay.within(&ns),
+            None => relay,
+        })
+    };
+    let relay_controller = relay_controller
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .watches(api::<Pod>(&client, ns), owned, relay_of_pod)
+        .watches_stream(key_events, relay_of_key)
+        .graceful_shutdown_on(shutdown.clone())
         .run(
             |obj, ctx| observed("wireguardrelay", obj, ctx, reconcile_relay),
             retry,
-            ctx,
+            ctx.clone(),
         )
         .for_each(|_| async {});
 
-    let sync = async move {
-        if key_store.wait_until_ready().await.is_ok() {
-            ready();
+    let handshakes = {
+        let scraper = crate::handshakes::run(ctx.clone(), api::<Pod>(&client, ns));
+        async move {
+            tokio::select! {
+                _ = scraper => {}
+                _ = shutdown => {}
+            }
         }
     };
-    futures::join!(key_controller, relay_controller, sync);
+    let synced = {
+        let (keys, relays) = (ctx.keys.clone(), ctx.relays.clone());
+        async move {
+            until_ready(&keys).await?;
+            until_ready(&relays).await?;
+            synced_tx.send_replace(true);
+            Ok(())
+        }
+    };
+    let run = async move {
+        futures::join!(key_controller, relay_controller, handshakes);
+    };
+    (Box::pin(run), Box::pin(synced))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Where peers reach a relay, read from its Service (and the nodes, for NodePort).
+//! Where peers reach a relay, read from its Service, and for NodePort from the node that runs
+//! the relay pod.
 
 use k8s_openapi::api::core::v1::{Node, Service};
 
@@ -12,48 +13,87 @@ fn host_port(host: &str, port: i32) -> String {
     }
 }
 
-/// A node's address peers can use: an external IP if it has one, else its internal IP.
-fn node_address(node: &Node) -> Option<String> {
-    let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    ["ExternalIP", "InternalIP"].iter().find_map(|kind| {
-        addresses
-            .iter()
-            .find(|a| a.type_ == *kind)
-            .map(|a| a.address.clone())
-    })
+/// Where the relay pod runs: its node, if readable, and the pod's `hostIP`s as a fallback.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayNode<'a> {
+    pub node: Option<&'a Node>,
+    pub host_ips: &'a [String],
 }
 
-/// The `host:port` peers put in `Endpoint =`, if the Service has one yet.
-pub fn endpoint(kind: ServiceType, service: &Service, nodes: &[Node]) -> Option<String> {
-    let port = service.spec.as_ref()?.ports.as_ref()?.first()?;
-    match kind {
+/// A node's addresses peers can use: its external IPs if it has any, else its internal IPs
+/// (both families on a dual-stack node).
+fn node_addresses(node: &Node) -> Vec<String> {
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .unwrap_or_default();
+    ["ExternalIP", "InternalIP"]
+        .iter()
+        .map(|kind| {
+            addresses
+                .iter()
+                .filter(|a| a.type_ == *kind)
+                .map(|a| a.address.clone())
+                .collect::<Vec<_>>()
+        })
+        .find(|found| !found.is_empty())
+        .unwrap_or_default()
+}
+
+/// Every `host:port` peers can put in `Endpoint =`, best first; empty until the Service has an
+/// address (and, for NodePort, until the relay pod is on a node).
+pub fn endpoints(kind: ServiceType, service: &Service, at: RelayNode<'_>) -> Vec<String> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Vec::new();
+    };
+    let Some(port) = spec.ports.as_ref().and_then(|p| p.first()) else {
+        return Vec::new();
+    };
+    let (hosts, port): (Vec<String>, Option<i32>) = match kind {
         ServiceType::LoadBalancer => {
             let ingress = service
                 .status
-                .as_ref()?
-                .load_balancer
-                .as_ref()?
-                .ingress
-                .as_ref()?;
-            let first = ingress.first()?;
-            let host = first.ip.as_ref().or(first.hostname.as_ref())?;
-            Some(host_port(host, port.port))
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_deref())
+                .unwrap_or_default();
+            let hosts = ingress
+                .iter()
+                .filter_map(|i| i.ip.as_ref().or(i.hostname.as_ref()).cloned())
+                .collect();
+            (hosts, Some(port.port))
         }
         ServiceType::NodePort => {
-            let mut named: Vec<(&str, String)> = nodes
-                .iter()
-                .filter_map(|n| Some((n.metadata.name.as_deref()?, node_address(n)?)))
-                .collect();
-            // Deterministic across reconciles: the first node by name.
-            named.sort();
-            let (_, host) = named.into_iter().next()?;
-            Some(host_port(&host, port.node_port?))
+            let mut hosts = at.node.map(node_addresses).unwrap_or_default();
+            if hosts.is_empty() {
+                hosts = at.host_ips.to_vec();
+            }
+            (hosts, port.node_port)
         }
         ServiceType::ClusterIp => {
-            let ip = service.spec.as_ref()?.cluster_ip.as_ref()?;
-            Some(host_port(ip, port.port))
+            let hosts = spec
+                .cluster_ips
+                .clone()
+                .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|ip| ip != "None")
+                .collect();
+            (hosts, Some(port.port))
+        }
+    };
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for host in hosts {
+        let e = host_port(&host, port);
+        if !out.contains(&e) {
+            out.push(e);
         }
     }
+    out
 }
 
 /// The `[Peer]` section other peers paste to reach the peer holding `public_key`.
@@ -72,7 +112,7 @@ mod tests {
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn svc(node_port: Option<i32>, ingress: Option<LoadBalancerIngress>) -> Service {
+    fn svc(node_port: Option<i32>, ingress: Vec<LoadBalancerIngress>) -> Service {
         Service {
             spec: Some(ServiceSpec {
                 cluster_ip: Some("10.96.3.4".into()),
@@ -85,7 +125,7 @@ mod tests {
             }),
             status: Some(ServiceStatus {
                 load_balancer: Some(LoadBalancerStatus {
-                    ingress: ingress.map(|i| vec![i]),
+                    ingress: Some(ingress),
                 }),
                 ..ServiceStatus::default()
             }),
@@ -116,62 +156,84 @@ mod tests {
     }
 
     #[test]
-    fn load_balancer_endpoint_comes_from_the_ingress() {
-        assert_eq!(
-            endpoint(ServiceType::LoadBalancer, &svc(Some(31000), None), &[]),
-            None
-        );
-        let ip = LoadBalancerIngress {
-            ip: Some("203.0.113.9".into()),
+    fn load_balancer_endpoints_are_every_ingress_address() {
+        let none = RelayNode::default();
+        assert!(endpoints(ServiceType::LoadBalancer, &svc(Some(31000), vec![]), none).is_empty());
+        let ip = |a: &str| LoadBalancerIngress {
+            ip: Some(a.into()),
             ..LoadBalancerIngress::default()
         };
-        assert_eq!(
-            endpoint(ServiceType::LoadBalancer, &svc(Some(31000), Some(ip)), &[]).as_deref(),
-            Some("203.0.113.9:40000")
-        );
         let host = LoadBalancerIngress {
             hostname: Some("relay.example".into()),
             ..LoadBalancerIngress::default()
         };
+        let dual = svc(None, vec![ip("203.0.113.9"), ip("2001:db8::9"), host]);
         assert_eq!(
-            endpoint(ServiceType::LoadBalancer, &svc(None, Some(host)), &[]).as_deref(),
-            Some("relay.example:40000")
+            endpoints(ServiceType::LoadBalancer, &dual, none),
+            [
+                "203.0.113.9:40000",
+                "[2001:db8::9]:40000",
+                "relay.example:40000"
+            ]
         );
     }
 
     #[test]
-    fn node_port_endpoint_prefers_external_addresses_of_the_first_node() {
-        let nodes = [
-            node("b", &[("InternalIP", "192.0.2.2")]),
-            node(
-                "a",
-                &[("InternalIP", "192.0.2.1"), ("ExternalIP", "198.51.100.1")],
-            ),
-        ];
-        assert_eq!(
-            endpoint(ServiceType::NodePort, &svc(Some(31820), None), &nodes).as_deref(),
-            Some("198.51.100.1:31820")
+    fn node_port_endpoint_is_the_relay_pods_node_external_first() {
+        let service = svc(Some(31820), vec![]);
+        let external = node(
+            "b",
+            &[
+                ("InternalIP", "192.0.2.2"),
+                ("ExternalIP", "198.51.100.2"),
+                ("ExternalIP", "2001:db8::2"),
+            ],
         );
-        let v6 = [node("a", &[("InternalIP", "2001:db8::1")])];
+        let at = RelayNode {
+            node: Some(&external),
+            host_ips: &[],
+        };
         assert_eq!(
-            endpoint(ServiceType::NodePort, &svc(Some(31820), None), &v6).as_deref(),
-            Some("[2001:db8::1]:31820")
+            endpoints(ServiceType::NodePort, &service, at),
+            ["198.51.100.2:31820", "[2001:db8::2]:31820"]
         );
+        let internal = node("a", &[("InternalIP", "192.0.2.1"), ("Hostname", "a")]);
+        let at = RelayNode {
+            node: Some(&internal),
+            host_ips: &[],
+        };
         assert_eq!(
-            endpoint(ServiceType::NodePort, &svc(None, None), &nodes),
-            None
+            endpoints(ServiceType::NodePort, &service, at),
+            ["192.0.2.1:31820"]
         );
+        // The node cannot be read (no RBAC for Nodes): the pod's hostIP still names it.
+        let host_ips = ["192.0.2.7".to_owned()];
+        let at = RelayNode {
+            node: None,
+            host_ips: &host_ips,
+        };
         assert_eq!(
-            endpoint(ServiceType::NodePort, &svc(Some(1), None), &[]),
-            None
+            endpoints(ServiceType::NodePort, &service, at),
+            ["192.0.2.7:31820"]
         );
+        // No pod on a node yet, or no node port allocated yet.
+        assert!(endpoints(ServiceType::NodePort, &service, RelayNode::default()).is_empty());
+        let at = RelayNode {
+            node: Some(&internal),
+            host_ips: &[],
+        };
+        assert!(endpoints(ServiceType::NodePort, &svc(None, vec![]), at).is_empty());
     }
 
     #[test]
     fn cluster_ip_endpoint_and_peer_hint() {
         assert_eq!(
-            endpoint(ServiceType::ClusterIp, &svc(None, None), &[]).as_deref(),
-            Some("10.96.3.4:40000")
+            endpoints(
+                ServiceType::ClusterIp,
+                &svc(None, vec![]),
+                RelayNode::default()
+            ),
+            ["10.96.3.4:40000"]
         );
         let hint = peer_config("KEY=", "10.96.3.4:40000");
         assert!(

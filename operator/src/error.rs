@@ -24,6 +24,8 @@ pub enum Error {
         what: &'static str,
         source: kube::Error,
     },
+    #[error("the {0} cache stopped")]
+    StoreClosed(&'static str),
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -40,6 +42,7 @@ impl Error {
             Error::Status { .. } => "status",
             Error::Read { .. } => "read",
             Error::Serialize { .. } => "serialize",
+            Error::StoreClosed(_) => "store_closed",
         }
     }
 }

@@ -5,12 +5,16 @@
 //! - [`resources`]: the ConfigMap, Deployment and Service a relay owns (pure builders).
 //! - [`endpoint`]: the address peers use, read from the Service.
 //! - [`controller`]: the reconcilers and how they are watched.
+//! - [`handshakes`]: each peer key's last handshake, scraped from its relay pod into status.
+//! - [`http`]: plain-HTTP GETs (relay metrics, `wpex-operator probe`).
 
 pub mod admission;
 pub mod controller;
 pub mod crd;
 pub mod endpoint;
 pub mod error;
+pub mod handshakes;
+pub mod http;
 pub mod metrics;
 pub mod resources;
 

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use futures::FutureExt;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -12,8 +12,10 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use wpex::http::{MetricsServer, Readiness};
-use wpex_operator::controller::{self, Context};
+use wpex_operator::controller::{self, Scope, Settings};
+use wpex_operator::http::HttpClient;
 use wpex_operator::metrics::Metrics;
+use wpex_operator::resources::PodDefaults;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -28,6 +30,19 @@ enum LogFormat {
     about = "Runs wpex WireGuard relays from WireGuardRelay and WireGuardPeerKey resources"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Watch only this namespace (repeat, or comma-separate, for several): Roles in each are
+    /// enough. Without it the operator watches every namespace and needs a ClusterRole.
+    #[arg(
+        long = "namespace",
+        env = "WPEX_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
+    /// Image pull secret for relay pods (repeatable); it must exist in each relay's namespace.
+    #[arg(long = "relay-image-pull-secret", value_delimiter = ',')]
+    relay_image_pull_secrets: Vec<String>,
     /// Image of the relay, unless a WireGuardRelay sets its own.
     #[arg(long, env = "WPEX_RELAY_IMAGE", default_value = concat!("ghcr.io/wpex/wpex:", env!("CARGO_PKG_VERSION")))]
     relay_image: String,
@@ -37,6 +52,9 @@ struct Args {
     /// Only one replica reconciles at a time, holding a Lease.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     leader_election: bool,
+    /// Name of the Lease; operators sharing one are replicas of each other.
+    #[arg(long, default_value = "wpex-operator")]
+    lease_name: String,
     /// Namespace of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -47,7 +65,19 @@ struct Args {
     log_format: LogFormat,
 }
 
-const LEASE_NAME: &str = "wpex-operator";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// GET a URL; exit 0 on a 2xx answer within 5 s (`helm test` checks the operator with it).
+    Probe { url: String },
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let body = HttpClient::default()
+        .get(url, std::time::Duration::from_secs(5))
+        .await?;
+    println!("{}", body.trim_end());
+    Ok(())
+}
 /// The holder renews 5 s before expiry, every 10 s.
 const LEASE_SECONDS: u64 = 15;
 
@@ -73,6 +103,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Probe { url }) = &args.command {
+        return probe(url).await;
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
@@ -103,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let mut lost_leadership = None;
     let mut lease_task = None;
     if args.leader_election {
-        let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&args.lease_namespace)
             .with_identity(&identity)
             .with_field_manager(controller::FIELD_MANAGER)
@@ -151,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
     }
     .shared();
 
-    let ctx = Arc::new(Context {
+    let settings = Settings {
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -160,11 +193,19 @@ async fn main() -> anyhow::Result<()> {
             },
         ),
         client,
-        relay_image: args.relay_image,
+        pods: PodDefaults {
+            image: args.relay_image,
+            pull_secrets: args.relay_image_pull_secrets,
+        },
         metrics,
-    });
-    tracing::info!("starting controllers");
-    controller::run(ctx, stop, || {
+    };
+    let scope = if args.namespaces.is_empty() {
+        Scope::Cluster
+    } else {
+        Scope::Namespaces(args.namespaces)
+    };
+    tracing::info!(?scope, "starting controllers");
+    controller::run(settings, scope, stop, || {
         ready.set_ready();
         tracing::info!("caches synced; ready");
     })

@@ -19,8 +19,14 @@ pub struct FailureLabels {
     pub error: &'static str,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug)]
 pub struct Metrics {
+    scrapes: Family<ResultLabel, Counter>,
     reconciliations: Family<ControllerLabel, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: Family<ControllerLabel, Histogram>,
@@ -30,6 +36,7 @@ impl Metrics {
     /// Creates the metrics and registers them with `registry`.
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
+            scrapes: Family::default(),
             reconciliations: Family::default(),
             failures: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -52,7 +59,18 @@ impl Metrics {
             "Time spent reconciling",
             metrics.duration.clone(),
         );
+        sub.register(
+            "relay_scrapes",
+            "Scrapes of relay pods' metrics for peer keys' last handshakes, by result",
+            metrics.scrapes.clone(),
+        );
         metrics
+    }
+
+    /// Counts a scrape of a relay pod's metrics.
+    pub fn scraped(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.scrapes.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn observe(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -37,16 +37,34 @@ pub fn keys_config_map_name(relay: &str) -> String {
     format!("{relay}-keys")
 }
 
-/// Labels on every child, and the pod selector.
-pub fn labels(relay: &str) -> BTreeMap<String, String> {
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+const NAME_LABEL: &str = "app.kubernetes.io/name";
+const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+const MANAGER: &str = "wpex-operator";
+
+/// The labels every relay's children and pods carry: what the operator's watches select on, so
+/// it caches its own objects and nothing else of the cluster.
+pub fn pod_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "wpex-relay".to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), relay.to_owned()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "wpex-operator".to_owned(),
-        ),
+        (NAME_LABEL.to_owned(), "wpex-relay".to_owned()),
+        (MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned()),
     ])
+}
+
+/// Labels on every child of `relay`, and its pod selector.
+pub fn labels(relay: &str) -> BTreeMap<String, String> {
+    let mut labels = pod_labels();
+    labels.insert(INSTANCE_LABEL.to_owned(), relay.to_owned());
+    labels
+}
+
+/// A label selector matching all of `labels`.
+pub fn selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn metadata(relay: &Relay, name: String) -> ObjectMeta {
@@ -110,16 +128,21 @@ fn probe(path: &str) -> Probe {
     }
 }
 
-pub fn deployment(relay: &Relay, default_image: &str) -> Deployment {
+/// What the operator's flags add to every relay pod.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodDefaults {
+    /// The image unless the relay sets `spec.image`.
+    pub image: String,
+    /// Image pull secrets, which must exist in each relay's namespace.
+    pub pull_secrets: Vec<String>,
+}
+
+pub fn deployment(relay: &Relay, defaults: &PodDefaults) -> Deployment {
     let spec = &relay.spec;
     let allow_list = spec.access_mode == AccessMode::AllowList;
     let container = Container {
         name: "wpex".to_owned(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| default_image.to_owned()),
-        ),
+        image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
         args: Some(args(spec)),
         ports: Some(vec![
             ContainerPort {
@@ -175,6 +198,13 @@ pub fn deployment(relay: &Relay, default_image: &str) -> Deployment {
         }),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        image_pull_secrets: (!defaults.pull_secrets.is_empty()).then(|| {
+            defaults
+                .pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        }),
         automount_service_account_token: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -303,7 +333,18 @@ mod tests {
 
     #[test]
     fn deployment_runs_one_hardened_replica_with_the_keys_mounted_whole() {
-        let d = deployment(&relay(default_spec()), "wpex:test");
+        let defaults = PodDefaults {
+            image: "wpex:test".into(),
+            pull_secrets: vec!["registry".into()],
+        };
+        let d = deployment(&relay(default_spec()), &defaults);
+        let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        assert_eq!(
+            pod.and_then(|p| p.image_pull_secrets.clone()),
+            Some(vec![LocalObjectReference {
+                name: "registry".into()
+            }])
+        );
         let spec = d.spec.as_ref().expect("spec");
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(
@@ -347,7 +388,13 @@ mod tests {
         spec.broadcast_rate = Some(3);
         spec.log_level = LogLevel::Debug;
         spec.image = Some("own/wpex:1".into());
-        let d = deployment(&relay(spec), "wpex:test");
+        let defaults = PodDefaults {
+            image: "wpex:test".into(),
+            pull_secrets: Vec::new(),
+        };
+        let d = deployment(&relay(spec), &defaults);
+        let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        assert_eq!(pod.and_then(|p| p.image_pull_secrets.clone()), None);
         let c = container(&d);
         let args = c.args.as_ref().expect("args").join(" ");
         assert!(!args.contains("--allow"), "{args}");

@@ -1,0 +1,91 @@
+//! Plain-HTTP GETs over the hyper client kube already links: relay pods' metrics, and
+//! `wpex-operator probe` for `helm test`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url} is not a URL: {source}")]
+    Url {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("GET {url}: {source}")]
+    Request {
+        url: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("GET {url}: reading the answer: {source}")]
+    Body {
+        url: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("GET {url}: no answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("GET {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: http::StatusCode,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl HttpClient {
+    /// GETs `url` (http only) and returns its body, if the status is 2xx within `timeout`.
+    pub async fn get(&self, url: &str, timeout: Duration) -> Result<String, HttpError> {
+        let uri: http::Uri = url.parse().map_err(|source| HttpError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
+        let exchange = async {
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|source| HttpError::Request {
+                    url: url.to_owned(),
+                    source,
+                })?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(HttpError::Status {
+                    url: url.to_owned(),
+                    status,
+                });
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| HttpError::Body {
+                    url: url.to_owned(),
+                    source: source.into(),
+                })?;
+            Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| HttpError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            })?
+    }
+}
