@@ -23,6 +23,9 @@ const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 const K3: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 /// "Within seconds": generous enough for a loaded 2-core CI machine.
 const SOON: Duration = Duration::from_secs(20);
+/// Issue 9: a key moved between relays stops working at the old one within 5 s; the ConfigMap
+/// must change well within that, leaving time for kubelet (the cluster suite measures that leg).
+const MOVE_BOUND: Duration = Duration::from_secs(2);
 
 fn operator_bin() -> PathBuf {
     std::env::var_os("WPEX_OPERATOR_BIN").map_or_else(
@@ -351,6 +354,35 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
         "Deployment untouched"
     );
 
+    // Moving a key to another relay is a delete and a create (spec.relay is immutable): the old
+    // relay's allow-list drops it as the new one gains it.
+    apply_json(
+        &relays,
+        "edge2",
+        relay_json("edge2", json!({"service": {"type": "ClusterIP"}})),
+    )
+    .await?;
+    apply_json(&keys, "carol", key_json("carol", "edge", K3, false)).await?;
+    poll("carol in edge's ConfigMap", SOON, || async {
+        Ok(key_file(&cms, "edge-keys").await? == vec![K3.to_owned()])
+    })
+    .await?;
+    let moved = Instant::now();
+    keys.delete("carol", &DeleteParams::default()).await?;
+    apply_json(&keys, "carol", key_json("carol", "edge2", K3, false)).await?;
+    poll("carol moved from edge to edge2", MOVE_BOUND, || async {
+        Ok(key_file(&cms, "edge-keys").await?.is_empty()
+            && cms.get_opt("edge2-keys").await?.is_some()
+            && key_file(&cms, "edge2-keys").await? == vec![K3.to_owned()])
+    })
+    .await?;
+    println!(
+        "WireGuardPeerKey moved (delete + create) -> out of the old relay's ConfigMap, in the new one's, in {:?}",
+        moved.elapsed()
+    );
+    keys.delete("carol", &DeleteParams::default()).await?;
+    relays.delete("edge2", &DeleteParams::default()).await?;
+
     // The relay reports its key count.
     poll("relay status keys", SOON, || async {
         Ok(relays
@@ -665,7 +697,7 @@ async fn unrelated_config_maps(client: &Client, ns: &str, operator: &Operator) -
     let idle_for = idle_from.0.elapsed();
     let started = Instant::now();
     let (before, cpu_before) = (rss_kib(pid)?, cpu_time(pid)?);
-    let payload = "x".repeat(32 * 1024);
+    let payload = "x".repeat(64 * 1024);
     let created = futures::stream::iter(0..1000)
         .map(|i| {
             let cms = cms.clone();
@@ -683,13 +715,14 @@ async fn unrelated_config_maps(client: &Client, ns: &str, operator: &Operator) -
     let (after, cpu) = (rss_kib(pid)?, cpu_time(pid)?.saturating_sub(cpu_before));
     let grew = after.saturating_sub(before);
     println!(
-        "1,000 unrelated 32 KiB ConfigMaps created: operator RSS {before} KiB before, {after} KiB after (+{grew} KiB); CPU {cpu:?} in {:.1?}, against {idle:?} idle in {idle_for:.1?}",
+        "1,000 unrelated 64 KiB ConfigMaps created: operator RSS {before} KiB before, {after} KiB after (+{grew} KiB); CPU {cpu:?} in {:.1?}, against {idle:?} idle in {idle_for:.1?}",
         started.elapsed()
     );
     ensure!(grew < 2048, "the operator grew by {grew} KiB");
-    // Decoding 1,000 watch events of 32 KiB costs a debug build a few hundred ms.
+    // Decoding 1,000 watch events of 64 KiB cost the operator that watched every ConfigMap
+    // 170-190 ms here, with 0-60 ms idle.
     ensure!(
-        cpu <= idle + Duration::from_millis(60),
+        cpu <= idle + Duration::from_millis(100),
         "the operator used {cpu:?} of CPU, {idle:?} when idle"
     );
     Ok(())

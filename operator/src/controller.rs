@@ -405,14 +405,27 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
             endpoint.as_deref(),
             relay.spec.access_mode,
         );
-        if key.status.as_ref() != Some(&status) {
+        if !same_key_status(key.status.as_ref(), &status) {
             patch_status(&keys_api, key.as_ref(), &status).await?;
         }
     }
     Ok(Action::requeue(RESYNC))
 }
 
-/// A peer key's status; `verdict` is `None` when its relay does not exist.
+/// Whether `current` already says what `wanted` does, `lastHandshake` aside: the scraper owns
+/// that field, and re-applying a stale copy of it here would move it back.
+fn same_key_status(
+    current: Option<&WireGuardPeerKeyStatus>,
+    wanted: &WireGuardPeerKeyStatus,
+) -> bool {
+    current.is_some_and(|c| {
+        let mut c = c.clone();
+        c.last_handshake = None;
+        c == *wanted
+    })
+}
+
+/// A peer key's status, `lastHandshake` aside; `verdict` is `None` when its relay does not exist.
 fn key_status(
     key: &WireGuardPeerKey,
     verdict: Option<&Verdict>,
@@ -437,10 +450,9 @@ fn key_status(
         message.push_str(" (the relay is in Open mode and lets every key in)");
     }
     let accepted = ok && verdict.is_some();
-    // Written by the handshake scraper; carried so an unchanged status compares equal.
-    let last_handshake = key.status.as_ref().and_then(|s| s.last_handshake.clone());
     WireGuardPeerKeyStatus {
-        last_handshake,
+        // The handshake scraper's field, applied by its own field manager.
+        last_handshake: None,
         observed_generation: generation,
         endpoint: endpoint.filter(|_| verdict.is_some()).map(str::to_owned),
         peer_config: endpoint
@@ -464,7 +476,7 @@ async fn reconcile_key(obj: Arc<WireGuardPeerKey>, ctx: Arc<Context>) -> Result<
     // An existing relay's controller writes this key's status.
     if relay.is_none() {
         let status = key_status(&obj, None, None, AccessMode::AllowList);
-        if obj.status.as_ref() != Some(&status) {
+        if !same_key_status(obj.status.as_ref(), &status) {
             let keys = Api::<WireGuardPeerKey>::namespaced(ctx.client.clone(), &namespace);
             patch_status(&keys, &obj, &status).await?;
         }
@@ -745,6 +757,25 @@ mod tests {
         assert_eq!(s.conditions[0].reason, "DuplicateKey");
         assert!(s.conditions[0].message.contains("older"));
         assert_eq!(s.peer_config, None, "no hint for a key the relay refuses");
+    }
+
+    #[test]
+    fn the_scrapers_last_handshake_neither_forces_nor_blocks_a_status_write() {
+        let k = key(false);
+        let verdict = Verdict::Accepted(k.spec.public_key.parse().expect("key"));
+        let wanted = key_status(&k, Some(&verdict), Some("e:1"), AccessMode::AllowList);
+        assert_eq!(
+            wanted.last_handshake, None,
+            "never applied by the reconciler"
+        );
+        let scraped = WireGuardPeerKeyStatus {
+            last_handshake: Some(Time(Timestamp::from_second(1_764_500_000).expect("ts"))),
+            ..wanted.clone()
+        };
+        assert!(same_key_status(Some(&scraped), &wanted));
+        let moved = key_status(&k, Some(&verdict), Some("e:2"), AccessMode::AllowList);
+        assert!(!same_key_status(Some(&scraped), &moved));
+        assert!(!same_key_status(None, &wanted));
     }
 
     #[test]
