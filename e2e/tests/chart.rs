@@ -240,11 +240,11 @@ fn operator_rules() -> Value {
          "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["wpex.io"],
          "resources": ["wireguardrelays/status", "wireguardpeerkeys/status"],
-         "verbs": ["get", "patch", "update"]},
+         "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps", "services"],
-         "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+         "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"],
-         "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+         "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ])
@@ -719,6 +719,33 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
     ensure!(
         out.contains("publicKey"),
         "the error names the field:\n{out}"
+    );
+    // A relay name is a Service name: the schema refuses what the CRD would, before install.
+    let digit = values_file(dir.path(), "digit.yaml", "relays: [{name: 1edge}]\n")?;
+    let out = render_fails(&["-f", digit.to_str().context("utf-8")?])?;
+    ensure!(out.contains("name"), "the error names the field:\n{out}");
+    // Names YAML would read as booleans stay strings.
+    let yes = values_file(
+        dir.path(),
+        "yes.yaml",
+        "relays: [{name: \"on\"}]\npeerKeys: [{name: \"y\", relay: \"on\", publicKey: HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=}]\n",
+    )?;
+    let rendered = render(&["-f", yes.to_str().context("utf-8")?])?;
+    let relay = rendered
+        .docs
+        .iter()
+        .find(|d| d["kind"] == "WireGuardRelay")
+        .context("the relay")?;
+    let key = rendered
+        .docs
+        .iter()
+        .find(|d| d["kind"] == "WireGuardPeerKey")
+        .context("the key")?;
+    ensure!(
+        relay["metadata"]["name"] == "on"
+            && key["metadata"]["name"] == "y"
+            && key["spec"]["relay"] == "on",
+        "{relay:#} {key:#}"
     );
     Ok(())
 }

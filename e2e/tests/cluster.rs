@@ -143,6 +143,27 @@ impl Suite<'_> {
         Ok(out)
     }
 
+    /// `helm upgrade --wait` of the release with a changed operator pod (a new memory limit) and
+    /// `values` set.
+    fn upgrade(&self, values: &[&str]) -> Result<String> {
+        let chart = chart();
+        let mut args = vec![
+            "upgrade",
+            RELEASE,
+            chart.to_str().context("utf-8 path")?,
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "resources.limits.memory=192Mi",
+            "--wait",
+            "--timeout=3m",
+        ];
+        for value in values {
+            args.extend(["--set", value]);
+        }
+        self.helm(&args)
+    }
+
     /// `kubectl apply` of a manifest, as a user would.
     fn apply(&self, manifest: &str) -> Result<()> {
         let file = tempfile::NamedTempFile::new()?;
@@ -442,17 +463,7 @@ spec:
 
     // 4b. helm upgrade rolls the operator and finishes under --wait; the new pod takes the Lease.
     let started = Instant::now();
-    suite.helm(&[
-        "upgrade",
-        RELEASE,
-        chart.to_str().context("utf-8 path")?,
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "resources.limits.memory=192Mi",
-        "--wait",
-        "--timeout=3m",
-    ])?;
+    suite.upgrade(&[])?;
     let rolled = started.elapsed();
     let (holder, took) = eventually(
         "the upgraded operator pod holds the Lease",
@@ -526,20 +537,8 @@ spec:
     // reconnect on their own.
     let old_uid = suite.relay_pod().await?.metadata.uid;
     let started = Instant::now();
-    suite.helm(&[
-        "upgrade",
-        RELEASE,
-        chart.to_str().context("utf-8 path")?,
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "resources.limits.memory=192Mi",
-        // build-images.sh tags each image with the version and with `dev`.
-        "--set",
-        "relayImage.tag=dev",
-        "--wait",
-        "--timeout=3m",
-    ])?;
+    // build-images.sh tags each image with the version and with `dev`.
+    suite.upgrade(&["relayImage.tag=dev"])?;
     let rolled = started.elapsed();
     let (_, replaced) = eventually(
         "a relay pod with the new image is ready",

@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 
 use crate::admission::{self, Candidate, Verdict};
 use crate::crd::{
-    AccessMode, ServiceType, WireGuardPeerKey, WireGuardPeerKeyStatus, WireGuardRelay,
-    WireGuardRelayStatus,
+    AccessMode, ServiceType, WireGuardPeerKey, WireGuardPeerKeySpec, WireGuardPeerKeyStatus,
+    WireGuardRelay, WireGuardRelaySpec, WireGuardRelayStatus,
 };
 use crate::endpoint::{RelayNode, endpoints, peer_config};
 use crate::error::Error;
@@ -182,6 +182,11 @@ async fn refresh_key_volumes(
 /// (the node's InternalIP) still names the right node.
 async fn relay_node(client: &Client, pods: &[Pod]) -> Result<(Option<Node>, Vec<String>), Error> {
     let Some((pod, node_name)) = pods.iter().find_map(|p| {
+        // A pod that has finished (evicted, say) names a node where no relay runs.
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Failed" | "Succeeded")) {
+            return None;
+        }
         let name = p.spec.as_ref()?.node_name.clone()?;
         Some((p, name))
     }) else {
@@ -552,6 +557,64 @@ pub async fn run(
     futures::join!(futures::future::join_all(runs), sync);
 }
 
+/// A watch of `api` whose store is written before each change is passed on: a spec change or a
+/// deletion as the object itself, and the end of a (re)list as `marker` (a nameless object the
+/// mapper reads as "everything"). Status-only updates are not passed on: nothing the other
+/// controller builds depends on them, and each would cost a reconcile.
+fn changes<K>(
+    api: Api<K>,
+    marker: K,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = kube::runtime::reflector::store();
+    let mut generations: std::collections::HashMap<ObjectRef<K>, Option<i64>> =
+        std::collections::HashMap::new();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .flat_map(move |event| {
+        let out: Vec<Result<K, watcher::Error>> = match event {
+            Ok(watcher::Event::Apply(obj)) => {
+                let seen = generations.insert(ObjectRef::from_obj(&obj), obj.meta().generation);
+                if seen == Some(obj.meta().generation) {
+                    Vec::new()
+                } else {
+                    vec![Ok(obj)]
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                generations.remove(&ObjectRef::from_obj(&obj));
+                vec![Ok(obj)]
+            }
+            Ok(watcher::Event::Init) => {
+                generations.clear();
+                Vec::new()
+            }
+            // The store swaps in the new list only at InitDone.
+            Ok(watcher::Event::InitApply(obj)) => {
+                generations.insert(ObjectRef::from_obj(&obj), obj.meta().generation);
+                Vec::new()
+            }
+            Ok(watcher::Event::InitDone) => vec![Ok(marker.clone())],
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(out)
+    });
+    (store, stream)
+}
+
 /// `Store::wait_until_ready`, re-polled: the controller waits on its own store too, and a store
 /// wakes only the last of its concurrent waiters.
 async fn until_ready<K>(
@@ -600,15 +663,19 @@ fn run_scope(
 
     let key_controller = Controller::new(keys.clone(), config.clone());
     let relay_controller = Controller::new(relays.clone(), config.clone());
-    // The relay controller's key trigger writes the key store before it wakes a relay, so the
-    // reconcile sees the key that changed. A separate watch (the key controller's) could lag it
-    // and leave a deleted key allowed until the next resync.
-    let (key_store, key_writer) = kube::runtime::reflector::store();
-    let key_events = reflector(
-        key_writer,
-        watcher(keys.clone(), config.clone()).default_backoff(),
-    )
-    .touched_objects();
+    // Each controller's trigger on the other kind fills the store its reconciles read, before
+    // it wakes them: a reconcile never reads a store older than the change that woke it, so a
+    // deleted key cannot stay allowed until the next resync.
+    let everything = WireGuardPeerKeySpec {
+        relay: String::new(),
+        public_key: String::new(),
+        disabled: false,
+    };
+    let (key_store, key_changes) = changes(keys, WireGuardPeerKey::new("", everything));
+    let (relay_store, relay_changes) = changes(
+        relays,
+        WireGuardRelay::new("", WireGuardRelaySpec::default()),
+    );
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -617,7 +684,7 @@ fn run_scope(
         metrics: settings.metrics,
         http: HttpClient::default(),
         keys: key_store,
-        relays: relay_controller.store(),
+        relays: relay_store,
         synced,
     });
 
@@ -628,13 +695,14 @@ fn run_scope(
             store
                 .state()
                 .into_iter()
-                .filter(|k| k.spec.relay == name && k.namespace() == namespace)
+                // The nameless marker: the relays were re-listed, so every key may be stale.
+                .filter(|k| name.is_empty() || (k.spec.relay == name && k.namespace() == namespace))
                 .map(|k| ObjectRef::from_obj(k.as_ref()))
                 .collect::<Vec<_>>()
         }
     };
     let key_controller = key_controller
-        .watches(relays, config.clone(), keys_of_relay)
+        .watches_stream(relay_changes, keys_of_relay)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |obj, ctx| observed("wireguardpeerkey", obj, ctx, reconcile_key),
@@ -643,12 +711,23 @@ fn run_scope(
         )
         .for_each(|_| async {});
 
-    let relay_of_key = |key: WireGuardPeerKey| {
-        let relay = ObjectRef::<WireGuardRelay>::new(&key.spec.relay);
-        Some(match key.namespace() {
-            Some(ns) => relay.within(&ns),
-            None => relay,
-        })
+    let relay_of_key = {
+        let relays = ctx.relays.clone();
+        move |key: WireGuardPeerKey| {
+            if key.name_any().is_empty() {
+                // The keys were re-listed: deletions in the gap were not seen one by one.
+                return relays
+                    .state()
+                    .iter()
+                    .map(|r| ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>();
+            }
+            let relay = ObjectRef::<WireGuardRelay>::new(&key.spec.relay);
+            vec![match key.namespace() {
+                Some(ns) => relay.within(&ns),
+                None => relay,
+            }]
+        }
     };
     // A relay pod that starts, moves or gets an IP changes the endpoint and needs the keys.
     let relay_of_pod = |pod: Pod| {
@@ -664,7 +743,7 @@ fn run_scope(
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .watches(api::<Pod>(&client, ns), owned, relay_of_pod)
-        .watches_stream(key_events, relay_of_key)
+        .watches_stream(key_changes, relay_of_key)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |obj, ctx| observed("wireguardrelay", obj, ctx, reconcile_relay),

@@ -77,6 +77,24 @@ pub const RELAY_NAME_RULE: &str =
 /// `host:port`: a DNS name or IPv4 address, or an IPv6 address in brackets; a 1-5 digit port.
 pub const ENDPOINT_RULE: &str = "self.matches('^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\\\[[0-9A-Fa-f:.]+\\\\]):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535";
 
+/// What an empty spec means, as the serde defaults say.
+impl Default for WireGuardRelaySpec {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            service: RelayService::default(),
+            broadcast_rate: None,
+            access_mode: AccessMode::default(),
+            image: None,
+            endpoint: None,
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            log_level: LogLevel::default(),
+        }
+    }
+}
+
 fn default_port() -> u16 {
     40000
 }

@@ -7,20 +7,24 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use crate::controller::Context;
-use crate::crd::WireGuardPeerKey;
+use crate::crd::{AccessMode, WireGuardPeerKey};
 use crate::resources::{self, METRICS_PORT};
 
 pub const METRIC: &str = "wpex_key_last_handshake_timestamp_seconds";
 /// How often relay pods are scraped: the column lags a handshake by at most this.
 pub const POLL: Duration = Duration::from_secs(10);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pods scraped concurrently, so a few unreachable ones do not hold up the rest.
+const SCRAPES_AT_ONCE: usize = 8;
 /// Its own field manager: the status fields the reconciler applies stay the reconciler's.
 const FIELD_MANAGER: &str = "wpex-operator-handshakes";
 
@@ -66,18 +70,32 @@ pub async fn run(ctx: Arc<Context>, pods: Api<Pod>) {
                 continue;
             }
         };
+        // Only pods of allow-list relays that exist: the labels alone could be anyone's.
+        let targets: Vec<((String, String), String)> = listed
+            .iter()
+            .filter_map(|pod| {
+                let (relay, url) = metrics_url(pod)?;
+                let namespace = pod.namespace()?;
+                let known = ctx.relays.get(&ObjectRef::new(&relay).within(&namespace))?;
+                (known.spec.access_mode == AccessMode::AllowList)
+                    .then_some(((namespace, relay), url))
+            })
+            .collect();
+        let scraped: Vec<_> = futures::stream::iter(targets)
+            .map(|(relay, url)| {
+                let http = ctx.http.clone();
+                async move { (relay, http.get(&url, SCRAPE_TIMEOUT).await) }
+            })
+            .buffer_unordered(SCRAPES_AT_ONCE)
+            .collect()
+            .await;
         // (namespace, relay) -> key -> last handshake, the latest over the relay's pods.
         let mut seen: HashMap<(String, String), HashMap<String, i64>> = HashMap::new();
-        for pod in &listed {
-            let Some((relay, url)) = metrics_url(pod) else {
-                continue;
-            };
-            match ctx.http.get(&url, SCRAPE_TIMEOUT).await {
+        for (relay, answer) in scraped {
+            match answer {
                 Ok(text) => {
                     ctx.metrics.scraped(true);
-                    let by_key = seen
-                        .entry((pod.namespace().unwrap_or_default(), relay))
-                        .or_default();
+                    let by_key = seen.entry(relay).or_default();
                     for (key, at) in parse(&text) {
                         let slot = by_key.entry(key).or_insert(at);
                         *slot = (*slot).max(at);

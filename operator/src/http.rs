@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -48,8 +48,13 @@ impl Default for HttpClient {
     }
 }
 
+/// The most of an answer read: a relay's metrics are a few KiB per key; a pod that streams
+/// more must not run the operator out of memory.
+pub const MAX_BODY: usize = 4 << 20;
+
 impl HttpClient {
-    /// GETs `url` (http only) and returns its body, if the status is 2xx within `timeout`.
+    /// GETs `url` (http only) and returns its body, if the status is 2xx and the whole answer,
+    /// at most [`MAX_BODY`] bytes, arrives within `timeout`.
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<String, HttpError> {
         let uri: http::Uri = url.parse().map_err(|source| HttpError::Url {
             url: url.to_owned(),
@@ -71,13 +76,12 @@ impl HttpClient {
                     status,
                 });
             }
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|source| HttpError::Body {
                     url: url.to_owned(),
-                    source: source.into(),
+                    source,
                 })?;
             Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
         };

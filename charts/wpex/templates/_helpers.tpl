@@ -95,14 +95,15 @@ What the operator may do with its resources and the objects it owns, in each wat
   verbs: [get, list, watch]
 - apiGroups: [wpex.io]
   resources: [wireguardrelays/status, wireguardpeerkeys/status]
-  verbs: [get, patch, update]
-# Each relay's key ConfigMap, Deployment and Service.
+  verbs: [get, patch]
+# Each relay's key ConfigMap, Deployment and Service, applied server-side (create and patch).
+# Nothing is deleted by the operator: the garbage collector removes them with their relay.
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 # Relay pods: watched for their IPs (the operator scrapes their metrics), and annotated with the
 # key ConfigMap's version, which makes kubelet refresh the mounted keys at once instead of at its
 # next periodic sync (a minute by default).
