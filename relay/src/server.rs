@@ -22,6 +22,8 @@ use tokio::net::UdpSocket;
 
 use crate::relay::{Config, Output, Relay, ScanRequest};
 
+mod send;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot resolve bind address '{addr}': {source}")]
@@ -377,14 +379,15 @@ async fn receive_loop(
                 }
             }
         }
-        for (range, output) in outputs.drain(..) {
-            let (bytes, targets) = transmissions(&output, &storage[range]);
-            for to in targets {
-                if let Err(e) = socket.send_to(bytes, *to).await {
-                    errors.record("send", Some(*to), &e);
-                }
-            }
+        // Everything the batch produced leaves in as few sendmmsg calls as possible.
+        let mut sends: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(outputs.len());
+        for (range, output) in &outputs {
+            let (bytes, targets) = transmissions(output, &storage[range.clone()]);
+            sends.extend(targets.iter().map(|to| (bytes, *to)));
         }
+        send::send_all(&socket, &sends, |to, e| errors.record("send", Some(to), e)).await;
+        drop(sends);
+        outputs.clear();
     }
 }
 

@@ -128,12 +128,16 @@ pub struct Expired {
     pub endpoints: usize,
 }
 
+/// The table's hasher: fast, and seeded per process, because indices and addresses are chosen
+/// by whoever sends (SipHash's cost was a measurable share of forwarding one packet).
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 pub struct Table {
-    indices: HashMap<u32, IndexEntry>,
-    endpoints: HashMap<SocketAddr, EndpointEntry>,
+    indices: HashMap<u32, IndexEntry, Hasher>,
+    endpoints: HashMap<SocketAddr, EndpointEntry, Hasher>,
     /// Allow-list mode: where each key was last proven to live.
-    homes: HashMap<PublicKey, SocketAddr>,
+    homes: HashMap<PublicKey, SocketAddr, Hasher>,
     timers: BinaryHeap<Reverse<Timer>>,
     generation: u64,
     sessions: usize,
