@@ -1,10 +1,11 @@
 //! UDP IO around the sans-IO core: several SO_REUSEPORT sockets, one timer task, and one thread
 //! for the full mac1 scans the core asks for.
 //!
-//! The core sits behind one mutex held only for the in-memory decision, never across IO and never
+//! Each worker reads a batch with `recvmmsg` (and GRO), decides every datagram under one lock
+//! and one clock reading, then sends what the batch produced with `sendmmsg` (`server/send.rs`).
+//! The core sits behind that mutex only for the in-memory decision, never across IO and never
 //! across a scan: a scan of thousands of keys runs on its own thread and takes the lock only to
-//! hand in its result. This layer is deliberately thin so batched IO can replace it without
-//! touching the protocol.
+//! hand in its result.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
