@@ -859,8 +859,9 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
         ..Namespace::default()
     };
     namespaces.create(&PostParams::default(), &team_a).await?;
-    let (ok, out) = run_helm(
-        &[
+    // `helm upgrade --reuse-values --set VALUE`, as the README writes it.
+    let upgrade = |value: &str| -> Result<()> {
+        let args = [
             "upgrade",
             "wpex",
             chart,
@@ -868,11 +869,13 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
             "wpex-system",
             "--reuse-values",
             "--set",
-            "rbac.watchNamespaces={wpex-system,team-a}",
-        ],
-        on_cluster,
-    )?;
-    ensure!(ok, "helm upgrade to two namespaces failed:\n{out}");
+            value,
+        ];
+        let (ok, out) = run_helm(&args, on_cluster)?;
+        ensure!(ok, "helm upgrade --set {value} failed:\n{out}");
+        Ok(())
+    };
+    upgrade("rbac.watchNamespaces={wpex-system,team-a}")?;
     let team_roles: Api<Role> = Api::namespaced(client.clone(), "team-a");
     team_roles
         .get("wpex-operator")
@@ -884,20 +887,7 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
             && args.contains(&"--namespace=team-a".to_owned()),
         "{args:?}"
     );
-    let (ok, out) = run_helm(
-        &[
-            "upgrade",
-            "wpex",
-            chart,
-            "--namespace",
-            "wpex-system",
-            "--reuse-values",
-            "--set",
-            "rbac.scope=cluster",
-        ],
-        on_cluster,
-    )?;
-    ensure!(ok, "helm upgrade to rbac.scope=cluster failed:\n{out}");
+    upgrade("rbac.scope=cluster")?;
     cluster_roles
         .get("wpex-operator")
         .await
