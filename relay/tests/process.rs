@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Endpoint, Identity, Peer, http_get, ipv4_packet, sample};
+use common::{Endpoint, Identity, Peer, http_get, ipv4_packet, sample, try_http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wpex");
 /// The bound for a key change to take effect.
@@ -55,26 +55,41 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(extra: &[&str]) -> Self {
-        let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        let metrics = free_tcp_addr();
-        let child = Command::new(BIN)
-            .args(["--bind", "127.0.0.1", "--port", &udp.port().to_string()])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wpex");
-        let relay = Self {
-            child,
-            udp,
-            metrics,
-        };
-        relay.wait_until("/readyz answers 200", Duration::from_secs(10), |r| {
-            std::net::TcpStream::connect(r.metrics).is_ok()
-                && http_get(r.metrics, "/readyz").0 == 200
-        });
-        relay
+        // Free ports are picked by binding and letting go, so a test running beside this one
+        // can take the same port first; the relay then exits, and a fresh pair is tried.
+        for _ in 0..3 {
+            let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+            let metrics = free_tcp_addr();
+            let child = Command::new(BIN)
+                .args(["--bind", "127.0.0.1", "--port", &udp.port().to_string()])
+                .args(["--metrics-addr", &metrics.to_string()])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn wpex");
+            let mut relay = Self {
+                child,
+                udp,
+                metrics,
+            };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                // Until the server is up, connections may be refused or reset.
+                if try_http_get(relay.metrics, "/readyz").is_ok_and(|(status, _)| status == 200) {
+                    return relay;
+                }
+                if !relay.still_running() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                !relay.still_running(),
+                "/readyz answers 200: not within 10 s"
+            );
+        }
+        panic!("the relay exited before it was ready, three times");
     }
 
     fn metrics(&self) -> String {

@@ -211,24 +211,28 @@ impl Endpoint {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// [`http_get`], with connection errors returned: a server still starting may refuse or reset.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: wpex\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
+    stream.read_to_string(&mut response)?;
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status line");
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// The value of one sample in a Prometheus text exposition, e.g. `wpex_sessions` or
