@@ -285,6 +285,44 @@ fn transmissions<'a>(output: &'a Output, datagram: &'a [u8]) -> (&'a [u8], &'a [
     }
 }
 
+/// The messages a batch's outputs send. Consecutive datagrams of one GRO train forwarded to the
+/// same endpoint are joined into one GSO message of up to `gso` datagrams; everything else goes
+/// alone. A train's datagrams lie back to back in the buffer, `stride` apart, so joining them
+/// copies nothing.
+fn plan_sends<'a>(
+    outputs: &'a [(Range<usize>, Output)],
+    storage: &'a [u8],
+    gso: usize,
+) -> Vec<send::Transmit<'a>> {
+    let mut sends: Vec<send::Transmit<'a>> = Vec::with_capacity(outputs.len());
+    // The open train: where it starts in `storage`, and how many datagrams it holds.
+    let mut train: Option<(usize, usize)> = None;
+    for (range, output) in outputs {
+        let (bytes, targets) = transmissions(output, &storage[range.clone()]);
+        if let (Output::Forward(to), Some(last), Some((start, count))) =
+            (output, sends.last_mut(), train)
+        {
+            let joins = last.to == *to
+                && start + last.bytes.len() == range.start
+                && range.len() <= last.segment
+                && last.bytes.len() % last.segment == 0
+                && count < gso
+                && last.bytes.len() + range.len() <= send::GSO_MAX_BYTES;
+            if joins {
+                last.bytes = &storage[start..range.end];
+                train = Some((start, count + 1));
+                continue;
+            }
+        }
+        train = match output {
+            Output::Forward(_) if !range.is_empty() => Some((range.start, 1)),
+            _ => None,
+        };
+        sends.extend(targets.iter().map(|to| send::Transmit::single(*to, bytes)));
+    }
+    sends
+}
+
 /// Datagrams read per system call (`recvmmsg`).
 const BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Room for one received buffer: with GRO the kernel may coalesce a train of same-size datagrams
@@ -380,12 +418,13 @@ async fn receive_loop(
                 }
             }
         }
-        // Everything the batch produced leaves in as few sendmmsg calls as possible.
-        let mut sends: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(outputs.len());
-        for (range, output) in &outputs {
-            let (bytes, targets) = transmissions(output, &storage[range.clone()]);
-            sends.extend(targets.iter().map(|to| (bytes, *to)));
-        }
+        // Everything the batch produced leaves in as few sendmmsg calls as possible, runs of a
+        // GRO train to one destination as one GSO message each.
+        let gso = match &state {
+            Some(state) if send::gso_enabled() => state.max_gso_segments(),
+            _ => 1,
+        };
+        let sends = plan_sends(&outputs, &storage, gso);
         send::send_all(&socket, &sends, |to, e| errors.record("send", Some(to), e)).await;
         drop(sends);
         outputs.clear();
@@ -444,5 +483,55 @@ mod tests {
         assert_eq!(segments(0, 148, 148).collect::<Vec<_>>(), vec![0..148]);
         // An empty datagram is still one datagram, so it is counted as malformed.
         assert_eq!(segments(64, 0, 0).collect::<Vec<_>>(), vec![64..64]);
+    }
+
+    #[test]
+    fn a_train_to_one_endpoint_leaves_as_one_message_and_anything_else_alone() {
+        let (x, y): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().expect("x"),
+            "192.0.2.2:2".parse().expect("y"),
+        );
+        let storage: Vec<u8> = (0..SLOT * 3).map(|i| i as u8).collect();
+        let drop = Output::Drop(crate::stats::DropReason::UnknownReceiver);
+        // Slot 0: a GRO train of five 100-byte datagrams and a 40-byte tail. Slot 1: a lone
+        // datagram to x, not joinable to slot 0's train.
+        let outputs = vec![
+            (0..100, Output::Forward(x)),
+            (100..200, Output::Forward(x)),
+            (200..300, Output::Forward(y)),
+            (300..400, drop.clone()),
+            (400..500, Output::Forward(x)),
+            (500..540, Output::Forward(x)),
+            (SLOT..SLOT + 100, Output::Forward(x)),
+            (SLOT + 100..SLOT + 200, Output::ForwardBoth([x, y])),
+        ];
+        let sends = plan_sends(&outputs, &storage, 64);
+        let got: Vec<_> = sends
+            .iter()
+            .map(|t| {
+                (
+                    t.to,
+                    t.bytes.as_ptr() as usize - storage.as_ptr() as usize,
+                    t.bytes.len(),
+                    t.segment,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (x, 0, 200, 100),
+                (y, 200, 100, 100),
+                (x, 400, 140, 100),
+                (x, SLOT, 100, 100),
+                (x, SLOT + 100, 100, 100),
+                (y, SLOT + 100, 100, 100),
+            ]
+        );
+        // A shorter datagram ends a train; the cap on datagrams per message splits one.
+        let sends = plan_sends(&outputs[..2], &storage, 1);
+        assert_eq!(sends.len(), 2);
+        let tail_first = [(0..40, Output::Forward(x)), (40..140, Output::Forward(x))];
+        assert_eq!(plan_sends(&tail_first, &storage, 64).len(), 2);
     }
 }

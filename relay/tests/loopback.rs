@@ -8,7 +8,16 @@ use wpex::message::Kind;
 use wpex::server::{Server, lock};
 use wpex::{Access, Config};
 
-fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
+/// A relay on `bind` and two peers that completed a handshake through it.
+struct Established {
+    _runtime: tokio::runtime::Runtime,
+    core: wpex::server::SharedRelay,
+    a: Endpoint,
+    b: Endpoint,
+    challenged: bool,
+}
+
+fn establish(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) -> Established {
     let (ia, ib) = (Identity::random(), Identity::random());
     let access = access(&ia, &ib);
     let challenged = matches!(access, Access::AllowList(_));
@@ -39,7 +48,23 @@ fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
         "A completes the handshake with a keepalive"
     );
     assert!(b.answer().is_empty(), "B receives the keepalive");
+    Established {
+        _runtime: runtime,
+        core,
+        a,
+        b,
+        challenged,
+    }
+}
 
+fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
+    let Established {
+        core,
+        mut a,
+        mut b,
+        challenged,
+        _runtime: _relay_running,
+    } = establish(bind, access);
     let ping = a.peer.send(&ipv4_packet(b"ping"));
     a.send(&ping);
     assert_eq!(b.answer(), vec![ipv4_packet(b"ping")]);
@@ -90,4 +115,99 @@ fn allow_list_mode_over_ipv6_loopback() {
     run_pair("::1", |a, b| {
         Access::AllowList(AllowedKeys::new([a.public, b.public]))
     });
+}
+
+/// A burst of same-size datagrams from one peer reaches the relay as one GRO train, and leaves
+/// it as one GSO message: a receiver that asks for GRO gets the train whole, which loopback
+/// only does for a message sent with GSO. Every datagram in it decrypts, in order.
+#[test]
+fn a_train_crosses_the_relay_as_one_gso_message() {
+    const TRAIN: usize = 20;
+    let Established {
+        core,
+        mut a,
+        mut b,
+        _runtime: _relay_running,
+        ..
+    } = establish("127.0.0.1", |_, _| Access::Open);
+    enable_gro(&b.socket);
+    let plain: Vec<Vec<u8>> = (0..TRAIN)
+        .map(|i| ipv4_packet(format!("train datagram {i:02}").as_bytes()))
+        .collect();
+    let sealed: Vec<Vec<u8>> = plain.iter().map(|p| a.peer.send(p)).collect();
+    let segment = sealed[0].len();
+    assert!(sealed.iter().all(|d| d.len() == segment));
+    send_train(&a.socket, &sealed.concat(), segment, a.relay);
+
+    let whole = b.recv();
+    assert_eq!(
+        whole.len(),
+        TRAIN * segment,
+        "the relay forwarded the train as one GSO message"
+    );
+    let mut opened = Vec::new();
+    for datagram in whole.chunks(segment) {
+        let got = b.peer.receive(datagram);
+        assert_eq!(got.error, None);
+        opened.extend(got.tunnel);
+    }
+    assert_eq!(opened, plain);
+    let data = lock(&core).stats().forwarded(Kind::Data).packets;
+    assert_eq!(
+        data,
+        1 + TRAIN as u64,
+        "the keepalive and every datagram of the train"
+    );
+}
+
+fn enable_gro(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a pointer to a live c_int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_GRO: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `bytes` to `to` as one UDP GSO message of `segment`-byte datagrams.
+fn send_train(
+    socket: &std::net::UdpSocket,
+    bytes: &[u8],
+    segment: usize,
+    to: std::net::SocketAddr,
+) {
+    use std::os::fd::AsRawFd;
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 32]);
+    let mut cmsg = Cmsg([0; 32]);
+    let to = socket2::SockAddr::from(to);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call, `cmsg` is
+    // 8-aligned with room for CMSG_SPACE(2), and the kernel only reads these buffers.
+    let sent = unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+        hdr.msg_namelen = to.len();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
+        libc::sendmsg(socket.as_raw_fd(), &hdr, 0)
+    };
+    assert!(sent >= 0, "sendmsg: {}", std::io::Error::last_os_error());
 }

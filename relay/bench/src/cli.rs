@@ -90,6 +90,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub both_ways: bool,
 
+    /// Send each batch of one flow as a UDP GSO message instead of `sendmmsg`: the train a
+    /// NIC's GRO hands a relay that asks for it on a real network, which loopback only
+    /// delivers when the sender used GSO. Targets without GRO receive the datagrams one by one.
+    #[arg(long)]
+    pub gso: bool,
+
     /// `--broadcast-rate` given to our relay and the baseline: broadcast copies of handshake
     /// initiations per second. The default 1 keeps setting up many sessions from costing
     /// O(sessions x endpoints) broadcast copies; 0 is unlimited.

@@ -392,6 +392,7 @@ fn bench(args: &RunArgs) -> Result<()> {
         duration: args.duration,
         drain: args.drain,
         both_ways: args.both_ways,
+        gso: args.gso,
     };
     let mut report = Report {
         tool: "wpex-bench",
@@ -407,6 +408,7 @@ fn bench(args: &RunArgs) -> Result<()> {
             warmup_secs: args.warmup.as_secs_f64(),
             drain_secs: args.drain.as_secs_f64(),
             both_ways: args.both_ways,
+            gso: args.gso,
             broadcast_rate: args.broadcast_rate,
             source_rate: args.source_rate,
             relay: relay.display().to_string(),
@@ -419,13 +421,14 @@ fn bench(args: &RunArgs) -> Result<()> {
     };
 
     println!(
-        "wpex-bench: {} on loopback, {}, warm-up {:?}, measured {:?}{}",
+        "wpex-bench: {} on loopback, {}, warm-up {:?}, measured {:?}{}{}",
         relay.display(),
         args.rate
             .map_or_else(|| "flat out".to_owned(), |r| format!("{r} pps")),
         args.warmup,
         args.duration,
-        if args.both_ways { ", both ways" } else { "" }
+        if args.both_ways { ", both ways" } else { "" },
+        if args.gso { ", GSO trains" } else { "" }
     );
     println!("{}", report::header());
     let mut failures = 0;

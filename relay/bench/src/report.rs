@@ -54,6 +54,8 @@ pub struct Params {
     pub warmup_secs: f64,
     pub drain_secs: f64,
     pub both_ways: bool,
+    /// Batches left the generator as UDP GSO messages (`--gso`).
+    pub gso: bool,
     pub broadcast_rate: u32,
     pub source_rate: u32,
     pub relay: String,

@@ -86,6 +86,44 @@ pub fn send_batch(
     }
 }
 
+/// The most one UDP GSO message may carry: an IPv4 datagram's payload limit.
+pub const GSO_MAX_BYTES: usize = 65_507;
+
+/// Sends `bytes`, datagrams of `segment` bytes back to back (the last may be shorter), as one
+/// UDP GSO message on a connected socket: the kernel splits it, or hands it whole to a receiver
+/// that asked for GRO, as a NIC's GRO would on a real network.
+pub fn send_train(fd: BorrowedFd<'_>, bytes: &[u8], segment: u16) -> io::Result<()> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 32]);
+    let mut cmsg = Cmsg([0; 32]);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    // SAFETY: `cmsg` has room for CMSG_SPACE(2) bytes and is 8-aligned; the header points at it
+    // before CMSG_FIRSTHDR reads it. The kernel only reads the iovec's buffer and the cmsg, both
+    // alive for the call.
+    let sent = unsafe {
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+        libc::sendmsg(fd.as_raw_fd(), &hdr, 0)
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Sends all of `datagrams` (any number), [`BATCH`] per call, retrying partial sends. Returns how
 /// many were sent and the first error, if any: a datagram the kernel refuses is skipped and
 /// counted, as the network would lose it.

@@ -25,7 +25,7 @@ use rand::RngCore;
 use crate::hist::Histogram;
 use crate::procfs::{self, ProcError, UdpCounters};
 use crate::setup::{Pair, Session};
-use crate::sys::{BATCH, Epoll, RecvBatch, Wait, send_all};
+use crate::sys::{BATCH, Epoll, GSO_MAX_BYTES, RecvBatch, Wait, send_all, send_train};
 use crate::wire;
 
 /// At most this many sender wake-ups a second when paced.
@@ -53,6 +53,8 @@ pub struct Plan {
     pub duration: Duration,
     pub drain: Duration,
     pub both_ways: bool,
+    /// Each flow's batch leaves as one GSO message (or a few, within the size limit).
+    pub gso: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -164,6 +166,7 @@ fn send_loop(
     let mut bufs: Vec<Vec<u8>> = (0..BATCH)
         .map(|_| wire::data_template(plan.size, rng))
         .collect();
+    let mut train = Vec::with_capacity(BATCH * plan.size);
     let start = Instant::now();
     let measure_at = start + plan.warmup;
     let end = measure_at + plan.duration;
@@ -215,7 +218,11 @@ fn send_loop(
             wire::stamp_time(buf, sent_ns);
             *r = buf;
         }
-        let (sent, error) = send_all(flow.socket.as_fd(), &refs[..n], &[]);
+        let (sent, error) = if plan.gso {
+            send_trains(flow.socket.as_fd(), &refs[..n], &mut train)
+        } else {
+            send_all(flow.socket.as_fd(), &refs[..n], &[])
+        };
         attempted += n as u64;
         if measured {
             out.measured += sent as u64;
@@ -233,6 +240,33 @@ fn send_loop(
         Duration::ZERO
     };
     out
+}
+
+/// Sends same-size `datagrams` as GSO messages of as many as fit in one. Returns how many
+/// datagrams were sent and the first error: a refused message loses all of its datagrams.
+fn send_trains(
+    fd: std::os::fd::BorrowedFd<'_>,
+    datagrams: &[&[u8]],
+    train: &mut Vec<u8>,
+) -> (usize, Option<io::Error>) {
+    let Some(size) = datagrams.first().map(|d| d.len()).filter(|s| *s > 0) else {
+        return (0, None);
+    };
+    let segment = u16::try_from(size).unwrap_or(u16::MAX);
+    let (mut sent, mut first_error) = (0, None);
+    for chunk in datagrams.chunks((GSO_MAX_BYTES / size).max(1)) {
+        train.clear();
+        for d in chunk {
+            train.extend_from_slice(d);
+        }
+        match send_train(fd, train, segment) {
+            Ok(()) => sent += chunk.len(),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    (sent, first_error)
 }
 
 #[derive(Debug, Default)]

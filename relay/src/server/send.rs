@@ -1,6 +1,11 @@
 //! Batched sends: every datagram one receive batch produced leaves in as few `sendmmsg` calls as
-//! possible, instead of one system call each. Where the kernel lacks `sendmmsg` (not Linux, or a
-//! seccomp filter that refuses it) the relay falls back to one `sendto` per datagram, for good.
+//! possible, instead of one system call each. A run of same-size datagrams to one destination
+//! (a GRO train the relay received) leaves as one UDP GSO message, which the kernel splits:
+//! one trip through the stack instead of one per datagram.
+//!
+//! Fallbacks, each for good once the kernel says so: where `sendmmsg` is missing (not Linux, or
+//! a seccomp filter), one `sendto` per datagram; where a device cannot segment (EIO), no GSO. A
+//! train the kernel refuses is sent again datagram by datagram, so nothing is lost either way.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,20 +18,80 @@ use tokio::net::UdpSocket;
 #[cfg(target_os = "linux")]
 const CHUNK: usize = 64;
 
+/// The most a GSO message may carry: an IPv4 datagram's payload limit.
+pub const GSO_MAX_BYTES: usize = 65_507;
+
 /// Whether `sendmmsg` still works here; cleared the first time the kernel says it does not.
 static BATCHED: AtomicBool = AtomicBool::new(cfg!(target_os = "linux"));
 
-/// Sends each `(datagram, destination)` of `out` on `socket`. A datagram the kernel refuses is
-/// passed to `failed` and skipped, as the network would drop it; the others still go.
+/// Whether UDP GSO still works here; cleared the first time a device cannot segment.
+static GSO: AtomicBool = AtomicBool::new(cfg!(target_os = "linux"));
+
+/// Whether trains may be built: false once a send showed that segmentation offload fails here.
+pub fn gso_enabled() -> bool {
+    GSO.load(Ordering::Relaxed)
+}
+
+/// One message to send: a datagram, or a train of datagrams of `segment` bytes each (the last
+/// may be shorter) back to back in `bytes`, all for `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit<'a> {
+    pub to: SocketAddr,
+    pub bytes: &'a [u8],
+    pub segment: usize,
+}
+
+impl<'a> Transmit<'a> {
+    pub fn single(to: SocketAddr, bytes: &'a [u8]) -> Self {
+        Self {
+            to,
+            bytes,
+            segment: bytes.len(),
+        }
+    }
+
+    fn is_train(&self) -> bool {
+        self.segment > 0 && self.bytes.len() > self.segment
+    }
+
+    /// The datagrams of a train, one message each.
+    fn datagrams(&self) -> impl Iterator<Item = Transmit<'a>> + '_ {
+        self.bytes
+            .chunks(self.segment.max(1))
+            .map(|d| Transmit::single(self.to, d))
+    }
+}
+
+/// Sends every message of `out` on `socket`. A datagram the kernel refuses is passed to
+/// `failed` and skipped, as the network would drop it; the others still go.
 pub async fn send_all(
     socket: &UdpSocket,
-    out: &[(&[u8], SocketAddr)],
+    out: &[Transmit<'_>],
     mut failed: impl FnMut(SocketAddr, &io::Error),
+) {
+    let mut split = Vec::new();
+    send_run(socket, out, &mut failed, &mut split).await;
+    // Only single datagrams are left, so this pass splits nothing further.
+    send_run(socket, &split, &mut failed, &mut Vec::new()).await;
+}
+
+/// Sends `out` in order; trains that cannot go as GSO messages are appended to `split`.
+async fn send_run<'a>(
+    socket: &UdpSocket,
+    out: &[Transmit<'a>],
+    failed: &mut impl FnMut(SocketAddr, &io::Error),
+    split: &mut Vec<Transmit<'a>>,
 ) {
     let mut next = 0;
     while next < out.len() {
+        let first = out[next];
+        if first.is_train() && !(BATCHED.load(Ordering::Relaxed) && gso_enabled()) {
+            split.extend(first.datagrams());
+            next += 1;
+            continue;
+        }
         if let Err(e) = socket.writable().await {
-            failed(out[next].1, &e);
+            failed(first.to, &e);
             next += 1;
             continue;
         }
@@ -41,16 +106,26 @@ pub async fn send_all(
                     done => return done,
                 }
             }
-            let (bytes, to) = rest[0];
+            if first.is_train() {
+                // Split on the next round, now that batching is off.
+                return Ok(0);
+            }
             socket2::SockRef::from(socket)
-                .send_to(bytes, &to.into())
+                .send_to(first.bytes, &first.to.into())
                 .map(|_| 1)
         });
         match sent {
-            Ok(n) => next += n.max(1),
+            Ok(n) => next += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if first.is_train() && gso_refused(&e) => {
+                if e.raw_os_error() == Some(libc::EIO) && GSO.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%e, "UDP segmentation offload fails here; sending datagrams one by one");
+                }
+                split.extend(first.datagrams());
+                next += 1;
+            }
             Err(e) => {
-                failed(out[next].1, &e);
+                failed(first.to, &e);
                 next += 1;
             }
         }
@@ -63,35 +138,60 @@ fn unsupported(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOSYS)
 }
 
-/// One `sendmmsg` of up to [`CHUNK`] datagrams from the front of `out`; returns how many the
+/// How the kernel refuses a GSO message it cannot segment: EIO where the device lacks checksum
+/// offload, EINVAL for a segment size or count it does not take.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+}
+
+/// Room for one `UDP_SEGMENT` control message, aligned as the kernel wants.
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct SegmentCmsg([u8; 32]);
+
+/// One `sendmmsg` of up to [`CHUNK`] messages from the front of `out`; returns how many the
 /// kernel took (at least one), or the error of the first.
 #[cfg(target_os = "linux")]
-fn send_batch(socket: &UdpSocket, out: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+fn send_batch(socket: &UdpSocket, out: &[Transmit<'_>]) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
 
     let n = out.len().min(CHUNK);
-    let addrs: [socket2::SockAddr; CHUNK] = std::array::from_fn(|i| {
-        out.get(i)
-            .map_or_else(|| out[0].1.into(), |(_, to)| (*to).into())
-    });
+    let addrs: [socket2::SockAddr; CHUNK] =
+        std::array::from_fn(|i| out.get(i).map_or(out[0].to, |t| t.to).into());
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut iovs: [libc::iovec; CHUNK] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; CHUNK] = unsafe { std::mem::zeroed() };
+    let mut cmsgs = [SegmentCmsg([0; 32]); CHUNK];
     for i in 0..n {
-        let (bytes, _) = out[i];
+        let t = out[i];
         iovs[i] = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
+            iov_base: t.bytes.as_ptr() as *mut libc::c_void,
+            iov_len: t.bytes.len(),
         };
         let hdr = &mut hdrs[i].msg_hdr;
         hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
         hdr.msg_namelen = addrs[i].len();
         hdr.msg_iov = &mut iovs[i];
         hdr.msg_iovlen = 1;
+        if t.is_train() {
+            let segment = u16::try_from(t.segment).unwrap_or(u16::MAX);
+            // SAFETY: the buffer has room for CMSG_SPACE(2) bytes and is 8-aligned; the
+            // header's fields are set before the first CMSG_* macro reads them.
+            unsafe {
+                hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+                hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let c = libc::CMSG_FIRSTHDR(hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+            }
+        }
     }
-    // SAFETY: the first `n` headers point at `addrs`, `iovs` and the datagrams of `out`, all of
-    // which outlive the call; the kernel only reads them (and writes `msg_len`).
+    // SAFETY: the first `n` headers point at `addrs`, `iovs`, `cmsgs` and the datagrams of `out`,
+    // all of which outlive the call; the kernel only reads them (and writes `msg_len`).
     let sent =
         unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
     if sent < 0 {
@@ -101,13 +201,28 @@ fn send_batch(socket: &UdpSocket, out: &[(&[u8], SocketAddr)]) -> io::Result<usi
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_batch(_socket: &UdpSocket, _out: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+fn send_batch(_socket: &UdpSocket, _out: &[Transmit<'_>]) -> io::Result<usize> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn receive_all(socket: &std::net::UdpSocket, count: usize) -> Vec<Vec<u8>> {
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        (0..count)
+            .map(|i| {
+                let n = socket
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+                buf[..n].to_vec()
+            })
+            .collect()
+    }
 
     #[tokio::test]
     async fn a_batch_reaches_every_destination_in_order_and_a_refused_one_is_skipped() {
@@ -118,23 +233,61 @@ mod tests {
         let payloads: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
         // An IPv6 destination on an IPv4 socket: the kernel refuses that one datagram.
         let refused: SocketAddr = "[::1]:9".parse().expect("addr");
-        let mut out: Vec<(&[u8], SocketAddr)> = Vec::new();
+        let mut out = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
-            out.push((p, if i % 2 == 0 { to_a } else { to_b }));
+            out.push(Transmit::single(if i % 2 == 0 { to_a } else { to_b }, p));
             if i == 70 {
-                out.push((p, refused));
+                out.push(Transmit::single(refused, p));
             }
         }
         let mut failures = Vec::new();
         send_all(&sender, &out, |to, e| failures.push((to, e.kind()))).await;
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert_eq!(failures[0].0, refused);
-        let mut buf = [0u8; 512];
         for (socket, parity) in [(&a, 0), (&b, 1)] {
-            for i in (0..150usize).filter(|i| i % 2 == parity) {
-                let n = socket.recv(&mut buf).expect("datagram");
-                assert_eq!(&buf[..n], payloads[i].as_slice(), "datagram {i}");
+            let expected: Vec<_> = (0..150).filter(|i| i % 2 == parity).collect();
+            let got = receive_all(socket, expected.len());
+            for (i, datagram) in expected.into_iter().zip(got) {
+                assert_eq!(datagram, payloads[i], "datagram {i}");
             }
         }
+    }
+
+    /// A receiver without GRO gets a train as the datagrams it was made of, in order. A train
+    /// of more segments than the kernel takes in one GSO message (64, or 128 since Linux 6.9) is refused with
+    /// EINVAL and then sent datagram by datagram: the fallback path, for real.
+    #[tokio::test]
+    async fn a_train_arrives_as_its_datagrams_and_a_refused_train_is_split() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind rx");
+        let to = rx.local_addr().expect("rx addr");
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind sender");
+        let datagrams: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 120]).collect();
+        let mut bytes: Vec<u8> = datagrams.concat();
+        bytes.extend_from_slice(&[200; 50]);
+        let (fits, too_many) = (&bytes[..8 * 120 + 50], &bytes[..]);
+        let mut fits = fits.to_vec();
+        fits[8 * 120..].fill(200);
+        let out = [
+            Transmit {
+                to,
+                bytes: &fits,
+                segment: 120,
+            },
+            Transmit {
+                to,
+                bytes: too_many,
+                segment: 120,
+            },
+        ];
+        let mut failures = Vec::new();
+        send_all(&sender, &out, |to, e| failures.push((to, e.kind()))).await;
+        assert!(failures.is_empty(), "{failures:?}");
+        let got = receive_all(&rx, 9 + 151);
+        let mut expected: Vec<Vec<u8>> = datagrams[..8].to_vec();
+        expected.push(vec![200; 50]);
+        expected.extend(datagrams.iter().cloned());
+        expected.push(vec![200; 50]);
+        assert_eq!(got, expected);
+        assert!(gso_enabled(), "EINVAL for one train must not turn GSO off");
     }
 }
