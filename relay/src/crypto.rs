@@ -10,7 +10,7 @@ use blake2::digest::consts::U16;
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use subtle::ConstantTimeEq;
 
 use crate::message::{
@@ -28,6 +28,31 @@ fn hash_label(label: &[u8; 8], public_key: &[u8; 32]) -> [u8; 32] {
     Digest::update(&mut h, label);
     Digest::update(&mut h, public_key);
     h.finalize().into()
+}
+
+/// The key a handshake addressed to `public_key` has its mac1 made with.
+pub fn mac1_key(public_key: &[u8; 32]) -> [u8; 32] {
+    hash_label(LABEL_MAC1, public_key)
+}
+
+/// A peer's side of a cookie reply: the cookie, if `reply` decrypts with the cookie key of
+/// `public_key` (the key the answered handshake was addressed to) and `mac1`, the answered
+/// handshake's. The relay never opens one; tests and the benchmark play peers with it.
+pub fn open_cookie_reply(
+    public_key: &[u8; 32],
+    reply: &[u8; COOKIE_REPLY_LEN],
+    mac1: &Mac,
+) -> Option<Mac> {
+    let aead = XChaCha20Poly1305::new((&hash_label(LABEL_COOKIE, public_key)).into());
+    let mut cookie: Mac = reply[32..48].try_into().ok()?;
+    aead.decrypt_in_place_detached(
+        XNonce::from_slice(&reply[8..32]),
+        mac1,
+        &mut cookie,
+        Tag::from_slice(&reply[48..64]),
+    )
+    .ok()?;
+    Some(cookie)
 }
 
 /// Keyed BLAKE2s with a 16-byte output. `key` is at most 32 bytes by construction at every caller.
@@ -202,6 +227,22 @@ mod tests {
         let mut flipped = m.clone();
         flipped[20] ^= 1;
         assert!(!a.mac1_matches(&handshake(&flipped)));
+    }
+
+    #[test]
+    fn a_cookie_reply_opens_only_with_the_addressed_key_and_mac1() {
+        let m = initiation_for(&[1; 32]);
+        let h = handshake(&m);
+        let reply = PeerMacKeys::derive(&[1; 32]).cookie_reply(&h, &[7; 16], [3; 24]);
+        assert_eq!(
+            reply[4..8],
+            77u32.to_le_bytes(),
+            "addressed to the sender index"
+        );
+        assert_eq!(open_cookie_reply(&[1; 32], &reply, h.mac1()), Some([7; 16]));
+        assert_eq!(open_cookie_reply(&[2; 32], &reply, h.mac1()), None);
+        assert_eq!(open_cookie_reply(&[1; 32], &reply, &[0; 16]), None);
+        assert_eq!(mac1_key(&[1; 32]), hash_label(LABEL_MAC1, &[1; 32]));
     }
 
     #[test]

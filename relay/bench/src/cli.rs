@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::Access;
 use crate::wire::{DATA_MAX_LEN, DATA_MIN_LEN};
 
 /// The relay keeps a session 180 s (WireGuard's REJECT_AFTER_TIME) and this benchmark does not
@@ -102,10 +103,22 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub broadcast_rate: u32,
 
-    /// `--source-rate` given to our relay: initiations per second per source IP. Every peer
-    /// here is 127.0.0.1, so the relay's default (20/s) would refuse the setup; 0 is unlimited.
+    /// `--source-rate` given to our relay: initiations per second per source IP. A pair sets
+    /// up all its sessions from one address, so the relay's default (20/s, burst 100) would
+    /// hold up more than 100 sessions per pair; 0 is unlimited.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub source_rate: u32,
+
+    /// Who the targets let in: `open`, or `allow`, an allow-list of --keys keys (handshakes
+    /// carry a valid mac1 and answer the relay's cookie round). Our relay gets the list as
+    /// `--allow-file`, the baseline as `--allow KEY` per key; the forwarder ignores it.
+    #[arg(long, value_enum, default_value_t = Access::Open)]
+    pub access: Access,
+
+    /// Allow mode: keys in the allow-list. Each peer holds one and the rest pad the list;
+    /// raised to two per pair when that is more.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keys: u32,
 
     /// Another argument for our relay (repeat for more), e.g. `--relay-arg=--workers=2`.
     #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -116,8 +129,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
-    /// Run a matrix of sizes x pairs x sessions instead of one measurement (see
-    /// --matrix-sizes, --matrix-pairs, --matrix-sessions).
+    /// Run a matrix of sizes x pairs x sessions x access modes instead of one measurement (see
+    /// --matrix-sizes, --matrix-pairs, --matrix-sessions, --matrix-access).
     #[arg(long)]
     pub matrix: bool,
 
@@ -133,6 +146,10 @@ pub struct RunArgs {
     /// matrix of the issue is 1,10,100,1000,10000,100000.
     #[arg(long, value_delimiter = ',', default_value = "1,10000", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub matrix_sessions: Vec<u32>,
+
+    /// Matrix: access modes, each measured next to the other (allow with --keys keys).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "open,allow")]
+    pub matrix_access: Vec<Access>,
 }
 
 fn secs(s: &str) -> Result<Duration, String> {
@@ -180,6 +197,11 @@ mod tests {
         assert_eq!(c.run.matrix_sizes, vec![64, 1420]);
         assert_eq!(c.run.duration, Duration::from_millis(500));
         assert_eq!(c.run.relay_args, vec!["--workers=2"]);
+        assert_eq!(c.run.matrix_access, vec![Access::Open, Access::Allow]);
+        assert_eq!((c.run.access, c.run.keys), (Access::Open, 1000));
+        let c = parse("--access allow --keys 5000 --matrix-access allow").expect("allow");
+        assert_eq!((c.run.access, c.run.keys), (Access::Allow, 5000));
+        assert_eq!(c.run.matrix_access, vec![Access::Allow]);
         let c = parse("forwarder --port 4000").expect("forwarder");
         assert!(matches!(
             c.command,
@@ -198,6 +220,9 @@ mod tests {
             ("--duration 500", "--duration"),
             ("--warmup=-1", "--warmup"),
             ("--duration x", "--duration"),
+            ("--access closed", "--access"),
+            ("--keys 0", "--keys"),
+            ("--matrix-access open,shut", "--matrix-access"),
         ] {
             let err = parse(line).expect_err(line).to_string();
             assert!(err.contains(flag), "{line}: {err}");

@@ -10,6 +10,8 @@
 //! cargo build --release -p wpex
 //! cargo run --release -p wpex-bench -- --pairs 64 --size 1420 --rate 40000 --duration 5
 //! cargo run --release -p wpex-bench -- --pairs 64 --size 1420 --duration 5   # flat out
+//! cargo run --release -p wpex-bench -- --pairs 64 --size 1420 --rate 40000 --duration 5 \
+//!     --access allow   # allow-list mode, 1,000 keys (--keys N)
 //! ```
 //!
 //! The relay defaults to `target/release/wpex` under the workspace root; with `CARGO_TARGET_DIR`
@@ -18,14 +20,15 @@
 //! fetches or builds one). On a shared machine, prefix the command with `nice -n 19`; the targets
 //! inherit it. `--help` lists every flag.
 //!
-//! `--matrix` runs sizes 128 and 1420 × 1, 64 and 1024 pairs × 1 and 10,000 sessions in total
-//! (12 cells, about 3 minutes at the default 5 s). The issue's full matrix is
-//! `--matrix --matrix-sessions 1,10,100,1000,10000,100000`: 28 distinct cells, since every pair
-//! has at least one session (about 7 minutes). Sizes, pairs and sessions can be changed with
-//! `--matrix-sizes`, `--matrix-pairs` and `--matrix-sessions`.
+//! `--matrix` runs sizes 128 and 1420 × 1, 64 and 1024 pairs × 1 and 10,000 sessions in total,
+//! each in open mode and then in allow-list mode with 1,000 keys (24 cells, about 7 minutes at
+//! the default 5 s). The issue's full matrix is
+//! `--matrix --matrix-sessions 1,10,100,1000,10000,100000`: 56 distinct cells, since every pair
+//! has at least one session (about 15 minutes). Sizes, pairs, sessions and modes can be changed
+//! with `--matrix-sizes`, `--matrix-pairs`, `--matrix-sessions` and `--matrix-access`.
 //!
-//! `cargo test -p wpex-bench` runs a 1-second smoke test against `target/debug/wpex` (or
-//! `WPEX_BIN`), skipped with a message if neither exists.
+//! `cargo test -p wpex-bench` runs 1-second smoke tests, open and allow-list mode, against
+//! `target/debug/wpex` (or `WPEX_BIN`), skipped with a message if neither exists.
 //!
 //! # What it does
 //!
@@ -33,11 +36,17 @@
 //!
 //! 1. Starts it as a child process with `--bind 127.0.0.1 --port N` on a free port (our relay
 //!    also gets `--broadcast-rate 1 --source-rate 0`, the baseline `--broadcast-rate 1`; see
-//!    below). Its output goes to `logs/<target>.log` beside the JSON report.
-//! 2. Opens two UDP sockets per peer pair (A and B) and sets up `--sessions` sessions per pair:
-//!    A sends a handshake initiation (148 bytes, random sender index), B a response (92 bytes,
-//!    its own index, receiver index = A's); a session counts once A has the response back.
-//!    Open mode only: the relay runs without `--allow`, so it checks no mac1.
+//!    below). Its output goes to `logs/<target>.log` beside the JSON report. In allow-list mode
+//!    (`--access allow`) our relay gets `--allow-file keys/allowed-keys`, written beside the
+//!    report, and the baseline `--allow KEY` for each key; the forwarder ignores keys.
+//! 2. Opens two UDP sockets per peer pair (A and B), each on its own loopback address
+//!    (127.1.x.y), and sets up `--sessions` sessions per pair: A sends a handshake initiation
+//!    (148 bytes, random sender index), B a response (92 bytes, its own index, receiver index =
+//!    A's); a session counts once A has the response back. In allow-list mode A and B hold
+//!    two of the `--keys` allowed keys, the initiation carries a mac1 for B's key and the
+//!    response one for A's, and each peer answers the relay's cookie reply to its first
+//!    handshake by sending it again with a mac2 (`setup.rs`). The first session of every pair
+//!    is set up before the others, so each address takes one cookie round.
 //! 3. Sends transport data (type 4, `--size` bytes in all) A→B (and B→A with `--both-ways`),
 //!    addressed by receiver index, in `sendmmsg` batches of up to 32, flat out or at `--rate`,
 //!    for `--warmup` then `--duration` seconds. Each datagram carries a sequence number and its
@@ -45,8 +54,8 @@
 //! 4. Reports, per target: sent and delivered datagrams per second, Gbit/s of delivered UDP
 //!    payload, loss, latency p50/p99/p999, the target's CPU time per delivered datagram (all its
 //!    threads, `/proc/PID/task/*/schedstat`, read when the measured phase starts and after the
-//!    drain pause), and its RSS at the end. Then "ours / forwarder" (and the baseline's ratios)
-//!    from the same run.
+//!    drain pause), its RSS at the end, the setup time and the cookie rounds answered in setup.
+//!    Then "ours / forwarder" (and the baseline's ratios) from the same run.
 //!
 //! The table goes to stdout. The JSON report (`--json PATH`, default `target/bench/wpex-bench.json`
 //! under the workspace root) has the parameters, the machine (CPUs, kernel, load average,
@@ -75,9 +84,19 @@
 //!   else runs; the minimal forwarder (`forwarder.rs`) is the floor for this design on this
 //!   machine, measured the same way a moment apart.
 //! - **Child processes.** /proc gives one process's CPU time exactly, apart from the generator.
-//! - **`--source-rate 0` for our relay.** All peers are 127.0.0.1 and the relay accepts 20
-//!   initiations a second per source IP (burst 100), which would stall setting up more than 100
-//!   sessions. The original has no such limit.
+//! - **`--source-rate 0` for our relay.** A pair sets up all its sessions from one address and
+//!   the relay accepts 20 initiations a second per source IP (burst 100), which would stall
+//!   setting up more than 100 sessions per pair. The original has no such limit.
+//! - **An address per peer.** Peers on a network have addresses of their own, and allow-list
+//!   mode needs them: the relay allows each source IP 2 full scans of the allow-list a second
+//!   (burst 10), so 64 pairs on 127.0.0.1 would take a minute to set up.
+//! - **Allow-list mode with the relay's defaults.** Each new address costs the relay a full
+//!   scan of the allow-list (one mac1 per key), and first-time sources get a quarter of
+//!   `--scan-budget` (1,000,000 mac1 a second): 64 pairs with 1,000 keys set up in a few tens
+//!   of milliseconds, but 1024 pairs (2,048 keys, two per pair) take about 18 s, which
+//!   `setup_secs` shows. `--relay-arg=--scan-budget=0` takes the limit out. Our relay gets the
+//!   keys in a file, as a deployment with many keys would; the relay re-reads that file on any
+//!   change in its directory, so the file has a directory of its own.
 //! - **`--broadcast-rate 1`.** In open mode every initiation is broadcast to every other known
 //!   endpoint, so setting up S sessions between E endpoints costs up to S × E copies (64 pairs
 //!   × 1000 sessions: 8 million). Only the handshake phase is affected.
@@ -88,13 +107,12 @@
 //!
 //! # Not done yet
 //!
-//! - **Allow-list mode**: needs handshakes with a real mac1 for allowed keys and a cookie round
-//!   (the relay answers a new endpoint's initiation with a cookie reply and wants a valid mac2).
 //! - **GSO/GRO**: the generator sends without UDP GSO, so the relay never gets GRO trains.
 //! - **Rekeying** mid-run, roaming, and IPv6.
 //! - The full matrix is not the default (see above), and there is no comparison script yet:
 //!   compare JSON files with `jq`.
 
+mod access;
 mod cli;
 mod forwarder;
 mod hist;
@@ -115,6 +133,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use crate::access::{Access, AllowList};
 use crate::cli::{Cli, Command, MAX_RUN_SECS, RunArgs};
 use crate::report::{Cell, Figures, Git, Machine, Params, Report, TargetReport};
 use crate::target::{Kind, Running, Spec};
@@ -254,6 +273,7 @@ fn machine() -> Machine {
 /// One point of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shape {
+    access: Access,
     size: usize,
     pairs: usize,
     per_pair: usize,
@@ -262,6 +282,7 @@ struct Shape {
 fn shapes(args: &RunArgs) -> Vec<Shape> {
     if !args.matrix {
         return vec![Shape {
+            access: args.access,
             size: args.size as usize,
             pairs: args.pairs as usize,
             per_pair: args.sessions as usize,
@@ -271,13 +292,17 @@ fn shapes(args: &RunArgs) -> Vec<Shape> {
     for &size in &args.matrix_sizes {
         for &pairs in &args.matrix_pairs {
             for &total in &args.matrix_sessions {
-                let shape = Shape {
-                    size: size as usize,
-                    pairs: pairs as usize,
-                    per_pair: (total as usize).div_ceil(pairs as usize).max(1),
-                };
-                if !out.contains(&shape) {
-                    out.push(shape);
+                // Access modes innermost, so each allow cell follows its open one.
+                for &access in &args.matrix_access {
+                    let shape = Shape {
+                        access,
+                        size: size as usize,
+                        pairs: pairs as usize,
+                        per_pair: (total as usize).div_ceil(pairs as usize).max(1),
+                    };
+                    if !out.contains(&shape) {
+                        out.push(shape);
+                    }
                 }
             }
         }
@@ -285,16 +310,40 @@ fn shapes(args: &RunArgs) -> Vec<Shape> {
     out
 }
 
+/// `spec` for one cell: with an allow-list, our relay reads it from `key_file` as a deployment
+/// with many keys would, the baseline gets the original's `--allow KEY` per key, and the
+/// forwarder ignores it.
+fn with_access(spec: &Spec, allow: Option<&AllowList>, key_file: &Path) -> Spec {
+    let mut spec = spec.clone();
+    if let Some(list) = allow {
+        match spec.kind {
+            Kind::Ours => spec.after.extend(["--allow-file".into(), key_file.into()]),
+            Kind::Baseline => spec
+                .after
+                .extend(list.allow_args().into_iter().map(Into::into)),
+            Kind::Forwarder => {}
+        }
+    }
+    spec
+}
+
 /// Starts one target, sets up the sessions, measures, and stops it.
-fn measure(spec: &Spec, shape: Shape, plan: &Plan, logs: &Path) -> Result<(String, Figures)> {
+fn measure(
+    spec: &Spec,
+    shape: Shape,
+    allow: Option<&AllowList>,
+    plan: &Plan,
+    logs: &Path,
+) -> Result<(String, Figures)> {
     let mut running = Running::start(spec, logs)?;
     let command = running.command.clone();
     let mut rng = StdRng::from_entropy();
-    let pairs = setup::open_pairs(shape.pairs, running.addr)?;
+    let pairs = setup::open_pairs(shape.pairs, running.addr, allow)?;
     let started = Instant::now();
-    let sessions = setup::establish(&pairs, shape.per_pair, &mut rng)
+    let setup = setup::establish(&pairs, shape.per_pair, &mut rng)
         .with_context(|| format!("setting up sessions with {}", spec.kind.name()))?;
     let setup_secs = started.elapsed().as_secs_f64();
+    let sessions = setup.sessions;
     setup::drain(&pairs)?;
     let target = TargetRef {
         pid: running.pid,
@@ -308,7 +357,14 @@ fn measure(spec: &Spec, shape: Shape, plan: &Plan, logs: &Path) -> Result<(Strin
     let established = sessions.iter().map(Vec::len).sum();
     Ok((
         command,
-        Figures::new(&m, shape.size, established, setup_secs, rss),
+        Figures::new(
+            &m,
+            shape.size,
+            established,
+            setup_secs,
+            setup.cookie_rounds,
+            rss,
+        ),
     ))
 }
 
@@ -416,6 +472,12 @@ fn bench(args: &RunArgs) -> Result<()> {
             baseline: baseline.as_ref().map(|b| b.display().to_string()),
             forwarder: !args.no_forwarder,
             matrix: args.matrix,
+            access: if args.matrix {
+                args.matrix_access.clone()
+            } else {
+                vec![args.access]
+            },
+            keys: args.keys,
         },
         cells: Vec::new(),
     };
@@ -432,8 +494,18 @@ fn bench(args: &RunArgs) -> Result<()> {
     );
     println!("{}", report::header());
     let mut failures = 0;
+    // In a directory of its own: the relay re-reads its key file on any change beside it.
+    let key_file = out_dir.join("keys/allowed-keys");
+    let mut rng = StdRng::from_entropy();
     for shape in shapes {
+        let allow = (shape.access == Access::Allow)
+            .then(|| AllowList::random(args.keys as usize, shape.pairs, &mut rng));
+        if let Some(list) = &allow {
+            list.write(&key_file)?;
+        }
         let mut cell = Cell {
+            access: shape.access,
+            keys: allow.as_ref().map(AllowList::len),
             size: shape.size,
             pairs: shape.pairs,
             sessions_per_pair: shape.per_pair,
@@ -442,7 +514,8 @@ fn bench(args: &RunArgs) -> Result<()> {
             ratios: Vec::new(),
         };
         for (spec, version) in specs.iter().zip(&versions) {
-            let target = match measure(spec, shape, &plan(shape.size), &logs) {
+            let spec = &with_access(spec, allow.as_ref(), &key_file);
+            let target = match measure(spec, shape, allow.as_ref(), &plan(shape.size), &logs) {
                 Ok((command, figures)) => TargetReport {
                     target: spec.kind,
                     command,
@@ -501,4 +574,64 @@ fn bench(args: &RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn run_args(line: &str) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("wpex-bench").chain(line.split_whitespace()))
+            .expect("parses")
+            .run
+    }
+
+    #[test]
+    fn the_matrix_puts_each_allow_cell_after_its_open_one() {
+        let matrix = "--matrix --matrix-sizes 128 --matrix-pairs 1,64 --matrix-sessions 1";
+        let got: Vec<(Access, usize)> = shapes(&run_args(matrix))
+            .iter()
+            .map(|s| (s.access, s.pairs))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Access::Open, 1),
+                (Access::Allow, 1),
+                (Access::Open, 64),
+                (Access::Allow, 64)
+            ]
+        );
+        let single = shapes(&run_args("--access allow --pairs 3"));
+        assert_eq!(single.len(), 1);
+        assert_eq!((single[0].access, single[0].pairs), (Access::Allow, 3));
+    }
+
+    #[test]
+    fn each_target_gets_the_allow_list_its_own_way() {
+        let list = AllowList::random(3, 1, &mut StdRng::seed_from_u64(1));
+        let spec = |kind| Spec {
+            kind,
+            program: "wpex".into(),
+            before: vec![],
+            after: vec!["--broadcast-rate".into(), "1".into()],
+        };
+        let file = Path::new("/k/allowed");
+        let added = |kind| with_access(&spec(kind), Some(&list), file).after[2..].to_vec();
+        assert_eq!(
+            added(Kind::Ours),
+            ["--allow-file", "/k/allowed"].map(OsString::from)
+        );
+        let baseline = added(Kind::Baseline);
+        assert_eq!(baseline.len(), 6, "--allow KEY for each of 3 keys");
+        assert!(baseline.iter().step_by(2).all(|a| a == "--allow"));
+        assert!(added(Kind::Forwarder).is_empty());
+        assert_eq!(
+            with_access(&spec(Kind::Ours), None, file).after.len(),
+            2,
+            "open mode adds nothing"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::access::Access;
 use crate::target::Kind;
 use crate::traffic::Measurement;
 
@@ -63,10 +64,17 @@ pub struct Params {
     pub baseline: Option<String>,
     pub forwarder: bool,
     pub matrix: bool,
+    /// The access modes measured: `--access`, or `--matrix-access` with `--matrix`.
+    pub access: Vec<Access>,
+    /// `--keys`: allow-list size asked for (a cell's `keys` says what it got).
+    pub keys: u32,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Cell {
+    pub access: Access,
+    /// Allow mode: keys in the allow-list, two per pair at least.
+    pub keys: Option<usize>,
     pub size: usize,
     pub pairs: usize,
     pub sessions_per_pair: usize,
@@ -97,7 +105,10 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
     pub sessions_established: usize,
+    /// From the first handshake to the last session, cookie rounds and retries included.
     pub setup_secs: f64,
+    /// Cookie replies the peers answered during setup (allow mode: one per challenged address).
+    pub cookie_rounds: u64,
     pub measured_secs: f64,
     pub warmup_sent: u64,
     pub warmup_delivered: u64,
@@ -135,6 +146,7 @@ impl Figures {
         size: usize,
         sessions_established: usize,
         setup_secs: f64,
+        cookie_rounds: u64,
         rss_kib: u64,
     ) -> Self {
         let secs = m.measured.as_secs_f64();
@@ -144,6 +156,7 @@ impl Figures {
         Figures {
             sessions_established,
             setup_secs,
+            cookie_rounds,
             measured_secs: secs,
             warmup_sent: m.warmup_sent,
             warmup_delivered: m.warmup_delivered,
@@ -230,8 +243,9 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 
 pub fn header() -> String {
     format!(
-        "{:<9} {:>5} {:>5} {:>9} {:>10} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "{:<9} {:<5} {:>5} {:>5} {:>9} {:>10} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>7}",
         "target",
+        "mode",
         "size",
         "pairs",
         "sess/pair",
@@ -244,21 +258,24 @@ pub fn header() -> String {
         "p999 µs",
         "CPU µs/pkt",
         "RSS KiB",
-        "send err"
+        "send err",
+        "setup s",
+        "cookies"
     )
 }
 
 pub fn row(cell: &Cell, t: &TargetReport) -> String {
     let lead = format!(
-        "{:<9} {:>5} {:>5} {:>9}",
+        "{:<9} {:<5} {:>5} {:>5} {:>9}",
         t.target.name(),
+        cell.access.name(),
         cell.size,
         cell.pairs,
         cell.sessions_per_pair
     );
     match (&t.figures, &t.error) {
         (Some(f), _) => format!(
-            "{lead} {:>10.0} {:>10.0} {:>6.2} {:>6.2} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+            "{lead} {:>10.0} {:>10.0} {:>6.2} {:>6.2} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>7.2} {:>7}",
             f.offered_pps,
             f.delivered_pps,
             f.gbit_per_s,
@@ -268,7 +285,9 @@ pub fn row(cell: &Cell, t: &TargetReport) -> String {
             opt(f.latency_us.p999, 1),
             opt(f.cpu_us_per_packet, 3),
             f.rss_kib,
-            f.send_errors
+            f.send_errors,
+            f.setup_secs,
+            f.cookie_rounds
         ),
         (None, error) => format!(
             "{lead} FAILED: {}",

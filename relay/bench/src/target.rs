@@ -93,16 +93,24 @@ impl Spec {
         args
     }
 
-    /// The command line, for the report.
+    /// The command line, for the report; repeated `--allow KEY` (the baseline's allow-list)
+    /// shown once with the count, not as thousands of keys.
     pub fn display(&self, port: u16) -> String {
-        std::iter::once(self.program.display().to_string())
-            .chain(
-                self.args(port)
-                    .iter()
-                    .map(|a| a.to_string_lossy().into_owned()),
-            )
-            .collect::<Vec<_>>()
-            .join(" ")
+        let args = self.args(port);
+        let allowed = args.iter().filter(|a| *a == "--allow").count();
+        let mut words = vec![self.program.display().to_string()];
+        let mut rest = args.iter();
+        while let Some(a) = rest.next() {
+            if a == "--allow" && allowed > 1 {
+                rest.next();
+                if !words.iter().any(|w| w.starts_with("--allow <")) {
+                    words.push(format!("--allow <{allowed} keys>"));
+                }
+                continue;
+            }
+            words.push(a.to_string_lossy().into_owned());
+        }
+        words.join(" ")
     }
 }
 
@@ -229,5 +237,33 @@ impl Drop for Running {
         // SIGKILL: nothing of the target's shutdown is measured, and it cannot hang.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(after: &[&str]) -> Spec {
+        Spec {
+            kind: Kind::Baseline,
+            program: "/bin/wpex".into(),
+            before: vec![],
+            after: after.iter().map(OsString::from).collect(),
+        }
+    }
+
+    #[test]
+    fn a_long_allow_list_is_shown_as_a_count_but_passed_whole() {
+        let spec = baseline(&["--allow", "K1", "--broadcast-rate", "1", "--allow", "K2"]);
+        assert_eq!(
+            spec.display(5),
+            "/bin/wpex --bind 127.0.0.1 --port 5 --allow <2 keys> --broadcast-rate 1"
+        );
+        assert_eq!(spec.args(5).len(), 10);
+        assert_eq!(
+            baseline(&["--allow", "K1"]).display(5),
+            "/bin/wpex --bind 127.0.0.1 --port 5 --allow K1"
+        );
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! A relay routes on the message type, the exact size and the indices, never on the ciphertext
 //! (PROTOCOL.md). In open mode nothing checks mac1, so handshakes filled with random bytes are
-//! routed like real ones; allow-list mode would need real mac1 values and a cookie round, which
-//! this first slice does not do.
+//! routed like real ones. In allow-list mode [`set_mac1`] makes a real mac1 for the addressee's
+//! key, and [`open_cookie_reply`] and [`set_mac2`] answer the relay's cookie round, with the
+//! relay's own constructions (`wpex::crypto`).
 //!
 //! A transport data message here is: type 4, three zero bytes, receiver index, counter (both
 //! little-endian, as on the wire), then the payload. The payload starts with the probe: a sequence
@@ -11,6 +12,8 @@
 //! generator's clock. The rest is random filler standing in for ciphertext.
 
 use rand::RngCore;
+use wpex::crypto::{self, Mac};
+use wpex::message::{COOKIE_REPLY_LEN, Message};
 
 pub const TYPE_INITIATION: u8 = 1;
 pub const TYPE_RESPONSE: u8 = 2;
@@ -70,6 +73,58 @@ pub fn parse_response(m: &[u8]) -> Option<(u32, u32)> {
         return None;
     }
     Some((u32_at(m, 4)?, u32_at(m, 8)?))
+}
+
+/// Where mac1 and mac2 sit in a handshake message, as the relay reads them.
+fn mac_offsets(m: &[u8]) -> Option<(usize, usize)> {
+    match Message::parse(m) {
+        Ok(Message::Initiation(h) | Message::Response(h)) => {
+            Some((h.mac1_input().len(), h.mac2_at()))
+        }
+        _ => None,
+    }
+}
+
+/// Writes a handshake's mac1 for the peer it is addressed to (whose mac1 key this is). Returns
+/// false, changing nothing, if `m` is not a handshake.
+pub fn set_mac1(m: &mut [u8], mac1_key: &[u8; 32]) -> bool {
+    let Some((at, _)) = mac_offsets(m) else {
+        return false;
+    };
+    let tag = crypto::mac(mac1_key, &[&m[..at]]);
+    m[at..at + tag.len()].copy_from_slice(&tag);
+    true
+}
+
+/// Writes a handshake's mac2 from a cookie, as a WireGuard peer does while it holds one.
+pub fn set_mac2(m: &mut [u8], cookie: &Mac) -> bool {
+    let Some((_, at)) = mac_offsets(m) else {
+        return false;
+    };
+    let tag = crypto::mac(cookie, &[&m[..at]]);
+    m[at..at + tag.len()].copy_from_slice(&tag);
+    true
+}
+
+/// A handshake's mac1, which a cookie reply to it is bound to.
+pub fn mac1(m: &[u8]) -> Option<Mac> {
+    let (at, _) = mac_offsets(m)?;
+    m.get(at..at + 16)?.try_into().ok()
+}
+
+/// The receiver index of a cookie reply: the sender index of the handshake it answers.
+pub fn cookie_reply_receiver(m: &[u8]) -> Option<u32> {
+    match Message::parse(m) {
+        Ok(Message::CookieReply(r)) => Some(r.receiver_index()),
+        _ => None,
+    }
+}
+
+/// The cookie in a reply to `answered`, a handshake addressed to the peer whose public key is
+/// `addressee`; `None` if the reply does not decrypt.
+pub fn open_cookie_reply(reply: &[u8], answered: &[u8], addressee: &[u8; 32]) -> Option<Mac> {
+    let reply: &[u8; COOKIE_REPLY_LEN] = reply.try_into().ok()?;
+    crypto::open_cookie_reply(addressee, reply, &mac1(answered)?)
 }
 
 /// A transport message of `len` bytes with its header type set and random filler, to be
@@ -172,5 +227,47 @@ mod tests {
             "a datagram of another size is not ours"
         );
         assert_eq!(data_template(10, &mut rng).len(), DATA_MIN_LEN);
+    }
+
+    fn handshake(bytes: &[u8]) -> wpex::message::Handshake<'_> {
+        match Message::parse(bytes) {
+            Ok(Message::Initiation(h) | Message::Response(h)) => h,
+            other => panic!("not a handshake: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn macs_are_what_the_relay_checks_and_its_cookie_reply_opens() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut i = initiation(5, &mut rng);
+        assert!(set_mac1(&mut i, &crypto::mac1_key(&b)));
+        let mut r = response(6, 5, &mut rng);
+        assert!(set_mac1(&mut r, &crypto::mac1_key(&a)));
+        let (ka, kb) = (
+            crypto::PeerMacKeys::derive(&a),
+            crypto::PeerMacKeys::derive(&b),
+        );
+        assert!(kb.mac1_matches(&handshake(&i)) && !ka.mac1_matches(&handshake(&i)));
+        assert!(ka.mac1_matches(&handshake(&r)) && !kb.mac1_matches(&handshake(&r)));
+        assert_eq!(i[132..], [0; 16], "no mac2 without a cookie");
+
+        // The relay's cookie round: a reply to the initiation, opened with B's key.
+        let reply = kb.cookie_reply(&handshake(&i), &[9; 16], [4; 24]);
+        assert_eq!(cookie_reply_receiver(&reply), Some(5));
+        assert_eq!(open_cookie_reply(&reply, &r, &b), None, "bound to the mac1");
+        assert_eq!(open_cookie_reply(&reply, &i, &a), None, "bound to the key");
+        let cookie = open_cookie_reply(&reply, &i, &b).expect("opens");
+        assert_eq!(cookie, [9; 16]);
+        assert!(set_mac2(&mut i, &cookie));
+        let secrets = crypto::CookieSecrets::new([7; 32]);
+        let src = "127.1.0.1:4000".parse().expect("address");
+        let cookie = secrets.cookie(src);
+        assert!(set_mac2(&mut r, &cookie));
+        assert!(
+            secrets.mac2_valid(src, &handshake(&r)),
+            "the relay accepts the mac2"
+        );
+        assert!(!set_mac1(&mut [4u8; 40], &[0; 32]), "not a handshake");
     }
 }

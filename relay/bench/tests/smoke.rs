@@ -1,5 +1,6 @@
-//! A fast end-to-end run of the benchmark: our relay (the debug build) and the minimal forwarder,
-//! 1 pair, 4 sessions, 2,000 datagrams a second for 1 s, checked from the JSON report.
+//! Fast end-to-end runs of the benchmark: our relay (the debug build) and the minimal forwarder,
+//! 2,000 datagrams a second for 1 s, in open mode and in allow-list mode, checked from the JSON
+//! report.
 //!
 //! It builds nothing: the relay is `WPEX_BIN`, or the debug `wpex` beside this benchmark's binary,
 //! or `target/debug/wpex` under the workspace root. Without one the test prints why and passes,
@@ -25,43 +26,63 @@ fn relay() -> Option<PathBuf> {
     [beside, workspace].into_iter().find(|p| p.is_file())
 }
 
-#[test]
-fn ours_and_the_forwarder_deliver_and_cost_cpu() {
-    let Some(relay) = relay() else {
+/// The relay, or `None` after saying why the test is skipped.
+fn relay_or_skip() -> Option<PathBuf> {
+    let relay = relay();
+    if relay.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "no relay binary under CI; build it with `cargo build -p wpex` or set WPEX_BIN"
         );
         println!("skipped: no relay binary; build it with `cargo build -p wpex` or set WPEX_BIN");
-        return;
-    };
+    }
+    relay
+}
+
+/// Runs the benchmark for 1 s at 2,000 pps with `args`; returns its stdout and JSON report.
+fn run(relay: &Path, args: &str) -> (String, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("smoke.json");
     let out = Command::new(BENCH)
         .arg("--relay")
-        .arg(&relay)
-        .args(["--pairs", "1", "--sessions", "4", "--rate", "2000"])
+        .arg(relay)
+        .args(args.split_whitespace())
+        .args(["--rate", "2000"])
         .args(["--duration", "1", "--warmup", "0.3", "--drain", "0.2"])
         .arg("--json")
         .arg(&json)
         .output()
         .expect("run wpex-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}{stderr}");
     assert!(out.status.success(), "wpex-bench failed: {stdout}{stderr}");
-    assert!(stdout.contains("ours / forwarder"), "no ratio in {stdout}");
-
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("JSON");
+    (stdout, report)
+}
+
+/// The figures of target `name` in the first cell, which must have no error.
+fn figures<'a>(report: &'a Value, name: &str) -> &'a Value {
     let targets = report["cells"][0]["targets"].as_array().expect("targets");
+    let t = targets
+        .iter()
+        .find(|t| t["target"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"));
+    assert!(t["error"].is_null(), "{name}: {}", t["error"]);
+    &t["figures"]
+}
+
+#[test]
+fn ours_and_the_forwarder_deliver_and_cost_cpu() {
+    let Some(relay) = relay_or_skip() else {
+        return;
+    };
+    let (stdout, report) = run(&relay, "--pairs 1 --sessions 4");
+    assert!(stdout.contains("ours / forwarder"), "no ratio in {stdout}");
+    assert_eq!(report["cells"][0]["access"], "open");
     for name in ["ours", "forwarder"] {
-        let t = targets
-            .iter()
-            .find(|t| t["target"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {report}"));
-        assert!(t["error"].is_null(), "{name}: {}", t["error"]);
-        let f = &t["figures"];
+        let f = figures(&report, name);
         assert_eq!(f["sessions_established"], 4, "{name}");
         let delivered = f["delivered"].as_u64().expect("delivered");
         let loss = f["loss_percent"].as_f64().expect("loss");
@@ -78,6 +99,42 @@ fn ours_and_the_forwarder_deliver_and_cost_cpu() {
             .as_f64()
             .is_some()
     );
+    assert_eq!(figures(&report, "ours")["cookie_rounds"], 0, "open mode");
+}
+
+#[test]
+fn allow_mode_sets_up_through_cookie_rounds_and_delivers() {
+    let Some(relay) = relay_or_skip() else {
+        return;
+    };
+    let (stdout, report) = run(&relay, "--access allow --keys 20 --pairs 2 --sessions 3");
+    let cell = &report["cells"][0];
+    assert_eq!(cell["access"], "allow");
+    assert_eq!(cell["keys"], 20);
+    assert!(
+        stdout.contains("ours      allow"),
+        "mode not in the table: {stdout}"
+    );
+    let ours = figures(&report, "ours");
+    // Three per pair: the later ones carry the mac2 of the cookie, as WireGuard's do.
+    assert_eq!(ours["sessions_established"], 6);
+    // The relay challenges every new address once: both peers of both pairs.
+    let rounds = ours["cookie_rounds"].as_u64().expect("cookie rounds");
+    assert!(rounds >= 4, "{rounds} cookie rounds with our relay");
+    let delivered = ours["delivered"].as_u64().expect("delivered");
+    let loss = ours["loss_percent"].as_f64().expect("loss");
+    assert!(
+        delivered > 0 && loss < 50.0,
+        "ours: {delivered} delivered, {loss}% lost"
+    );
+    let command = report["cells"][0]["targets"][0]["command"]
+        .as_str()
+        .expect("command");
+    assert!(command.contains("--allow-file"), "{command}");
+    // The forwarder knows nothing of keys: the same handshakes pass without a cookie round.
+    let forwarder = figures(&report, "forwarder");
+    assert_eq!(forwarder["cookie_rounds"], 0);
+    assert_eq!(forwarder["sessions_established"], 6);
 }
 
 #[test]
