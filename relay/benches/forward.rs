@@ -1,6 +1,8 @@
 //! What forwarding costs in the core, without IO: parsing a transport datagram, and deciding one
-//! datagram and a batch of 32 with 1, 1,000 and 100,000 live sessions in the table. The
-//! end-to-end figures, with sockets, are `wpex-bench`'s (README, Performance).
+//! datagram and a batch of 32 with 1, 1,000 and 100,000 live sessions in the table; then the same
+//! through the lock-free routes (`routes_*`: one datagram with the batch pinned, and a batch of
+//! 32 with its pin). The end-to-end figures, with sockets, are `wpex-bench`'s (README,
+//! Performance).
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -9,6 +11,7 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wpex::message::Message;
 use wpex::relay::{Config, Output, Relay};
+use wpex::routes::Worker;
 
 /// Peer `i`'s address: distinct for every session side.
 fn peer(i: u32, side: u8) -> SocketAddr {
@@ -90,6 +93,47 @@ fn forward(c: &mut Criterion) {
             b.iter(|| {
                 for (src, datagram) in &mut batch {
                     black_box(relay.handle_input(now, *src, datagram));
+                }
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("routes_forward");
+    for n in [1u32, 1_000, 100_000] {
+        let mut relay = relay_with(n, now);
+        let i = n / 2;
+        let datagram = transport(2 * i + 2);
+        // A's first data confirms B's index in the core; the routes take the rest.
+        relay.handle_input(now, peer(i, 0), &mut datagram.clone());
+        let mut worker = Worker::new(relay.routes().clone());
+        let batch = worker.batch(now);
+        assert_eq!(batch.forward(peer(i, 0), &datagram), Some(peer(i, 128)));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| batch.forward(peer(i, 0), black_box(&datagram)));
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("routes_forward_batch_of_32");
+    group.throughput(Throughput::Elements(32));
+    for n in [32u32, 1_000, 100_000] {
+        let mut relay = relay_with(n, now);
+        let step = n / 32;
+        let batch: Vec<(SocketAddr, Vec<u8>)> = (0..32)
+            .map(|k| {
+                let i = k * step;
+                let mut datagram = transport(2 * i + 2);
+                relay.handle_input(now, peer(i, 0), &mut datagram);
+                (peer(i, 0), datagram)
+            })
+            .collect();
+        let mut worker = Worker::new(relay.routes().clone());
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                let pinned = worker.batch(now);
+                for (src, datagram) in &batch {
+                    black_box(pinned.forward(*src, datagram));
                 }
             });
         });

@@ -5,6 +5,7 @@
 //! - [`keys`]: public keys and the allow-list.
 //! - [`table`]: index and endpoint table with expiry.
 //! - [`relay`]: the sans-IO protocol core.
+//! - [`routes`]: the core's transport data routes, read by the IO workers without its lock.
 //! - [`server`]: tokio UDP sockets around the core.
 //! - [`keyfile`] and [`watch`]: the `--allow-file` format and its hot reload.
 //! - [`metrics`] and [`http`]: Prometheus metrics, health and readiness.
@@ -21,6 +22,7 @@ pub mod message;
 pub mod metrics;
 pub mod ratelimit;
 pub mod relay;
+pub mod routes;
 pub mod server;
 pub mod stats;
 pub mod table;

@@ -1,7 +1,8 @@
 //! Prometheus metrics, read from the core's plain counters at scrape time.
 //!
-//! The packet path only bumps integers inside the core; this collector turns them into metrics
-//! when Prometheus asks, so metrics cost nothing per packet beyond those increments.
+//! The packet path only bumps integers, inside the core or in each worker's own counters for the
+//! lock-free routes; this collector turns them into metrics when Prometheus asks, so metrics cost
+//! nothing per packet beyond those increments.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +62,8 @@ impl RelayCollector {
         let relay = lock(&self.relay);
         let table = relay.table();
         Snapshot {
-            stats: relay.stats().clone(),
+            // The core's counters and the per-worker ones of the lock-free routes.
+            stats: relay.stats_with_fast_path(),
             sessions: table.session_count(),
             endpoints: table.endpoint_count(),
             indices: table.index_count(),

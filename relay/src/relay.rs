@@ -1,7 +1,8 @@
 //! The relay's protocol core: sans-IO, fed `(now, source, datagram)`, answering what to send where.
 //!
 //! It owns no socket and reads no clock. The IO layer calls [`Relay::handle_input`] for every
-//! datagram and [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says.
+//! datagram and [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says. Transport data may
+//! take the core's [`Routes`] instead, without its lock: same decisions, same counters.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -18,6 +19,7 @@ use crate::message::{COOKIE_REPLY_LEN, Handshake, Kind, MAC_LEN, Message, ParseE
 use crate::ratelimit::{
     KeyedBuckets, PRUNE_EVERY, ScanBudget, ScanClass, TokenBucket, wpex_bucket,
 };
+use crate::routes::Routes;
 use crate::stats::{DropReason, Stats};
 use crate::table::{Role, Source, State, Table};
 
@@ -321,7 +323,7 @@ impl Relay {
                 Access::Open => None,
                 Access::AllowList(keys) => Some(Arc::new(keys)),
             },
-            table: Table::default(),
+            table: Table::new(now),
             cookies: CookieSecrets::new(secret),
             challenged: Challenged::default(),
             next_rotation: now + COOKIE_ROTATION,
@@ -339,8 +341,23 @@ impl Relay {
         }
     }
 
+    /// What the core decided itself; [`Relay::stats_with_fast_path`] adds the routes' share.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// [`Relay::stats`] plus the transport data forwarded through [`Relay::routes`]: what the
+    /// metrics report.
+    pub fn stats_with_fast_path(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        let fast = self.table.routes().forwarded();
+        stats.forward(Kind::Data, fast.packets, fast.bytes);
+        stats
+    }
+
+    /// The lock-free routes for transport data, kept in step with the table by the core.
+    pub fn routes(&self) -> &Arc<Routes> {
+        self.table.routes()
     }
 
     pub fn table(&self) -> &Table {

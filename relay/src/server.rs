@@ -1,11 +1,13 @@
 //! UDP IO around the sans-IO core: several SO_REUSEPORT sockets, one timer task, and one thread
 //! for the full mac1 scans the core asks for.
 //!
-//! Each worker reads a batch with `recvmmsg` (and GRO), decides every datagram under one lock
-//! and one clock reading, then sends what the batch produced with `sendmmsg` (`server/send.rs`).
-//! The core sits behind that mutex only for the in-memory decision, never across IO and never
-//! across a scan: a scan of thousands of keys runs on its own thread and takes the lock only to
-//! hand in its result.
+//! Each worker reads a batch with `recvmmsg` (and GRO) and decides every datagram with one clock
+//! reading. Transport data on a route the core published (`routes.rs`) is forwarded without the
+//! core's lock, so it never waits for handshakes, expiry, scrapes or key reloads; anything else
+//! is decided by the core under one lock for the rest of the batch. Then the worker sends what
+//! the batch produced with `sendmmsg`, GRO trains as GSO messages (`server/send.rs`). The core
+//! is never locked across IO nor across a scan: a scan of thousands of keys runs on its own
+//! thread and takes the lock only to hand in its result.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -22,6 +24,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::relay::{Config, Output, Relay, ScanRequest};
+use crate::routes::Worker;
 
 mod send;
 
@@ -373,6 +376,7 @@ async fn receive_loop(
     let mut storage = vec![0u8; SLOT * BATCH];
     let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
     let mut outputs: Vec<(Range<usize>, Output)> = Vec::with_capacity(BATCH);
+    let mut worker = Worker::new(lock(&relay).routes().clone());
     loop {
         let received = match &state {
             Some(state) => receive_batch(&socket, state, &mut storage, &mut meta).await,
@@ -393,13 +397,21 @@ async fn receive_loop(
                 continue;
             }
         };
-        // One lock and one clock reading for the whole batch; IO happens after the lock is gone.
+        // One clock reading for the whole batch. Transport data on a published route is
+        // forwarded without the core; the lock is taken at the first datagram that needs the
+        // core and held to the end of the batch. IO happens after both are gone.
         {
-            let mut core = lock(&relay);
             let now = Instant::now();
+            let batch = worker.batch(now);
+            let mut core: Option<MutexGuard<'_, Relay>> = None;
             for (i, m) in meta[..n].iter().enumerate() {
                 for range in segments(i * SLOT, m.len.min(SLOT), m.stride) {
                     let datagram = &mut storage[range.clone()];
+                    if let Some(to) = batch.forward(m.addr, datagram) {
+                        outputs.push((range, Output::Forward(to)));
+                        continue;
+                    }
+                    let core = core.get_or_insert_with(|| lock(&relay));
                     let output = core.handle_input(now, m.addr, datagram);
                     if let Output::Scan(request) = &output {
                         let job = ScanJob {

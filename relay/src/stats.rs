@@ -85,7 +85,7 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     forwarded: [Traffic; 4],
     dropped: [u64; DropReason::ALL.len()],

@@ -3,14 +3,18 @@
 //! Expiry uses a heap of deadlines with generation numbers instead of scanning the table: an entry
 //! whose deadline changes gets a new heap node and the old node is skipped when it surfaces. Each
 //! entry has at most two nodes over its life, and nothing is pushed per transport packet.
+//!
+//! The table also keeps the lock-free [`Routes`] in step with itself: it is their only writer.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::keys::PublicKey;
+use crate::routes::Routes;
 
 /// An index seen in an initiation but not yet answered (WireGuard retries after 5 s anyway).
 pub const HALF_OPEN_TTL: Duration = Duration::from_secs(5);
@@ -52,11 +56,14 @@ pub struct IndexEntry {
     pub unicast: bool,
     /// A transport packet has proved that the handshake on this index completed.
     pub confirmed: bool,
-    /// When this index's owner last sent transport data from `endpoint`.
-    pub heard: Instant,
+    /// When this index's owner last sent transport data from `endpoint`, as far as the core saw:
+    /// a published route may hold a later time ([`Table::heard`] has the true one).
+    heard: Instant,
     /// Where the owner may have roamed to (see [`Table::admit_source`]).
     pub roam: Option<Roam>,
     timer: u64,
+    /// A route for data addressed to this index is published in [`Table::routes`].
+    routed: bool,
 }
 
 /// A source that spoke for a session side while its endpoint was silent: a NAT rebinding, or a
@@ -132,7 +139,7 @@ pub struct Expired {
 /// by whoever sends (SipHash's cost was a measurable share of forwarding one packet).
 type Hasher = foldhash::fast::RandomState;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Table {
     indices: HashMap<u32, IndexEntry, Hasher>,
     endpoints: HashMap<SocketAddr, EndpointEntry, Hasher>,
@@ -141,9 +148,97 @@ pub struct Table {
     timers: BinaryHeap<Reverse<Timer>>,
     generation: u64,
     sessions: usize,
+    /// Data routes the IO workers read without the core's lock; written here alone.
+    routes: Arc<Routes>,
 }
 
 impl Table {
+    /// An empty table; `epoch` is an instant no later than any the table will be given.
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            indices: HashMap::default(),
+            endpoints: HashMap::default(),
+            homes: HashMap::default(),
+            timers: BinaryHeap::new(),
+            generation: 0,
+            sessions: 0,
+            routes: Arc::new(Routes::new(epoch)),
+        }
+    }
+
+    /// The routes for the forwarding path, kept in step with this table.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// When the owner of `index` last sent transport data from its endpoint, through the core or
+    /// a published route.
+    pub fn heard(&self, index: u32) -> Option<Instant> {
+        let e = self.indices.get(&index)?;
+        Some(match e.state {
+            // Data from this side is addressed to the peer: the peer's route carries the time.
+            State::Session { peer } if self.indices.get(&peer).is_some_and(|p| p.routed) => {
+                self.routes.heard(peer, e.heard)
+            }
+            _ => e.heard,
+        })
+    }
+
+    /// The route the core would take for data addressed to `index`: `(to, from)`, if it forwards
+    /// such data from `from` to `to` alone with no change but the sender being heard; with the
+    /// sender's heard time as the core has it.
+    fn wanted_route(&self, index: u32) -> Option<(SocketAddr, SocketAddr, Instant)> {
+        let e = self.indices.get(&index)?;
+        let State::Session { peer } = e.state else {
+            return None;
+        };
+        let p = self.indices.get(&peer)?;
+        // A roam means two copies (this side's) or clearing the roam (the sender's); the first
+        // data to a responder's index confirms it.
+        let plain =
+            e.roam.is_none() && p.roam.is_none() && (e.role == Role::Initiator || e.confirmed);
+        plain.then_some((e.endpoint, p.endpoint, p.heard))
+    }
+
+    /// Publishes or withdraws the route for `index` to match the table.
+    fn sync_route(&mut self, index: u32) {
+        let wanted = self.wanted_route(index);
+        let Some(e) = self.indices.get_mut(&index) else {
+            return;
+        };
+        let peer = match e.state {
+            State::Session { peer } => Some(peer),
+            State::HalfOpen => None,
+        };
+        match (wanted, e.routed) {
+            (Some((to, from, heard)), false) => {
+                e.routed = true;
+                self.routes.publish(index, to, from, heard);
+            }
+            (None, true) => {
+                e.routed = false;
+                self.unpublish(index, peer);
+            }
+            _ => {}
+        }
+    }
+
+    /// Both directions of the session `index` is in.
+    fn sync_session(&mut self, index: u32) {
+        self.sync_route(index);
+        if let Some(State::Session { peer }) = self.indices.get(&index).map(|e| e.state) {
+            self.sync_route(peer);
+        }
+    }
+
+    /// Withdraws the route for `index`, keeping the heard time it carried for `peer`, its sender.
+    fn unpublish(&mut self, index: u32, peer: Option<u32>) {
+        let stored = self.routes.withdraw(index);
+        if let (Some(nanos), Some(p)) = (stored, peer.and_then(|p| self.indices.get_mut(&p))) {
+            p.heard = self.routes.later(p.heard, nanos);
+        }
+    }
+
     pub fn index(&self, index: u32) -> Option<&IndexEntry> {
         self.indices.get(&index)
     }
@@ -233,7 +328,7 @@ impl Table {
     ) {
         self.ref_endpoint(endpoint);
         let timer = self.arm(now + HALF_OPEN_TTL, Subject::Index(index));
-        self.indices.insert(
+        let replaced = self.indices.insert(
             index,
             IndexEntry {
                 endpoint,
@@ -246,8 +341,23 @@ impl Table {
                 heard: now,
                 roam: None,
                 timer,
+                routed: false,
             },
         );
+        self.unroute_replaced(index, replaced);
+    }
+
+    /// Withdraws the routes of an entry the caller failed to check was free: stale routes would
+    /// outlive it.
+    fn unroute_replaced(&mut self, index: u32, replaced: Option<IndexEntry>) {
+        if let Some(old) = replaced
+            && let State::Session { peer } = old.state
+        {
+            if old.routed {
+                self.unpublish(index, Some(peer));
+            }
+            self.sync_route(peer);
+        }
     }
 
     /// Links a response's sender index to the half-open initiator index it answers. The caller
@@ -273,7 +383,7 @@ impl Table {
 
         self.ref_endpoint(responder_endpoint);
         let timer = self.arm(deadline, Subject::Index(responder));
-        self.indices.insert(
+        let replaced = self.indices.insert(
             responder,
             IndexEntry {
                 endpoint: responder_endpoint,
@@ -286,21 +396,30 @@ impl Table {
                 heard: now,
                 roam: None,
                 timer,
+                routed: false,
             },
         );
+        self.unroute_replaced(responder, replaced);
         self.sessions += 2;
+        // Data to the initiator's index needs no confirmation: it is routed from now on.
+        self.sync_session(initiator);
     }
 
     /// Judges transport data from `src` on behalf of the owner of `side`, a session index: its
     /// endpoint, or a stand-in while the endpoint is quiet. Nothing here moves the endpoint: a
     /// stand-in is added beside it, never in its place, and handshakes alone re-home peers.
+    ///
+    /// A roam withdraws the session's routes and its end publishes them again, so data that
+    /// involves a roam always reaches the core.
     pub fn admit_source(&mut self, now: Instant, side: u32, src: SocketAddr) -> Source {
         let Some(e) = self.indices.get_mut(&side) else {
             return Source::Rejected;
         };
         if e.endpoint == src {
             e.heard = now;
-            e.roam = None;
+            if e.roam.take().is_some() {
+                self.sync_session(side);
+            }
             return Source::Endpoint;
         }
         match &mut e.roam {
@@ -313,13 +432,18 @@ impl Table {
             }
             _ => {}
         }
-        if now.saturating_duration_since(e.heard) < ROAM_QUIET {
+        // Including data the forwarding path took: a busy peer is never quiet.
+        let heard = self.heard(side).unwrap_or(now);
+        if now.saturating_duration_since(heard) < ROAM_QUIET {
             return Source::Rejected;
         }
-        e.roam = Some(Roam {
-            addr: src,
-            heard: now,
-        });
+        if let Some(e) = self.indices.get_mut(&side) {
+            e.roam = Some(Roam {
+                addr: src,
+                heard: now,
+            });
+        }
+        self.sync_session(side);
         Source::NewRoam
     }
 
@@ -333,6 +457,7 @@ impl Table {
         match self.indices.get_mut(&index) {
             Some(e) if !e.confirmed => {
                 e.confirmed = true;
+                self.sync_route(index);
                 true
             }
             _ => false,
@@ -369,7 +494,14 @@ impl Table {
     fn remove_index(&mut self, now: Instant, index: u32) -> Option<IndexEntry> {
         let entry = self.indices.remove(&index)?;
         match entry.state {
-            State::Session { .. } => self.sessions -= 1,
+            State::Session { peer } => {
+                self.sessions -= 1;
+                // Both directions end with either side: the peer's route named this endpoint.
+                if entry.routed {
+                    self.unpublish(index, Some(peer));
+                }
+                self.sync_route(peer);
+            }
             // An initiation sent to a key's known home went unanswered: the home is stale, so
             // the next initiation for that key is broadcast again.
             State::HalfOpen if entry.unicast => {
@@ -469,7 +601,7 @@ mod tests {
     #[test]
     fn half_open_index_lives_five_seconds() {
         let t0 = Instant::now();
-        let mut t = Table::default();
+        let mut t = Table::new(t0);
         t.insert_half_open(t0, 1, addr(1), None, false);
         assert_eq!(
             t.expire(t0 + Duration::from_millis(4999)),
@@ -489,7 +621,7 @@ mod tests {
     #[test]
     fn session_lives_three_minutes_from_the_response() {
         let t0 = Instant::now();
-        let mut t = Table::default();
+        let mut t = Table::new(t0);
         t.insert_half_open(t0, 1, addr(1), None, false);
         let t1 = t0 + Duration::from_secs(2);
         t.establish(t1, 1, 2, addr(2), None);
@@ -507,7 +639,7 @@ mod tests {
     #[test]
     fn endpoint_with_a_new_index_does_not_expire_on_the_old_timer() {
         let t0 = Instant::now();
-        let mut t = Table::default();
+        let mut t = Table::new(t0);
         t.insert_half_open(t0, 1, addr(1), None, false);
         t.expire(t0 + HALF_OPEN_TTL); // endpoint linger armed until t0+65
         let t1 = t0 + Duration::from_secs(63);
@@ -526,7 +658,7 @@ mod tests {
     fn unanswered_unicast_forgets_the_home() {
         let t0 = Instant::now();
         let (ka, kb) = (PublicKey([1; 32]), PublicKey([2; 32]));
-        let mut t = Table::default();
+        let mut t = Table::new(t0);
         t.insert_half_open(t0, 1, addr(1), Some(kb), false);
         t.establish(t0, 1, 2, addr(2), Some(ka));
         t.set_home(kb, addr(2));
@@ -549,7 +681,7 @@ mod tests {
     fn revoke_cuts_only_sessions_of_removed_keys() {
         let t0 = Instant::now();
         let (ka, kb, kc) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
-        let mut t = Table::default();
+        let mut t = Table::new(t0);
         t.insert_half_open(t0, 1, addr(1), Some(kb), false);
         t.establish(t0, 1, 2, addr(2), Some(ka));
         t.insert_half_open(t0, 3, addr(3), Some(ka), false);

@@ -15,6 +15,7 @@ use common::{Identity, Peer, ipv4_packet};
 use proptest::prelude::*;
 use scenario::{Header, Index, Step, Summary, advance_byte, encode, flags, run};
 use wpex::message::Kind;
+use wpex::stats::DropReason;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/relay_core")
@@ -185,6 +186,16 @@ fn synthetic() -> Vec<(&'static str, Header, Vec<Step>)> {
         init(A, 201, 1, 0),
         init(B, 101, 0, 0),
     ];
+    // A keeps sending, all of it through the routes; a forger two seconds after the core last
+    // saw A is still refused, on the heard time the routes kept.
+    let mut busy_through_routes = handshake.clone();
+    for src in [0, 0, 0, 0x87] {
+        busy_through_routes.push(Step::SessionData {
+            src,
+            advance: advance_byte(Duration::from_millis(500)),
+            pick: 2,
+        });
+    }
     let mut roaming = handshake.clone();
     roaming.extend([
         wait(Duration::from_millis(1500)),
@@ -272,6 +283,11 @@ fn synthetic() -> Vec<(&'static str, Header, Vec<Step>)> {
     vec![
         ("open-handshake", open(0), handshake.clone()),
         ("open-roaming", open(0), roaming),
+        (
+            "open-forger-beside-routed-peer",
+            open(0),
+            busy_through_routes,
+        ),
         ("open-expiry", open(flags::AUTO_TIMEOUTS), expiry),
         ("open-malformed", open(0), malformed),
         ("open-index-collisions", open(0), collisions),
@@ -331,6 +347,8 @@ fn real_handshake_seeds_reach_forwarding_roaming_and_unicast() {
     assert!(open.stats.forwarded(Kind::Data).packets >= 3, "{open:?}");
     assert_eq!(open.stats.forwarded(Kind::Response).packets, 1);
     assert!(open.forward_both >= 1, "B's roamed port gets A's data too");
+    // A's first data confirms B's index in the core; the rest each way takes the routes.
+    assert!(open.routed >= 2, "{open:?}");
 
     let (h, steps) = real_session(true);
     let allow = run_ok("real-allow-session", &encode(&h, &steps));
@@ -339,6 +357,7 @@ fn real_handshake_seeds_reach_forwarding_roaming_and_unicast() {
     assert!(allow.stats.forwarded(Kind::Data).packets >= 3, "{allow:?}");
     assert!(allow.unicast_initiations >= 1, "the rekey went to B's home");
     assert!(allow.scans >= 1);
+    assert!(allow.routed >= 2, "{allow:?}");
 
     let (h, steps) = real_revocation();
     let revoked = run_ok("real-allow-revocation", &encode(&h, &steps));
@@ -353,6 +372,11 @@ fn synthetic_seeds_reach_what_they_are_named_for() {
         if name.ends_with("handshake") {
             assert_eq!(s.max_sessions, 1, "{name}: {s:?}");
             assert!(s.stats.forwarded(Kind::Data).packets >= 2, "{name}: {s:?}");
+        }
+        if name == "open-forger-beside-routed-peer" {
+            assert!(s.routed >= 4, "{name}: {s:?}");
+            assert_eq!(s.stats.roams, 0, "{name}: {s:?}");
+            assert_eq!(s.stats.dropped(DropReason::UnexpectedSource), 1);
         }
     }
 }

@@ -73,10 +73,12 @@ fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
     assert_eq!(a.answer(), vec![ipv4_packet(b"pong")]);
 
     let relay = lock(&core);
-    let stats = relay.stats();
+    let stats = relay.stats_with_fast_path();
     assert_eq!(relay.table().session_count(), 1);
     assert_eq!(stats.forwarded(Kind::Response).packets, 1);
     assert_eq!(stats.forwarded(Kind::Data).packets, 3);
+    // The keepalive confirms the session in the core; ping and pong then take the routes.
+    assert_eq!(relay.routes().forwarded().packets, 2);
     assert_eq!(stats.cookie_replies, if challenged { 2 } else { 0 });
     assert_eq!(stats.dropped_total(), 0);
 }
@@ -152,11 +154,17 @@ fn a_train_crosses_the_relay_as_one_gso_message() {
         opened.extend(got.tunnel);
     }
     assert_eq!(opened, plain);
-    let data = lock(&core).stats().forwarded(Kind::Data).packets;
+    let relay = lock(&core);
+    let data = relay.stats_with_fast_path().forwarded(Kind::Data).packets;
     assert_eq!(
         data,
         1 + TRAIN as u64,
         "the keepalive and every datagram of the train"
+    );
+    assert_eq!(
+        relay.routes().forwarded().packets,
+        TRAIN as u64,
+        "the train took the routes"
     );
 }
 

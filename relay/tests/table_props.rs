@@ -1,5 +1,7 @@
 //! Property tests for the table: random operation sequences against a plain model that expires by
 //! scanning, checking the table's invariants and its agreement with the model after every step.
+//! Transport data from session endpoints and stand-ins, some through the lock-free routes, moves
+//! heard times and roams, which the model leaves out; the invariants check the routes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use wpex::keys::PublicKey;
+use wpex::routes::Worker;
 use wpex::table::{ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, Role, SESSION_TTL, State, Table};
 
 const INDICES: u32 = 12;
@@ -49,6 +52,16 @@ enum Op {
     Revoke {
         keep: u8,
     },
+    /// Transport data on behalf of `side`'s owner, from `endpoint` (the core's admission).
+    Admit {
+        side: u32,
+        endpoint: u8,
+    },
+    /// Transport data addressed to `index` from `endpoint`, through the routes if they take it.
+    Route {
+        index: u32,
+        endpoint: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -79,6 +92,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|ms| Op::Advance { ms }),
         2 => Just(Op::Expire),
         1 => (0..16u8).prop_map(|keep| Op::Revoke { keep }),
+        3 => (0..INDICES, 0..ENDPOINTS).prop_map(|(side, endpoint)| Op::Admit { side, endpoint }),
+        3 => (0..INDICES, 0..ENDPOINTS).prop_map(|(index, endpoint)| Op::Route { index, endpoint }),
     ]
 }
 
@@ -340,8 +355,9 @@ proptest! {
     fn table_agrees_with_a_scanning_model(ops in proptest::collection::vec(op(), 1..80)) {
         let t0 = Instant::now();
         let mut now = t0;
-        let mut t = Table::default();
+        let mut t = Table::new(t0);
         let mut m = Model::default();
+        let mut worker = Worker::new(t.routes().clone());
         for op in ops {
             match op {
                 // The caller's preconditions, as the core checks them.
@@ -379,6 +395,27 @@ proptest! {
                     let keeps = |k: u8| keep & (1 << k) != 0;
                     let cut = t.revoke(now, |pk| (0..KEYS).any(|k| key(k) == *pk && keeps(k)));
                     prop_assert_eq!(cut, m.revoke(now, keeps));
+                }
+                Op::Admit { side, endpoint } => {
+                    t.admit_source(now, side, addr(endpoint));
+                }
+                Op::Route { index, endpoint } => {
+                    let mut data = vec![4, 0, 0, 0];
+                    data.extend_from_slice(&index.to_le_bytes());
+                    data.resize(48, 0);
+                    let routed = worker.batch(now).forward(addr(endpoint), &data);
+                    let Some(e) = t.index(index) else {
+                        prop_assert_eq!(routed, None);
+                        continue;
+                    };
+                    if let Some(to) = routed {
+                        // The route is the session's: to this index's endpoint, from its peer's.
+                        let State::Session { peer } = e.state else {
+                            return Err(TestCaseError::fail(format!("routed {index} out of session")));
+                        };
+                        prop_assert_eq!(to, e.endpoint);
+                        prop_assert_eq!(t.heard(peer), Some(now));
+                    }
                 }
             }
             agree(&t, &m, now)?;

@@ -5,6 +5,11 @@
 //! input runs out) so that [`encode`] can write seeds, including ones made of real handshakes.
 //! Shared with `relay/tests/fuzz_corpus.rs`, which replays the seed corpus under `cargo test`.
 //!
+//! Each datagram is first offered to the relay's lock-free routes, as the IO workers do, and only
+//! then to the core. A twin relay gets the same inputs and decides all of them in the core: where
+//! the routes forward, the twin must forward the same way, and after every step both relays must
+//! be in the same state, heard times and counters included.
+//!
 //! Layout: a flags byte, a config byte, 4 x 32 key bytes if the flags ask for them, then steps of
 //! one opcode byte each followed by its fields (see [`Step`]). Multi-byte integers are little-endian.
 
@@ -23,7 +28,9 @@ use wpex::message::{
     TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
 use wpex::relay::DEFAULT_SCAN_BUDGET;
+use wpex::relay::ScanDone;
 use wpex::relay::invariants::check_step;
+use wpex::routes::Worker;
 use wpex::stats::{DropReason, Stats};
 use wpex::{Access, Config, Output, Relay};
 
@@ -390,6 +397,8 @@ pub struct Summary {
     /// Initiations forwarded to a key's known home rather than broadcast.
     pub unicast_initiations: u64,
     pub forward_both: u64,
+    /// Transport data the lock-free routes forwarded (the rest went to the core).
+    pub routed: u64,
     pub scans: u64,
     pub cookies_learned: u64,
     pub max_sessions: usize,
@@ -429,6 +438,10 @@ fn mac_offsets(d: &[u8]) -> Option<(usize, usize)> {
 
 struct Run {
     relay: Relay,
+    /// Fed the same inputs, all through `handle_input`: the slow path the routes must agree with.
+    twin: Relay,
+    /// The relay's routes, as one IO worker holds them.
+    worker: Worker,
     t0: Instant,
     now: Instant,
     pool: Vec<PoolKey>,
@@ -462,7 +475,7 @@ impl Run {
         let f = header.flags;
         let allowed = (f & flags::ALLOW_LIST != 0).then_some(header.config & 0x0f);
         let rate = |shift: u8, table: [u32; 4]| table[usize::from((f >> shift) & 3)];
-        let config = Config {
+        let config = || Config {
             access: match allowed {
                 None => Access::Open,
                 Some(mask) => Access::AllowList(allow_list(&pool, mask)),
@@ -483,8 +496,11 @@ impl Run {
             },
         };
         let t0 = Instant::now();
+        let relay = Relay::new(config(), t0, [7; 32]);
         Self {
-            relay: Relay::new(config, t0, [7; 32]),
+            worker: Worker::new(relay.routes().clone()),
+            relay,
+            twin: Relay::new(config(), t0, [7; 32]),
             t0,
             now: t0,
             pool,
@@ -650,7 +666,11 @@ impl Run {
     }
 
     fn check(&self) -> Result<(), String> {
-        self.relay.check_invariants(self.now)
+        self.relay.check_invariants(self.now)?;
+        self.twin.check_invariants(self.now)?;
+        self.relay
+            .check_same(&self.twin)
+            .map_err(|e| format!("the relay using routes and its twin differ: {e}"))
     }
 
     fn timeout(&mut self) -> Result<(), String> {
@@ -660,6 +680,7 @@ impl Run {
         );
         let before = self.relay.stats().clone();
         self.relay.handle_timeout(self.now);
+        self.twin.handle_timeout(self.now);
         let after = self.relay.stats();
         let table = self.relay.table();
         let gone = (
@@ -699,6 +720,12 @@ impl Run {
             .relay
             .set_allowed_keys(self.now, allow_list(&self.pool, mask));
         self.allowed = Some(mask);
+        let twin_cut = self
+            .twin
+            .set_allowed_keys(self.now, allow_list(&self.pool, mask));
+        if twin_cut != cut {
+            return Err(format!("revocation cut {cut}, the twin's {twin_cut}"));
+        }
         let after = self.relay.table().index_count();
         if before.checked_sub(after) != Some(cut) {
             return Err(format!(
@@ -716,22 +743,59 @@ impl Run {
             self.history.remove(0);
         }
         self.history.push(original.clone());
+        let mut twin_d = original.clone();
+        let (twin_out, _) = decide(&mut self.twin, self.now, src, &mut twin_d)?;
+        let fast_before = self.relay.routes().forwarded();
+        let routed = self.worker.batch(self.now).forward(src, &original);
+        let fast = self.relay.routes().forwarded();
+        let counted = (
+            fast.packets.wrapping_sub(fast_before.packets),
+            fast.bytes.wrapping_sub(fast_before.bytes),
+        );
+        if let Some(to) = routed {
+            if counted != (1, original.len() as u64) {
+                return Err(format!(
+                    "routes forwarded one datagram and counted {counted:?}"
+                ));
+            }
+            if twin_out != Output::Forward(to) {
+                return Err(format!(
+                    "routes forwarded to {to}, the core decided {twin_out:?}"
+                ));
+            }
+            self.summary.routed += 1;
+            return self.check_output(src, &original, &original, &twin_out);
+        }
+        if counted != (0, 0) {
+            return Err(format!("routes forwarded nothing and counted {counted:?}"));
+        }
         let mut d = original.clone();
-        let before = self.relay.stats().clone();
-        let mut out = self.relay.handle_input(self.now, src, &mut d);
-        check_step(&before, self.relay.stats(), &d, &out, None)?;
-        if let Output::Scan(request) = out {
+        let limited = self.relay.stats().broadcast_limited;
+        let (out, scanned) = decide(&mut self.relay, self.now, src, &mut d)?;
+        if scanned {
             if self.allowed.is_none() {
                 return Err("a scan in open mode".into());
             }
             self.summary.scans += 1;
-            let done = request.run(&d);
-            let before = self.relay.stats().clone();
-            out = self.relay.handle_scanned(self.now, src, &mut d, done);
-            check_step(&before, self.relay.stats(), &d, &out, Some(&done))?;
-            if matches!(out, Output::Scan(_)) {
-                return Err("handle_scanned asked for another scan".into());
+        }
+        // Broadcast order, and so which copies a rate limit cuts, follows each table's hash seed.
+        let same = match (&out, &twin_out) {
+            (Output::Broadcast(a), Output::Broadcast(b))
+                if self.relay.stats().broadcast_limited != limited =>
+            {
+                a.len() == b.len()
             }
+            (Output::Broadcast(a), Output::Broadcast(b)) => {
+                let (mut a, mut b) = (a.clone(), b.clone());
+                a.sort();
+                b.sort();
+                a == b
+            }
+            // A scan request names its own relay's allow-list: compared by what it shows.
+            _ => format!("{out:?}") == format!("{twin_out:?}"),
+        };
+        if !same || d != twin_d {
+            return Err(format!("the core decided {out:?}, the twin {twin_out:?}"));
         }
         self.check_output(src, &original, &d, &out)
     }
@@ -871,6 +935,30 @@ impl Run {
     }
 }
 
+/// Decides one datagram in the core, running any scan it asks for on the spot, and checks the
+/// counters moved as the outputs say. Returns the output and whether a scan ran.
+fn decide(
+    relay: &mut Relay,
+    now: Instant,
+    src: SocketAddr,
+    d: &mut [u8],
+) -> Result<(Output, bool), String> {
+    let before = relay.stats().clone();
+    let out = relay.handle_input(now, src, d);
+    check_step(&before, relay.stats(), d, &out, None)?;
+    let Output::Scan(request) = out else {
+        return Ok((out, false));
+    };
+    let done: ScanDone = request.run(d);
+    let before = relay.stats().clone();
+    let out = relay.handle_scanned(now, src, d, done);
+    check_step(&before, relay.stats(), d, &out, Some(&done))?;
+    if matches!(out, Output::Scan(_)) {
+        return Err("handle_scanned asked for another scan".into());
+    }
+    Ok((out, true))
+}
+
 const ALL_PARSE_REASONS: [DropReason; 4] = [
     DropReason::TooShort,
     DropReason::UnknownType,
@@ -904,6 +992,6 @@ pub fn run(data: &[u8]) -> Result<Summary, String> {
         })?;
     }
     run.summary.steps = steps.len();
-    run.summary.stats = run.relay.stats().clone();
+    run.summary.stats = run.relay.stats_with_fast_path();
     Ok(run.summary)
 }

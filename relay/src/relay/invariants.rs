@@ -24,7 +24,8 @@ impl Relay {
     /// The table's own (see [`crate::table::Table::check_invariants`]), and: the table holds no
     /// key in open mode and only allowed keys in allow-list mode, every key on a session has a
     /// recorded handshake; the table and rate-limit maps stay within their bounds; the periodic
-    /// timers are due within one period; the counters agree with one another.
+    /// timers are due within one period; the counters agree with one another, with and without
+    /// the transport data forwarded through the routes.
     pub fn check_invariants(&self, now: Instant) -> Result<(), String> {
         self.table.check_invariants(now)?;
         match &self.keys {
@@ -75,7 +76,37 @@ impl Relay {
             self.next_rotation - now,
             self.next_prune - now
         );
-        check_counters(&self.stats)
+        check_counters(&self.stats)?;
+        check_counters(&self.stats_with_fast_path())
+    }
+
+    /// Checks that `other` is in the same state as this relay: the same table (see
+    /// [`crate::table::Table::check_same`]), allow-list, handshake records, random state and
+    /// counters, the routes' included. For a twin fed the same inputs, some through the routes.
+    pub fn check_same(&self, other: &Relay) -> Result<(), String> {
+        self.table.check_same(&other.table)?;
+        let keys = |r: &Relay| {
+            r.keys.as_ref().map(|k| {
+                let mut v: Vec<_> = k.iter().copied().collect();
+                v.sort();
+                v
+            })
+        };
+        ensure!(keys(self) == keys(other), "allow-lists differ");
+        let peers = |r: &Relay| {
+            let mut v: Vec<_> = r
+                .peers
+                .iter()
+                .map(|(k, s)| (*k, s.last_handshake, s.partners))
+                .collect();
+            v.sort_by_key(|p| p.0);
+            v
+        };
+        ensure!(peers(self) == peers(other), "handshake records differ");
+        ensure!(self.rng == other.rng, "random states differ");
+        let (a, b) = (self.stats_with_fast_path(), other.stats_with_fast_path());
+        ensure!(a == b, "counters differ: {a:?} against {b:?}");
+        Ok(())
     }
 }
 

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{ENDPOINT_LINGER, HALF_OPEN_TTL, Role, SESSION_TTL, State, Subject, Table, Timer};
+use super::{
+    ENDPOINT_LINGER, HALF_OPEN_TTL, IndexEntry, Role, SESSION_TTL, State, Subject, Table, Timer,
+};
 use crate::keys::PublicKey;
 
 macro_rules! ensure {
@@ -28,7 +30,11 @@ impl Table {
     /// - each endpoint's reference count is the number of indices pointing at it; an endpoint
     ///   with no reference has a live linger timer and one with references has none;
     /// - `homes` and each endpoint's key agree both ways;
-    /// - timer generations are unique and every live timer belongs to an existing entry.
+    /// - timer generations are unique and every live timer belongs to an existing entry;
+    /// - the routes are exactly the table's: one for each index that transport data from its
+    ///   session peer's endpoint would be forwarded to with no change but the sender being heard
+    ///   (a session, no roam on either side, confirmed if the responder's), to its endpoint, from
+    ///   the peer's; none for any other index; no heard time in the future.
     ///
     /// That nothing outlives its deadline is [`Table::next_deadline`] being after `now` once
     /// [`Table::expire`]`(now)` has run: expiry pops every timer due, live or stale.
@@ -71,7 +77,38 @@ impl Table {
                 e.state,
                 timer.at - now
             );
-            ensure!(e.heard <= now, "index {i} heard from in the future");
+            ensure!(
+                e.heard <= now && self.heard(i).is_some_and(|h| h <= now),
+                "index {i} heard from in the future"
+            );
+            // Stated afresh rather than through the table's own function, so a slip there shows.
+            let wanted = match e.state {
+                State::Session { peer } => self
+                    .indices
+                    .get(&peer)
+                    .filter(|p| {
+                        e.roam.is_none()
+                            && p.roam.is_none()
+                            && (e.role == Role::Initiator || e.confirmed)
+                    })
+                    .map(|p| (e.endpoint, p.endpoint)),
+                State::HalfOpen => None,
+            };
+            let published = self.routes.get(i);
+            ensure!(
+                wanted == published.map(|r| (r.to, r.from)),
+                "index {i} ({:?}, {:?}, roam {:?}, confirmed {}): route {published:?}, but the \
+                 table says (to, from) {wanted:?}",
+                e.state,
+                e.role,
+                e.roam,
+                e.confirmed
+            );
+            ensure!(
+                e.routed == published.is_some(),
+                "index {i} marked routed {} with route {published:?}",
+                e.routed
+            );
             if let Some(roam) = e.roam {
                 ensure!(
                     roam.addr != e.endpoint && roam.heard <= now,
@@ -109,6 +146,12 @@ impl Table {
                     );
                 }
             }
+        }
+        for i in self.routes.indices() {
+            ensure!(
+                self.indices.contains_key(&i),
+                "a route for index {i}, which the table does not hold"
+            );
         }
         ensure!(
             self.sessions == session_sides,
@@ -176,6 +219,108 @@ impl Table {
             live == self.indices.len() + lingering,
             "{live} live timers for {} indices and {lingering} lingering endpoints",
             self.indices.len()
+        );
+        Ok(())
+    }
+
+    /// Checks that `other` holds the same state as this table: the same entries with the same
+    /// heard times (wherever they are kept), deadlines, endpoints, homes, routes and pending
+    /// timers. Timers are compared by deadline and subject, not by generation number: two tables
+    /// hash with different seeds, so a revocation may arm the same timers in another order.
+    pub fn check_same(&self, other: &Table) -> Result<(), String> {
+        let deadlines = |t: &Table| -> HashMap<u64, Instant> {
+            t.timers
+                .iter()
+                .map(|std::cmp::Reverse(x)| (x.generation, x.at))
+                .collect()
+        };
+        let (mine, theirs) = (deadlines(self), deadlines(other));
+        // Everything but the timer generation and where the heard time is kept.
+        let view = |e: &IndexEntry, at: &HashMap<u64, Instant>| {
+            (
+                e.endpoint,
+                e.state,
+                e.role,
+                e.owner,
+                e.counterpart,
+                e.unicast,
+                e.confirmed,
+                e.roam,
+                e.routed,
+                at.get(&e.timer).copied(),
+            )
+        };
+        ensure!(
+            self.indices.len() == other.indices.len(),
+            "{} indices against {}",
+            self.indices.len(),
+            other.indices.len()
+        );
+        for (&i, e) in &self.indices {
+            let o = other
+                .indices
+                .get(&i)
+                .ok_or_else(|| format!("index {i} only in one table"))?;
+            let (a, b) = (view(e, &mine), view(o, &theirs));
+            ensure!(a == b, "index {i}: {a:?} against {b:?}");
+            let (a, b) = (self.heard(i), other.heard(i));
+            ensure!(a == b, "index {i} heard at {a:?} against {b:?}");
+            let route = |t: &Table| t.routes.get(i).map(|r| (r.to, r.from));
+            let (a, b) = (route(self), route(other));
+            ensure!(a == b, "index {i} routed {a:?} against {b:?}");
+        }
+        ensure!(
+            self.endpoints.len() == other.endpoints.len(),
+            "{} endpoints against {}",
+            self.endpoints.len(),
+            other.endpoints.len()
+        );
+        for (addr, e) in &self.endpoints {
+            let o = other
+                .endpoints
+                .get(addr)
+                .ok_or_else(|| format!("endpoint {addr} only in one table"))?;
+            let (a, b) = (
+                (e.refs, e.key, mine.get(&e.timer)),
+                (o.refs, o.key, theirs.get(&o.timer)),
+            );
+            ensure!(a == b, "endpoint {addr}: {a:?} against {b:?}");
+        }
+        ensure!(self.homes == other.homes, "homes differ");
+        ensure!(
+            (self.sessions, self.generation) == (other.sessions, other.generation),
+            "sessions and timers armed: {:?} against {:?}",
+            (self.sessions, self.generation),
+            (other.sessions, other.generation)
+        );
+        let pending = |t: &Table| {
+            let mut v: Vec<(Instant, Option<u32>, Option<SocketAddr>)> = t
+                .timers
+                .iter()
+                .map(|std::cmp::Reverse(x)| match x.subject {
+                    Subject::Index(i) => (x.at, Some(i), None),
+                    Subject::Endpoint(a) => (x.at, None, Some(a)),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        ensure!(
+            pending(self) == pending(other),
+            "pending timers differ: {:?} against {:?}",
+            pending(self),
+            pending(other)
+        );
+        let routes = |t: &Table| {
+            let mut v = t.routes.indices();
+            v.sort_unstable();
+            v
+        };
+        ensure!(
+            routes(self) == routes(other),
+            "routes {:?} against {:?}",
+            routes(self),
+            routes(other)
         );
         Ok(())
     }
