@@ -723,7 +723,7 @@ impl Relay {
         }
         self.table
             .establish(now, initiator, responder, src, initiator_key);
-        let responder_key = self.table.index(responder).and_then(|e| e.owner);
+        let responder_key = self.table.index(responder).and_then(|e| e.owner());
         self.note_handshake(now, initiator_key, responder_key);
         Decision {
             output: Output::Forward(initiator_endpoint),
@@ -759,7 +759,7 @@ impl Relay {
         let Some(entry) = self.table.index(index) else {
             return DropReason::UnknownReceiver.into();
         };
-        let output = match entry.roam {
+        let output = match entry.roam() {
             Some(roam) => Output::ForwardBoth([entry.endpoint, roam.addr]),
             None => Output::Forward(entry.endpoint),
         };
@@ -773,8 +773,12 @@ impl Relay {
         let State::Session { peer } = entry.state else {
             return DropReason::NoSession.into();
         };
-        let (role, owner, counterpart, to) =
-            (entry.role, entry.owner, entry.counterpart, entry.endpoint);
+        let (role, owner, counterpart, to) = (
+            entry.role,
+            entry.owner(),
+            entry.counterpart(),
+            entry.endpoint,
+        );
         match self.table.admit_source(now, peer, src) {
             Source::Rejected => return DropReason::UnexpectedSource.into(),
             Source::NewRoam => self.stats.roams += 1,

@@ -42,28 +42,72 @@ pub enum State {
     },
 }
 
+/// One index. Kept small (88 bytes), since a relay holds two per session: what most entries
+/// lack (keys in open mode, a roam almost always) is boxed, 8 bytes when absent.
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
     /// Where messages addressed to this index are sent.
     pub endpoint: SocketAddr,
     pub state: State,
     pub role: Role,
-    /// Allow-list mode: the key of the peer that picked this index, once a mac1 named it.
-    pub owner: Option<PublicKey>,
-    /// Allow-list mode: the key of the peer on the other side.
-    pub counterpart: Option<PublicKey>,
     /// The initiation was sent to the counterpart's known endpoint only, not broadcast.
     pub unicast: bool,
     /// A transport packet has proved that the handshake on this index completed.
     pub confirmed: bool,
+    /// A route for data addressed to this index is published in [`Table::routes`].
+    routed: bool,
     /// When this index's owner last sent transport data from `endpoint`, as far as the core saw:
     /// a published route may hold a later time ([`Table::heard`] has the true one).
     heard: Instant,
-    /// Where the owner may have roamed to (see [`Table::admit_source`]).
-    pub roam: Option<Roam>,
     timer: u64,
-    /// A route for data addressed to this index is published in [`Table::routes`].
-    routed: bool,
+    /// Allow-list mode: who is on each side, once a mac1 named them.
+    keys: Option<Box<Keys>>,
+    /// Where the owner may have roamed to (see [`Table::admit_source`]). Boxed when a peer
+    /// roams, at most once per [`ROAM_QUIET`] per session side.
+    roam: Option<Box<Roam>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keys {
+    owner: Option<PublicKey>,
+    counterpart: Option<PublicKey>,
+}
+
+impl IndexEntry {
+    fn new(endpoint: SocketAddr, state: State, role: Role, now: Instant, timer: u64) -> Self {
+        Self {
+            endpoint,
+            state,
+            role,
+            unicast: false,
+            confirmed: false,
+            routed: false,
+            heard: now,
+            timer,
+            keys: None,
+            roam: None,
+        }
+    }
+
+    /// Allow-list mode: the key of the peer that picked this index, once a mac1 named it.
+    pub fn owner(&self) -> Option<PublicKey> {
+        self.keys.as_ref().and_then(|k| k.owner)
+    }
+
+    /// Allow-list mode: the key of the peer on the other side.
+    pub fn counterpart(&self) -> Option<PublicKey> {
+        self.keys.as_ref().and_then(|k| k.counterpart)
+    }
+
+    fn set_keys(&mut self, owner: Option<PublicKey>, counterpart: Option<PublicKey>) {
+        self.keys = (owner.is_some() || counterpart.is_some())
+            .then(|| Box::new(Keys { owner, counterpart }));
+    }
+
+    /// Where the owner may have roamed to (see [`Table::admit_source`]).
+    pub fn roam(&self) -> Option<Roam> {
+        self.roam.as_deref().copied()
+    }
 }
 
 /// A source that spoke for a session side while its endpoint was silent: a NAT rebinding, or a
@@ -97,31 +141,34 @@ struct EndpointEntry {
     timer: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// What a timer is for, as the invariant checks see both heaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Subject {
     Index(u32),
     Endpoint(SocketAddr),
 }
 
-#[derive(Debug)]
-struct Timer {
+/// A deadline in one of the heaps. Index timers are kept apart from endpoint ones so that the
+/// heap a relay holds two nodes per session in has 32-byte nodes, not 64.
+#[derive(Debug, Clone, Copy)]
+struct Timer<S> {
     at: Instant,
     generation: u64,
-    subject: Subject,
+    subject: S,
 }
 
-impl PartialEq for Timer {
+impl<S> PartialEq for Timer<S> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
-impl Eq for Timer {}
-impl PartialOrd for Timer {
+impl<S> Eq for Timer<S> {}
+impl<S> PartialOrd for Timer<S> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Timer {
+impl<S> Ord for Timer<S> {
     fn cmp(&self, other: &Self) -> Ordering {
         // Generations are unique, so this is a total order.
         (self.at, self.generation).cmp(&(other.at, other.generation))
@@ -145,7 +192,9 @@ pub struct Table {
     endpoints: HashMap<SocketAddr, EndpointEntry, Hasher>,
     /// Allow-list mode: where each key was last proven to live.
     homes: HashMap<PublicKey, SocketAddr, Hasher>,
-    timers: BinaryHeap<Reverse<Timer>>,
+    index_timers: BinaryHeap<Reverse<Timer<u32>>>,
+    endpoint_timers: BinaryHeap<Reverse<Timer<SocketAddr>>>,
+    /// Of the last timer armed, in either heap.
     generation: u64,
     sessions: usize,
     /// Data routes the IO workers read without the core's lock; written here alone.
@@ -159,7 +208,8 @@ impl Table {
             indices: HashMap::default(),
             endpoints: HashMap::default(),
             homes: HashMap::default(),
-            timers: BinaryHeap::new(),
+            index_timers: BinaryHeap::new(),
+            endpoint_timers: BinaryHeap::new(),
             generation: 0,
             sessions: 0,
             routes: Arc::new(Routes::new(epoch)),
@@ -285,12 +335,35 @@ impl Table {
 
     fn arm(&mut self, at: Instant, subject: Subject) -> u64 {
         self.generation += 1;
-        self.timers.push(Reverse(Timer {
-            at,
-            generation: self.generation,
-            subject,
-        }));
-        self.generation
+        let generation = self.generation;
+        match subject {
+            Subject::Index(subject) => self.index_timers.push(Reverse(Timer {
+                at,
+                generation,
+                subject,
+            })),
+            Subject::Endpoint(subject) => self.endpoint_timers.push(Reverse(Timer {
+                at,
+                generation,
+                subject,
+            })),
+        }
+        generation
+    }
+
+    /// Every pending timer of both heaps, live or stale, in no particular order.
+    fn timers(&self) -> impl Iterator<Item = Timer<Subject>> + '_ {
+        let index = self.index_timers.iter().map(|Reverse(t)| Timer {
+            at: t.at,
+            generation: t.generation,
+            subject: Subject::Index(t.subject),
+        });
+        let endpoint = self.endpoint_timers.iter().map(|Reverse(t)| Timer {
+            at: t.at,
+            generation: t.generation,
+            subject: Subject::Endpoint(t.subject),
+        });
+        index.chain(endpoint)
     }
 
     fn ref_endpoint(&mut self, endpoint: SocketAddr) {
@@ -328,22 +401,10 @@ impl Table {
     ) {
         self.ref_endpoint(endpoint);
         let timer = self.arm(now + HALF_OPEN_TTL, Subject::Index(index));
-        let replaced = self.indices.insert(
-            index,
-            IndexEntry {
-                endpoint,
-                state: State::HalfOpen,
-                role: Role::Initiator,
-                owner: None,
-                counterpart,
-                unicast,
-                confirmed: false,
-                heard: now,
-                roam: None,
-                timer,
-                routed: false,
-            },
-        );
+        let mut entry = IndexEntry::new(endpoint, State::HalfOpen, Role::Initiator, now, timer);
+        entry.unicast = unicast;
+        entry.set_keys(None, counterpart);
+        let replaced = self.indices.insert(index, entry);
         self.unroute_replaced(index, replaced);
     }
 
@@ -376,29 +437,22 @@ impl Table {
             return;
         };
         init.state = State::Session { peer: responder };
-        init.owner = initiator_key;
+        let responder_key = init.counterpart();
+        init.set_keys(initiator_key, responder_key);
         init.heard = now;
         init.timer = timer;
-        let responder_key = init.counterpart;
 
         self.ref_endpoint(responder_endpoint);
         let timer = self.arm(deadline, Subject::Index(responder));
-        let replaced = self.indices.insert(
-            responder,
-            IndexEntry {
-                endpoint: responder_endpoint,
-                state: State::Session { peer: initiator },
-                role: Role::Responder,
-                owner: responder_key,
-                counterpart: initiator_key,
-                unicast: false,
-                confirmed: false,
-                heard: now,
-                roam: None,
-                timer,
-                routed: false,
-            },
+        let mut entry = IndexEntry::new(
+            responder_endpoint,
+            State::Session { peer: initiator },
+            Role::Responder,
+            now,
+            timer,
         );
+        entry.set_keys(responder_key, initiator_key);
+        let replaced = self.indices.insert(responder, entry);
         self.unroute_replaced(responder, replaced);
         self.sessions += 2;
         // Data to the initiator's index needs no confirmation: it is routed from now on.
@@ -422,7 +476,7 @@ impl Table {
             }
             return Source::Endpoint;
         }
-        match &mut e.roam {
+        match e.roam.as_deref_mut() {
             Some(r) if r.addr == src => {
                 r.heard = now;
                 return Source::Roam;
@@ -438,10 +492,10 @@ impl Table {
             return Source::Rejected;
         }
         if let Some(e) = self.indices.get_mut(&side) {
-            e.roam = Some(Roam {
+            e.roam = Some(Box::new(Roam {
                 addr: src,
                 heard: now,
-            });
+            }));
         }
         self.sync_session(side);
         Source::NewRoam
@@ -505,7 +559,7 @@ impl Table {
             // An initiation sent to a key's known home went unanswered: the home is stale, so
             // the next initiation for that key is broadcast again.
             State::HalfOpen if entry.unicast => {
-                if let Some(key) = entry.counterpart
+                if let Some(key) = entry.counterpart()
                     && let Some(home) = self.homes.get(&key).copied()
                 {
                     self.forget_home(&key, home);
@@ -517,41 +571,42 @@ impl Table {
         Some(entry)
     }
 
-    /// Removes every entry whose deadline is at or before `now`.
+    /// Removes every entry whose deadline is at or before `now`. Indices first: removing one
+    /// may arm its endpoint's linger, which may be due too.
     pub fn expire(&mut self, now: Instant) -> Expired {
         let mut expired = Expired::default();
-        while let Some(Reverse(top)) = self.timers.peek() {
-            if top.at > now {
+        while let Some(&Reverse(timer)) = self.index_timers.peek() {
+            if timer.at > now {
                 break;
             }
-            let Some(Reverse(timer)) = self.timers.pop() else {
+            self.index_timers.pop();
+            let i = timer.subject;
+            if self
+                .indices
+                .get(&i)
+                .is_some_and(|e| e.timer == timer.generation)
+            {
+                // Linger from the deadline, not from whenever this call ran.
+                self.remove_index(timer.at, i);
+                expired.indices += 1;
+            }
+        }
+        while let Some(&Reverse(timer)) = self.endpoint_timers.peek() {
+            if timer.at > now {
                 break;
-            };
-            match timer.subject {
-                Subject::Index(i) => {
-                    if self
-                        .indices
-                        .get(&i)
-                        .is_some_and(|e| e.timer == timer.generation)
-                    {
-                        // Linger from the deadline, not from whenever this call ran.
-                        self.remove_index(timer.at, i);
-                        expired.indices += 1;
-                    }
+            }
+            self.endpoint_timers.pop();
+            let addr = timer.subject;
+            let current = self
+                .endpoints
+                .get(&addr)
+                .is_some_and(|e| e.refs == 0 && e.timer == timer.generation);
+            if current {
+                if let Some(key) = self.endpoints.get(&addr).and_then(|e| e.key) {
+                    self.forget_home(&key, addr);
                 }
-                Subject::Endpoint(addr) => {
-                    let current = self
-                        .endpoints
-                        .get(&addr)
-                        .is_some_and(|e| e.refs == 0 && e.timer == timer.generation);
-                    if current {
-                        if let Some(key) = self.endpoints.get(&addr).and_then(|e| e.key) {
-                            self.forget_home(&key, addr);
-                        }
-                        self.endpoints.remove(&addr);
-                        expired.endpoints += 1;
-                    }
-                }
+                self.endpoints.remove(&addr);
+                expired.endpoints += 1;
             }
         }
         expired
@@ -559,7 +614,9 @@ impl Table {
 
     /// The earliest pending deadline, possibly of a superseded timer (harmless: waking early).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse(t)| t.at)
+        let index = self.index_timers.peek().map(|Reverse(t)| t.at);
+        let endpoint = self.endpoint_timers.peek().map(|Reverse(t)| t.at);
+        index.into_iter().chain(endpoint).min()
     }
 
     /// Cuts every session and half-open index that involves a key `keep` rejects, and forgets
@@ -568,7 +625,12 @@ impl Table {
         let doomed: Vec<u32> = self
             .indices
             .iter()
-            .filter(|(_, e)| [e.owner, e.counterpart].iter().flatten().any(|k| !keep(k)))
+            .filter(|(_, e)| {
+                [e.owner(), e.counterpart()]
+                    .iter()
+                    .flatten()
+                    .any(|k| !keep(k))
+            })
             .map(|(i, _)| *i)
             .collect();
         for i in &doomed {
@@ -596,6 +658,14 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([198, 51, 100, 1], port))
+    }
+
+    /// A relay holds two entries and two heap nodes per session: 100,000 sessions fit in the
+    /// relay's memory budget only while these stay this small.
+    #[test]
+    fn entries_and_timers_stay_small() {
+        assert!(std::mem::size_of::<IndexEntry>() <= 88);
+        assert!(std::mem::size_of::<Timer<u32>>() <= 32);
     }
 
     #[test]

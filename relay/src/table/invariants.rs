@@ -39,8 +39,8 @@ impl Table {
     /// That nothing outlives its deadline is [`Table::next_deadline`] being after `now` once
     /// [`Table::expire`]`(now)` has run: expiry pops every timer due, live or stale.
     pub fn check_invariants(&self, now: Instant) -> Result<(), String> {
-        let mut by_generation: HashMap<u64, &Timer> = HashMap::with_capacity(self.timers.len());
-        for std::cmp::Reverse(t) in self.timers.iter() {
+        let mut by_generation: HashMap<u64, Timer<Subject>> = HashMap::new();
+        for t in self.timers() {
             ensure!(
                 t.generation > 0 && t.generation <= self.generation,
                 "timer generation {} outside 1..={}",
@@ -109,7 +109,7 @@ impl Table {
                 "index {i} marked routed {} with route {published:?}",
                 e.routed
             );
-            if let Some(roam) = e.roam {
+            if let Some(roam) = e.roam() {
                 ensure!(
                     roam.addr != e.endpoint && roam.heard <= now,
                     "index {i}: roam {roam:?} is its own endpoint or heard in the future"
@@ -229,10 +229,7 @@ impl Table {
     /// hash with different seeds, so a revocation may arm the same timers in another order.
     pub fn check_same(&self, other: &Table) -> Result<(), String> {
         let deadlines = |t: &Table| -> HashMap<u64, Instant> {
-            t.timers
-                .iter()
-                .map(|std::cmp::Reverse(x)| (x.generation, x.at))
-                .collect()
+            t.timers().map(|x| (x.generation, x.at)).collect()
         };
         let (mine, theirs) = (deadlines(self), deadlines(other));
         // Everything but the timer generation and where the heard time is kept.
@@ -241,11 +238,11 @@ impl Table {
                 e.endpoint,
                 e.state,
                 e.role,
-                e.owner,
-                e.counterpart,
+                e.owner(),
+                e.counterpart(),
                 e.unicast,
                 e.confirmed,
-                e.roam,
+                e.roam(),
                 e.routed,
                 at.get(&e.timer).copied(),
             )
@@ -295,9 +292,8 @@ impl Table {
         );
         let pending = |t: &Table| {
             let mut v: Vec<(Instant, Option<u32>, Option<SocketAddr>)> = t
-                .timers
-                .iter()
-                .map(|std::cmp::Reverse(x)| match x.subject {
+                .timers()
+                .map(|x| match x.subject {
                     Subject::Index(i) => (x.at, Some(i), None),
                     Subject::Endpoint(a) => (x.at, None, Some(a)),
                 })
@@ -333,7 +329,7 @@ impl Table {
         handshaken: impl Fn(&PublicKey) -> bool,
     ) -> Result<(), String> {
         for (i, e) in &self.indices {
-            for key in [e.owner, e.counterpart].iter().flatten() {
+            for key in [e.owner(), e.counterpart()].iter().flatten() {
                 ensure!(allowed(key), "index {i} holds key {key:?}, not allowed");
                 if matches!(e.state, State::Session { .. }) {
                     ensure!(
