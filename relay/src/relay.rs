@@ -723,7 +723,7 @@ impl Relay {
         }
         self.table
             .establish(now, initiator, responder, src, initiator_key);
-        let responder_key = self.table.index(responder).and_then(|e| e.owner());
+        let responder_key = self.table.owner(responder);
         self.note_handshake(now, initiator_key, responder_key);
         Decision {
             output: Output::Forward(initiator_endpoint),
@@ -773,12 +773,7 @@ impl Relay {
         let State::Session { peer } = entry.state else {
             return DropReason::NoSession.into();
         };
-        let (role, owner, counterpart, to) = (
-            entry.role,
-            entry.owner(),
-            entry.counterpart(),
-            entry.endpoint,
-        );
+        let (role, to) = (entry.role, entry.endpoint);
         match self.table.admit_source(now, peer, src) {
             Source::Rejected => return DropReason::UnexpectedSource.into(),
             Source::NewRoam => self.stats.roams += 1,
@@ -787,10 +782,10 @@ impl Relay {
             // lives at each end, so later initiations for these keys need not be broadcast.
             Source::Endpoint => {
                 if role == Role::Responder && self.table.confirm(index) {
-                    if let Some(k) = owner {
+                    if let Some(k) = self.table.owner(index) {
                         self.table.set_home(k, to);
                     }
-                    if let Some(k) = counterpart {
+                    if let Some(k) = self.table.counterpart(index) {
                         self.table.set_home(k, src);
                     }
                 }

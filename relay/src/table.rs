@@ -42,8 +42,8 @@ pub enum State {
     },
 }
 
-/// One index. Kept small (88 bytes), since a relay holds two per session: what most entries
-/// lack (keys in open mode, a roam almost always) is boxed, 8 bytes when absent.
+/// One index. Kept small (88 bytes), since a relay holds two per session: keys are named by
+/// number ([`KeyNames`]), and a roam, which almost no entry has, is boxed.
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
     /// Where messages addressed to this index are sent.
@@ -60,17 +60,75 @@ pub struct IndexEntry {
     /// a published route may hold a later time ([`Table::heard`] has the true one).
     heard: Instant,
     timer: u64,
-    /// Allow-list mode: who is on each side, once a mac1 named them.
-    keys: Option<Box<Keys>>,
+    /// Allow-list mode: the key of the peer that picked this index, once a mac1 named it.
+    owner: Option<KeyId>,
+    /// Allow-list mode: the key of the peer on the other side.
+    counterpart: Option<KeyId>,
     /// Where the owner may have roamed to (see [`Table::admit_source`]). Boxed when a peer
     /// roams, at most once per [`ROAM_QUIET`] per session side.
     roam: Option<Box<Roam>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Keys {
-    owner: Option<PublicKey>,
-    counterpart: Option<PublicKey>,
+/// A key as index entries name it: 4 bytes instead of 33.
+type KeyId = std::num::NonZeroU32;
+
+/// The allow-list keys index entries name, each stored once with a count of the entries that
+/// name it. A peer's key is named by both indices of each of its sessions, so 100,000 sessions
+/// between a few peers hold a few keys here, not 200,000 copies.
+#[derive(Debug, Default)]
+struct KeyNames {
+    ids: HashMap<PublicKey, KeyId, Hasher>,
+    /// By id - 1: the key and how many entries name it; `None` once no entry does.
+    slots: Vec<Option<(PublicKey, u32)>>,
+    free: Vec<KeyId>,
+}
+
+impl KeyNames {
+    /// Names `key` for one more entry.
+    fn name(&mut self, key: Option<PublicKey>) -> Option<KeyId> {
+        let key = key?;
+        if let Some(&id) = self.ids.get(&key) {
+            if let Some(Some((_, refs))) = self.slots.get_mut(slot(id)) {
+                *refs += 1;
+            }
+            return Some(id);
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                // The slots never outnumber the table's indices, far below 2^32.
+                KeyId::new(u32::try_from(self.slots.len()).ok()?)?
+            }
+        };
+        self.slots[slot(id)] = Some((key, 1));
+        self.ids.insert(key, id);
+        Some(id)
+    }
+
+    /// One entry fewer names `id`; the key goes when none does.
+    fn release(&mut self, id: Option<KeyId>) {
+        let Some(id) = id else { return };
+        let Some(entry) = self.slots.get_mut(slot(id)) else {
+            return;
+        };
+        if let Some((key, refs)) = entry {
+            *refs -= 1;
+            if *refs == 0 {
+                self.ids.remove(key);
+                *entry = None;
+                self.free.push(id);
+            }
+        }
+    }
+
+    fn key(&self, id: Option<KeyId>) -> Option<PublicKey> {
+        self.slots.get(slot(id?))?.map(|(key, _)| key)
+    }
+}
+
+fn slot(id: KeyId) -> usize {
+    id.get() as usize - 1
 }
 
 impl IndexEntry {
@@ -84,24 +142,10 @@ impl IndexEntry {
             routed: false,
             heard: now,
             timer,
-            keys: None,
+            owner: None,
+            counterpart: None,
             roam: None,
         }
-    }
-
-    /// Allow-list mode: the key of the peer that picked this index, once a mac1 named it.
-    pub fn owner(&self) -> Option<PublicKey> {
-        self.keys.as_ref().and_then(|k| k.owner)
-    }
-
-    /// Allow-list mode: the key of the peer on the other side.
-    pub fn counterpart(&self) -> Option<PublicKey> {
-        self.keys.as_ref().and_then(|k| k.counterpart)
-    }
-
-    fn set_keys(&mut self, owner: Option<PublicKey>, counterpart: Option<PublicKey>) {
-        self.keys = (owner.is_some() || counterpart.is_some())
-            .then(|| Box::new(Keys { owner, counterpart }));
     }
 
     /// Where the owner may have roamed to (see [`Table::admit_source`]).
@@ -199,6 +243,8 @@ pub struct Table {
     sessions: usize,
     /// Data routes the IO workers read without the core's lock; written here alone.
     routes: Arc<Routes>,
+    /// The keys entries name.
+    names: KeyNames,
 }
 
 impl Table {
@@ -213,7 +259,18 @@ impl Table {
             generation: 0,
             sessions: 0,
             routes: Arc::new(Routes::new(epoch)),
+            names: KeyNames::default(),
         }
+    }
+
+    /// Allow-list mode: the key of the peer that picked `index`, once a mac1 named it.
+    pub fn owner(&self, index: u32) -> Option<PublicKey> {
+        self.names.key(self.indices.get(&index)?.owner)
+    }
+
+    /// Allow-list mode: the key of the peer on the other side of `index`.
+    pub fn counterpart(&self, index: u32) -> Option<PublicKey> {
+        self.names.key(self.indices.get(&index)?.counterpart)
     }
 
     /// The routes for the forwarding path, kept in step with this table.
@@ -403,7 +460,7 @@ impl Table {
         let timer = self.arm(now + HALF_OPEN_TTL, Subject::Index(index));
         let mut entry = IndexEntry::new(endpoint, State::HalfOpen, Role::Initiator, now, timer);
         entry.unicast = unicast;
-        entry.set_keys(None, counterpart);
+        entry.counterpart = self.names.name(counterpart);
         let replaced = self.indices.insert(index, entry);
         self.unroute_replaced(index, replaced);
     }
@@ -411,6 +468,10 @@ impl Table {
     /// Withdraws the routes of an entry the caller failed to check was free: stale routes would
     /// outlive it.
     fn unroute_replaced(&mut self, index: u32, replaced: Option<IndexEntry>) {
+        if let Some(old) = &replaced {
+            self.names.release(old.owner);
+            self.names.release(old.counterpart);
+        }
         if let Some(old) = replaced
             && let State::Session { peer } = old.state
         {
@@ -433,14 +494,17 @@ impl Table {
     ) {
         let deadline = now + SESSION_TTL;
         let timer = self.arm(deadline, Subject::Index(initiator));
+        let owner = self.names.name(initiator_key);
         let Some(init) = self.indices.get_mut(&initiator) else {
+            self.names.release(owner);
             return;
         };
         init.state = State::Session { peer: responder };
-        let responder_key = init.counterpart();
-        init.set_keys(initiator_key, responder_key);
+        let previous = std::mem::replace(&mut init.owner, owner);
+        let responder_key = init.counterpart;
         init.heard = now;
         init.timer = timer;
+        self.names.release(previous);
 
         self.ref_endpoint(responder_endpoint);
         let timer = self.arm(deadline, Subject::Index(responder));
@@ -451,7 +515,8 @@ impl Table {
             now,
             timer,
         );
-        entry.set_keys(responder_key, initiator_key);
+        entry.owner = self.names.name(self.names.key(responder_key));
+        entry.counterpart = self.names.name(initiator_key);
         let replaced = self.indices.insert(responder, entry);
         self.unroute_replaced(responder, replaced);
         self.sessions += 2;
@@ -545,8 +610,13 @@ impl Table {
         }
     }
 
-    fn remove_index(&mut self, now: Instant, index: u32) -> Option<IndexEntry> {
-        let entry = self.indices.remove(&index)?;
+    fn remove_index(&mut self, now: Instant, index: u32) {
+        let Some(entry) = self.indices.remove(&index) else {
+            return;
+        };
+        let counterpart = self.names.key(entry.counterpart);
+        self.names.release(entry.owner);
+        self.names.release(entry.counterpart);
         match entry.state {
             State::Session { peer } => {
                 self.sessions -= 1;
@@ -559,7 +629,7 @@ impl Table {
             // An initiation sent to a key's known home went unanswered: the home is stale, so
             // the next initiation for that key is broadcast again.
             State::HalfOpen if entry.unicast => {
-                if let Some(key) = entry.counterpart()
+                if let Some(key) = counterpart
                     && let Some(home) = self.homes.get(&key).copied()
                 {
                     self.forget_home(&key, home);
@@ -568,7 +638,6 @@ impl Table {
             State::HalfOpen => {}
         }
         self.unref_endpoint(now, entry.endpoint);
-        Some(entry)
     }
 
     /// Removes every entry whose deadline is at or before `now`. Indices first: removing one
@@ -626,10 +695,10 @@ impl Table {
             .indices
             .iter()
             .filter(|(_, e)| {
-                [e.owner(), e.counterpart()]
-                    .iter()
-                    .flatten()
-                    .any(|k| !keep(k))
+                [e.owner, e.counterpart]
+                    .into_iter()
+                    .filter_map(|id| self.names.key(id))
+                    .any(|k| !keep(&k))
             })
             .map(|(i, _)| *i)
             .collect();

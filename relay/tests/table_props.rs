@@ -293,8 +293,8 @@ fn agree(t: &Table, m: &Model, now: Instant) -> Result<(), TestCaseError> {
                 e.endpoint,
                 e.state,
                 e.role,
-                e.owner(),
-                e.counterpart(),
+                t.owner(i),
+                t.counterpart(i),
                 e.unicast,
                 e.confirmed,
             )

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    ENDPOINT_LINGER, HALF_OPEN_TTL, IndexEntry, Role, SESSION_TTL, State, Subject, Table, Timer,
+    ENDPOINT_LINGER, HALF_OPEN_TTL, IndexEntry, KeyId, Role, SESSION_TTL, State, Subject, Table,
+    Timer, slot,
 };
 use crate::keys::PublicKey;
 
@@ -201,6 +202,31 @@ impl Table {
             );
         }
 
+        // Each named key is counted once per naming entry, and nothing else is held.
+        let mut named: HashMap<KeyId, u32> = HashMap::new();
+        for e in self.indices.values() {
+            for id in [e.owner, e.counterpart].into_iter().flatten() {
+                *named.entry(id).or_default() += 1;
+            }
+        }
+        let held: Vec<_> = self.names.slots.iter().flatten().collect();
+        ensure!(
+            held.len() == named.len() && self.names.ids.len() == named.len(),
+            "{} keys held and {} indexed for {} named",
+            held.len(),
+            self.names.ids.len(),
+            named.len()
+        );
+        for (id, count) in &named {
+            let slot = self.names.slots.get(slot(*id)).copied().flatten();
+            let key = slot.map(|(key, _)| key);
+            ensure!(
+                slot.map(|(_, refs)| refs) == Some(*count)
+                    && key.is_some_and(|k| self.names.ids.get(&k) == Some(id)),
+                "key {id} named {count} times, held as {slot:?}"
+            );
+        }
+
         // Live timers are exactly one per index and one per lingering endpoint.
         let live = by_generation
             .values()
@@ -233,13 +259,13 @@ impl Table {
         };
         let (mine, theirs) = (deadlines(self), deadlines(other));
         // Everything but the timer generation and where the heard time is kept.
-        let view = |e: &IndexEntry, at: &HashMap<u64, Instant>| {
+        let view = |t: &Table, e: &IndexEntry, at: &HashMap<u64, Instant>| {
             (
                 e.endpoint,
                 e.state,
                 e.role,
-                e.owner(),
-                e.counterpart(),
+                t.names.key(e.owner),
+                t.names.key(e.counterpart),
                 e.unicast,
                 e.confirmed,
                 e.roam(),
@@ -258,7 +284,7 @@ impl Table {
                 .indices
                 .get(&i)
                 .ok_or_else(|| format!("index {i} only in one table"))?;
-            let (a, b) = (view(e, &mine), view(o, &theirs));
+            let (a, b) = (view(self, e, &mine), view(other, o, &theirs));
             ensure!(a == b, "index {i}: {a:?} against {b:?}");
             let (a, b) = (self.heard(i), other.heard(i));
             ensure!(a == b, "index {i} heard at {a:?} against {b:?}");
@@ -329,11 +355,14 @@ impl Table {
         handshaken: impl Fn(&PublicKey) -> bool,
     ) -> Result<(), String> {
         for (i, e) in &self.indices {
-            for key in [e.owner(), e.counterpart()].iter().flatten() {
-                ensure!(allowed(key), "index {i} holds key {key:?}, not allowed");
+            for key in [e.owner, e.counterpart]
+                .into_iter()
+                .filter_map(|id| self.names.key(id))
+            {
+                ensure!(allowed(&key), "index {i} holds key {key:?}, not allowed");
                 if matches!(e.state, State::Session { .. }) {
                     ensure!(
-                        handshaken(key),
+                        handshaken(&key),
                         "session index {i} holds {key:?}, with no handshake recorded"
                     );
                 }
