@@ -13,27 +13,14 @@ use wpex::message::Message;
 use wpex::relay::{Config, Output, Relay};
 use wpex::routes::Worker;
 
+#[path = "../tests/common/fake.rs"]
+mod fake;
+use fake::{handshake, transport};
+
 /// Peer `i`'s address: distinct for every session side.
 fn peer(i: u32, side: u8) -> SocketAddr {
     let [a, b, c] = [(i >> 16) as u8, (i >> 8) as u8, i as u8];
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, side ^ a, b, c), 51820))
-}
-
-fn handshake(kind: u8, sender: u32, receiver: u32) -> Vec<u8> {
-    let mut d = vec![0u8; if kind == 1 { 148 } else { 92 }];
-    d[0] = kind;
-    d[4..8].copy_from_slice(&sender.to_le_bytes());
-    if kind == 2 {
-        d[8..12].copy_from_slice(&receiver.to_le_bytes());
-    }
-    d
-}
-
-fn transport(receiver: u32) -> Vec<u8> {
-    let mut d = vec![0u8; 1420];
-    d[0] = 4;
-    d[4..8].copy_from_slice(&receiver.to_le_bytes());
-    d
 }
 
 /// An open-mode relay with `n` sessions, each between its own two endpoints.
@@ -60,7 +47,7 @@ fn relay_with(n: u32, now: Instant) -> Relay {
 }
 
 fn forward(c: &mut Criterion) {
-    let datagram = transport(1);
+    let datagram = transport(1, 1420);
     c.bench_function("parse_transport", |b| {
         b.iter(|| Message::parse(black_box(&datagram)).is_ok());
     });
@@ -71,7 +58,7 @@ fn forward(c: &mut Criterion) {
         let mut relay = relay_with(n, now);
         // Datagrams from A to B of a session in the middle of the table.
         let i = n / 2;
-        let mut datagram = transport(2 * i + 2);
+        let mut datagram = transport(2 * i + 2, 1420);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| relay.handle_input(now, peer(i, 0), black_box(&mut datagram)));
         });
@@ -86,7 +73,7 @@ fn forward(c: &mut Criterion) {
         let mut batch: Vec<(SocketAddr, Vec<u8>)> = (0..32)
             .map(|k| {
                 let i = k * step;
-                (peer(i, 0), transport(2 * i + 2))
+                (peer(i, 0), transport(2 * i + 2, 1420))
             })
             .collect();
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -103,7 +90,7 @@ fn forward(c: &mut Criterion) {
     for n in [1u32, 1_000, 100_000] {
         let mut relay = relay_with(n, now);
         let i = n / 2;
-        let datagram = transport(2 * i + 2);
+        let datagram = transport(2 * i + 2, 1420);
         // A's first data confirms B's index in the core; the routes take the rest.
         relay.handle_input(now, peer(i, 0), &mut datagram.clone());
         let mut worker = Worker::new(relay.routes().clone());
@@ -123,7 +110,7 @@ fn forward(c: &mut Criterion) {
         let batch: Vec<(SocketAddr, Vec<u8>)> = (0..32)
             .map(|k| {
                 let i = k * step;
-                let mut datagram = transport(2 * i + 2);
+                let mut datagram = transport(2 * i + 2, 1420);
                 relay.handle_input(now, peer(i, 0), &mut datagram);
                 (peer(i, 0), datagram)
             })

@@ -132,14 +132,29 @@ fn a_train_crosses_the_relay_as_one_gso_message() {
         _runtime: _relay_running,
         ..
     } = establish("127.0.0.1", |_, _| Access::Open);
-    enable_gro(&b.socket);
+    // quinn-udp's socket state turns GRO on, as the relay's own sockets have it.
+    let _gro = quinn_udp::UdpSocketState::new((&b.socket).into()).expect("GRO on B");
     let plain: Vec<Vec<u8>> = (0..TRAIN)
         .map(|i| ipv4_packet(format!("train datagram {i:02}").as_bytes()))
         .collect();
     let sealed: Vec<Vec<u8>> = plain.iter().map(|p| a.peer.send(p)).collect();
     let segment = sealed[0].len();
     assert!(sealed.iter().all(|d| d.len() == segment));
-    send_train(&a.socket, &sealed.concat(), segment, a.relay);
+    let train = sealed.concat();
+    quinn_udp::UdpSocketState::new((&a.socket).into())
+        .and_then(|state| {
+            state.try_send(
+                (&a.socket).into(),
+                &quinn_udp::Transmit {
+                    destination: a.relay,
+                    ecn: None,
+                    contents: &train,
+                    segment_size: Some(segment),
+                    src_ip: None,
+                },
+            )
+        })
+        .expect("A sends the train as one GSO message");
 
     let whole = b.recv();
     assert_eq!(
@@ -166,56 +181,4 @@ fn a_train_crosses_the_relay_as_one_gso_message() {
         TRAIN as u64,
         "the train took the routes"
     );
-}
-
-fn enable_gro(socket: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a plain setsockopt with a pointer to a live c_int of the stated size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "UDP_GRO: {}", std::io::Error::last_os_error());
-}
-
-/// Sends `bytes` to `to` as one UDP GSO message of `segment`-byte datagrams.
-fn send_train(
-    socket: &std::net::UdpSocket,
-    bytes: &[u8],
-    segment: usize,
-    to: std::net::SocketAddr,
-) {
-    use std::os::fd::AsRawFd;
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 32]);
-    let mut cmsg = Cmsg([0; 32]);
-    let to = socket2::SockAddr::from(to);
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call, `cmsg` is
-    // 8-aligned with room for CMSG_SPACE(2), and the kernel only reads these buffers.
-    let sent = unsafe {
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_name = to.as_ptr() as *mut libc::c_void;
-        hdr.msg_namelen = to.len();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
-        hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-        let c = libc::CMSG_FIRSTHDR(&hdr);
-        (*c).cmsg_level = libc::SOL_UDP;
-        (*c).cmsg_type = libc::UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
-        libc::sendmsg(socket.as_raw_fd(), &hdr, 0)
-    };
-    assert!(sent >= 0, "sendmsg: {}", std::io::Error::last_os_error());
 }

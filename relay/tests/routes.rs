@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fake::{handshake, transport};
 use common::{Identity, Peer, ipv4_packet, sample};
 use wpex::keys::AllowedKeys;
 use wpex::message::Kind;
@@ -31,21 +32,8 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
 
-fn handshake(kind: u8, sender: u32, receiver: u32) -> Vec<u8> {
-    let mut d = vec![0u8; if kind == 1 { 148 } else { 92 }];
-    d[0] = kind;
-    d[4..8].copy_from_slice(&sender.to_le_bytes());
-    if kind == 2 {
-        d[8..12].copy_from_slice(&receiver.to_le_bytes());
-    }
-    d
-}
-
 fn data(receiver: u32) -> Vec<u8> {
-    let mut d = vec![0u8; 64];
-    d[0] = 4;
-    d[4..8].copy_from_slice(&receiver.to_le_bytes());
-    d
+    transport(receiver, 64)
 }
 
 fn feed(relay: &mut Relay, now: Instant, from: &str, datagram: &[u8]) -> Output {

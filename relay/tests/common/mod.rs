@@ -1,6 +1,8 @@
 //! Real WireGuard endpoints for tests: boringtun's `Tunn`, an independent implementation.
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod fake;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
