@@ -86,9 +86,6 @@ pub fn send_batch(
     }
 }
 
-/// The most one UDP GSO message may carry: an IPv4 datagram's payload limit.
-pub const GSO_MAX_BYTES: usize = 65_507;
-
 /// Sends `bytes`, datagrams of `segment` bytes back to back (the last may be shorter), as one
 /// UDP GSO message on a connected socket: the kernel splits it, or hands it whole to a receiver
 /// that asked for GRO, as a NIC's GRO would on a real network.

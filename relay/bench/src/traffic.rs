@@ -25,7 +25,7 @@ use rand::RngCore;
 use crate::hist::Histogram;
 use crate::procfs::{self, ProcError, UdpCounters};
 use crate::setup::{Pair, Session};
-use crate::sys::{BATCH, Epoll, GSO_MAX_BYTES, RecvBatch, Wait, send_all, send_train};
+use crate::sys::{BATCH, Epoll, RecvBatch, Wait, send_all, send_train};
 use crate::wire;
 
 /// At most this many sender wake-ups a second when paced.
@@ -254,7 +254,8 @@ fn send_trains(
     };
     let segment = u16::try_from(size).unwrap_or(u16::MAX);
     let (mut sent, mut first_error) = (0, None);
-    for chunk in datagrams.chunks((GSO_MAX_BYTES / size).max(1)) {
+    // One GSO message carries at most one UDP payload's worth.
+    for chunk in datagrams.chunks((wire::DATA_MAX_LEN / size).max(1)) {
         train.clear();
         for d in chunk {
             train.extend_from_slice(d);

@@ -14,18 +14,14 @@
 use rand::RngCore;
 use wpex::crypto::{self, Mac};
 use wpex::message::{COOKIE_REPLY_LEN, Message};
+// The relay's own sizes and types. DATA_MIN_LEN, a keepalive (header and a 16-byte tag), also
+// has room for the probe.
+pub use wpex::message::{
+    DATA_MIN_LEN, INITIATION_LEN, RESPONSE_LEN, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
+};
 
-pub const TYPE_INITIATION: u8 = 1;
-pub const TYPE_RESPONSE: u8 = 2;
-pub const TYPE_DATA: u8 = 4;
-
-pub const INITIATION_LEN: usize = 148;
-pub const RESPONSE_LEN: usize = 92;
 /// Type, reserved bytes, receiver index, counter.
 pub const DATA_HEADER_LEN: usize = 16;
-/// The smallest transport message (a keepalive: header and a 16-byte tag), which also has room
-/// for the probe.
-pub const DATA_MIN_LEN: usize = 32;
 /// The largest UDP payload over IPv4.
 pub const DATA_MAX_LEN: usize = 65_507;
 
