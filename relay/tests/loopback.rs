@@ -134,6 +134,8 @@ fn a_train_crosses_the_relay_as_one_gso_message() {
     } = establish("127.0.0.1", |_, _| Access::Open);
     // quinn-udp's socket state turns GRO on, as the relay's own sockets have it.
     let _gro = quinn_udp::UdpSocketState::new((&b.socket).into()).expect("GRO on B");
+    // That also made the socket non-blocking; B must wait for the relay, under any load.
+    b.socket.set_nonblocking(false).expect("B blocks again");
     let plain: Vec<Vec<u8>> = (0..TRAIN)
         .map(|i| ipv4_packet(format!("train datagram {i:02}").as_bytes()))
         .collect();
