@@ -351,11 +351,13 @@ impl Relay {
     pub fn stats_with_fast_path(&self) -> Stats {
         let mut stats = self.stats.clone();
         let fast = self.table.routes().forwarded();
-        stats.forward(Kind::Data, fast.packets, fast.bytes);
+        stats.forward(Kind::Data, fast.data.packets, fast.data.bytes);
+        let cookies = fast.cookie_replies;
+        stats.forward(Kind::CookieReply, cookies.packets, cookies.bytes);
         stats
     }
 
-    /// The lock-free routes for transport data, kept in step with the table by the core.
+    /// The lock-free routes for transport data and cookie replies, kept in step with the table by the core.
     pub fn routes(&self) -> &Arc<Routes> {
         self.table.routes()
     }

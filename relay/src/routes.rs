@@ -1,16 +1,23 @@
-//! The forwarding path without the core's lock: transport data routed by receiver index alone.
+//! The forwarding path without the core's lock: transport data and cookie replies, routed by
+//! receiver index alone.
 //!
-//! The [`Table`](crate::table::Table) publishes a route for index `i` exactly when the core
-//! ([`Relay::handle_input`](crate::Relay::handle_input)) would forward transport data addressed to
-//! `i` from the session peer's endpoint to `i`'s endpoint alone, changing nothing but "the
-//! sender's side was heard now": `i` is in a session, neither side has a roam candidate, and, if
-//! `i` is the responder's, its handshake is confirmed. The table is the only writer and keeps the
-//! routes in step at every mutation; the IO workers try [`Batch::forward`] first and hand the
-//! datagram to the core only when it answers `None`.
+//! The [`Table`](crate::table::Table) publishes a route for index `i`, to `i`'s endpoint, exactly
+//! when the core ([`Relay::handle_input`](crate::Relay::handle_input)) would forward messages
+//! addressed to `i` there alone, changing nothing:
+//! - **cookie replies** from any endpoint the relay knows, whenever `i` is held and has no roam
+//!   candidate (a half-open initiation's index included: that is what a peer under load answers);
+//! - **transport data** only from the session peer's endpoint (the route's `from`), when `i` is in
+//!   a session, neither side has a roam candidate, and, if `i` is the responder's, its handshake
+//!   is confirmed. Such data changes one thing, "the sender's side was heard now", which the route
+//!   carries.
 //!
-//! A route carries the sending side's "heard" time, shared with the table: traffic forwarded here
-//! must still count as heard, or a forger could roam in beside a peer whose packets never reach
-//! the core. Forwarded packets are counted per worker and merged at scrape time
+//! The table is the only writer and keeps the routes, and the set of known endpoints, in step at
+//! every mutation; the IO workers try [`Batch::forward`] first and hand the datagram to the core
+//! only when it answers `None`.
+//!
+//! The "heard" time a data route carries is shared with the table: traffic forwarded here must
+//! still count as heard, or a forger could roam in beside a peer whose packets never reach the
+//! core. Forwarded packets are counted per worker and merged at scrape time
 //! ([`Routes::forwarded`]).
 //!
 //! The map is `papaya`'s: reads are lock-free (no reader ever waits for a writer, a resize or
@@ -40,17 +47,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::message::Message;
+use crate::message::{Kind, Message};
 use crate::stats::Traffic;
 
 /// Seeded per process and per map: receiver indices are chosen by whoever sends.
 type Hasher = foldhash::fast::RandomState;
 
-/// Where transport data addressed to one index goes, and the only source it is taken from.
+/// Where messages addressed to one index go.
 #[derive(Debug)]
 struct Route {
     to: SocketAddr,
-    from: SocketAddr,
+    /// The only source transport data is taken from; `None`: cookie replies only.
+    from: Option<SocketAddr>,
     /// When `from` last sent data, in nanoseconds since [`Routes::epoch`]; never goes back.
     heard: AtomicU64,
 }
@@ -59,29 +67,70 @@ struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteView {
     pub to: SocketAddr,
-    pub from: SocketAddr,
+    /// Where transport data is taken from; `None` if the route carries cookie replies only.
+    pub from: Option<SocketAddr>,
     pub heard: Instant,
+}
+
+/// What the forwarding path forwarded, by message kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    pub data: Traffic,
+    pub cookie_replies: Traffic,
 }
 
 /// One worker's forwarding counters, on a cache line of their own.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Counters {
-    packets: AtomicU64,
-    bytes: AtomicU64,
+    data_packets: AtomicU64,
+    data_bytes: AtomicU64,
+    cookie_packets: AtomicU64,
+    cookie_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn load(&self) -> Forwarded {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Forwarded {
+            data: Traffic {
+                packets: get(&self.data_packets),
+                bytes: get(&self.data_bytes),
+            },
+            cookie_replies: Traffic {
+                packets: get(&self.cookie_packets),
+                bytes: get(&self.cookie_bytes),
+            },
+        }
+    }
+}
+
+impl std::ops::AddAssign for Forwarded {
+    fn add_assign(&mut self, other: Self) {
+        for (total, more) in [
+            (&mut self.data, other.data),
+            (&mut self.cookie_replies, other.cookie_replies),
+        ] {
+            total.packets += more.packets;
+            total.bytes += more.bytes;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Workers {
     live: Vec<Arc<Counters>>,
     /// What workers that are gone forwarded, so the totals never go back.
-    retired: Traffic,
+    retired: Forwarded,
 }
 
-/// Routes for transport data, readable without any lock. See the module documentation.
+/// Routes for transport data and cookie replies, readable without any lock. See the module
+/// documentation.
 #[derive(Debug)]
 pub struct Routes {
     map: papaya::HashMap<u32, Route, Hasher>,
+    /// The endpoints the table knows: cookie replies are taken from these alone.
+    known: papaya::HashSet<SocketAddr, Hasher>,
     /// What "heard" times count from: fixed by the core at creation, so they fit an atomic.
     epoch: Instant,
     /// Taken to register a worker and to scrape, never to forward.
@@ -95,6 +144,10 @@ impl Routes {
             // doubling): an incremental one left unfinished when writes pause would make every
             // lookup of a moved entry search two tables.
             map: papaya::HashMap::builder()
+                .hasher(Hasher::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            known: papaya::HashSet::builder()
                 .hasher(Hasher::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
@@ -123,21 +176,39 @@ impl Routes {
         }
     }
 
-    /// Publishes the route for `index`, whose sender side was last heard at `heard`.
-    pub(crate) fn publish(&self, index: u32, to: SocketAddr, from: SocketAddr, heard: Instant) {
+    /// Publishes the route for `index` to `to`, replacing any; with `data`, transport data from
+    /// that source too, whose sender was last heard at that time.
+    pub(crate) fn publish(&self, index: u32, to: SocketAddr, data: Option<(SocketAddr, Instant)>) {
         let route = Route {
             to,
-            from,
-            heard: AtomicU64::new(self.nanos(heard)),
+            from: data.map(|(from, _)| from),
+            heard: AtomicU64::new(data.map_or(0, |(_, heard)| self.nanos(heard))),
         };
         self.map.pin().insert(index, route);
     }
 
-    /// Withdraws the route for `index`; returns the heard time it stored (see [`Routes::later`]).
+    /// Withdraws the route for `index`; returns the heard time a data route stored (see
+    /// [`Routes::later`]).
     pub(crate) fn withdraw(&self, index: u32) -> Option<u64> {
         let map = self.map.pin();
         map.remove(&index)
+            .filter(|route| route.from.is_some())
             .map(|route| route.heard.load(Ordering::Relaxed))
+    }
+
+    /// The table knows `endpoint` from now on.
+    pub(crate) fn know(&self, endpoint: SocketAddr) {
+        self.known.pin().insert(endpoint);
+    }
+
+    /// The table no longer knows `endpoint`.
+    pub(crate) fn forget(&self, endpoint: SocketAddr) {
+        self.known.pin().remove(&endpoint);
+    }
+
+    /// Every endpoint known here, in no particular order. For checks, not for the packet path.
+    pub fn known(&self) -> Vec<SocketAddr> {
+        self.known.pin().iter().copied().collect()
     }
 
     /// The later of `heard` and the time the route for `index` stored, if it is published.
@@ -175,13 +246,12 @@ impl Routes {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Transport data forwarded here, over every worker there has been.
-    pub fn forwarded(&self) -> Traffic {
+    /// What was forwarded here, over every worker there has been.
+    pub fn forwarded(&self) -> Forwarded {
         let workers = self.workers();
         let mut total = workers.retired;
         for c in &workers.live {
-            total.packets += c.packets.load(Ordering::Relaxed);
-            total.bytes += c.bytes.load(Ordering::Relaxed);
+            total += c.load();
         }
         total
     }
@@ -208,6 +278,7 @@ impl Worker {
         let routes = &*self.routes;
         Batch {
             guard: routes.map.guard(),
+            known: routes.known.guard(),
             routes,
             counters: &self.counters,
             now: routes.nanos(now),
@@ -218,8 +289,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         let mut workers = self.routes.workers();
-        workers.retired.packets += self.counters.packets.load(Ordering::Relaxed);
-        workers.retired.bytes += self.counters.bytes.load(Ordering::Relaxed);
+        workers.retired += self.counters.load();
         workers.live.retain(|c| !Arc::ptr_eq(c, &self.counters));
     }
 }
@@ -229,6 +299,7 @@ impl Drop for Worker {
 pub struct Batch<'a> {
     routes: &'a Routes,
     guard: papaya::LocalGuard<'a>,
+    known: papaya::LocalGuard<'a>,
     counters: &'a Counters,
     now: u64,
 }
@@ -240,23 +311,34 @@ impl std::fmt::Debug for Batch<'_> {
 }
 
 impl Batch<'_> {
-    /// Where to send `datagram` from `src` if it is transport data on a published route;
-    /// `None` sends it to the core, which decides it as it always has.
+    /// Where to send `datagram` from `src` if it is transport data or a cookie reply on a
+    /// published route; `None` sends it to the core, which decides it as it always has.
     pub fn forward(&self, src: SocketAddr, datagram: &[u8]) -> Option<SocketAddr> {
-        let Ok(Message::Data(msg)) = Message::parse(datagram) else {
-            return None;
+        let (msg, kind) = match Message::parse(datagram) {
+            Ok(Message::Data(msg)) => (msg, Kind::Data),
+            Ok(Message::CookieReply(msg)) => (msg, Kind::CookieReply),
+            _ => return None,
         };
         let route = self.routes.map.get(&msg.receiver_index(), &self.guard)?;
-        if route.from != src {
-            return None;
-        }
-        // Written only when later: a busy session's line stays shared among the workers.
-        if route.heard.load(Ordering::Relaxed) < self.now {
-            route.heard.fetch_max(self.now, Ordering::Relaxed);
-        }
         // This worker alone writes its counters (the batch borrows it mutably): no locked add.
-        bump(&self.counters.packets, 1);
-        bump(&self.counters.bytes, datagram.len() as u64);
+        let (packets, bytes) = if kind == Kind::Data {
+            if route.from != Some(src) {
+                return None;
+            }
+            // Written only when later: a busy session's line stays shared among the workers.
+            if route.heard.load(Ordering::Relaxed) < self.now {
+                route.heard.fetch_max(self.now, Ordering::Relaxed);
+            }
+            (&self.counters.data_packets, &self.counters.data_bytes)
+        } else {
+            // Only someone the relay already talks to can have been sent the message answered.
+            if !self.routes.known.contains(&src, &self.known) {
+                return None;
+            }
+            (&self.counters.cookie_packets, &self.counters.cookie_bytes)
+        };
+        bump(packets, 1);
+        bump(bytes, datagram.len() as u64);
         Some(route.to)
     }
 }

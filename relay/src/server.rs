@@ -397,9 +397,9 @@ async fn receive_loop(
                 continue;
             }
         };
-        // One clock reading for the whole batch. Transport data on a published route is
-        // forwarded without the core; the lock is taken at the first datagram that needs the
-        // core and held to the end of the batch. IO happens after both are gone.
+        // One clock reading for the whole batch. Transport data and cookie replies on a published
+        // route are forwarded without the core; the lock is taken at the first datagram that
+        // needs the core and held to the end of the batch. IO happens after both are gone.
         {
             let now = Instant::now();
             let batch = worker.batch(now);

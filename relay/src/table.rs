@@ -54,8 +54,8 @@ pub struct IndexEntry {
     pub unicast: bool,
     /// A transport packet has proved that the handshake on this index completed.
     pub confirmed: bool,
-    /// A route for data addressed to this index is published in [`Table::routes`].
-    routed: bool,
+    /// What route for messages addressed to this index is published in [`Table::routes`].
+    route: Published,
     /// When this index's owner last sent transport data from `endpoint`, as far as the core saw:
     /// a published route may hold a later time ([`Table::heard`] has the true one).
     heard: Instant,
@@ -68,6 +68,18 @@ pub struct IndexEntry {
     /// roams, at most once per [`ROAM_QUIET`] per session side.
     roam: Option<Box<Roam>>,
 }
+
+/// The route an index has in [`Table::routes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    None,
+    CookieReplies,
+    /// Cookie replies, and transport data from the session peer's endpoint.
+    Data,
+}
+
+/// Where a route takes transport data from, and when that sender was last heard.
+type DataSource = (SocketAddr, Instant);
 
 /// A key as index entries name it: 4 bytes instead of 33.
 type KeyId = std::num::NonZeroU32;
@@ -139,7 +151,7 @@ impl IndexEntry {
             role,
             unicast: false,
             confirmed: false,
-            routed: false,
+            route: Published::None,
             heard: now,
             timer,
             owner: None,
@@ -284,30 +296,41 @@ impl Table {
         let e = self.indices.get(&index)?;
         Some(match e.state {
             // Data from this side is addressed to the peer: the peer's route carries the time.
-            State::Session { peer } if self.indices.get(&peer).is_some_and(|p| p.routed) => {
+            State::Session { peer }
+                if self
+                    .indices
+                    .get(&peer)
+                    .is_some_and(|p| p.route == Published::Data) =>
+            {
                 self.routes.heard(peer, e.heard)
             }
             _ => e.heard,
         })
     }
 
-    /// The route the core would take for data addressed to `index`: `(to, from)`, if it forwards
-    /// such data from `from` to `to` alone with no change but the sender being heard; with the
-    /// sender's heard time as the core has it.
-    fn wanted_route(&self, index: u32) -> Option<(SocketAddr, SocketAddr, Instant)> {
+    /// The route the core would take for messages addressed to `index`: to its endpoint, if it
+    /// forwards them there alone with no change (a roam means two copies); and `(from, heard)` if
+    /// it also forwards transport data from `from` that way with no change but the sender being
+    /// heard, whose heard time the core has as `heard`.
+    fn wanted_route(&self, index: u32) -> Option<(SocketAddr, Option<DataSource>)> {
         let e = self.indices.get(&index)?;
-        let State::Session { peer } = e.state else {
+        if e.roam.is_some() {
             return None;
+        }
+        let data = match e.state {
+            State::Session { peer } => self
+                .indices
+                .get(&peer)
+                // A roam on the sender's side is cleared by its data; the first data to a
+                // responder's index confirms it.
+                .filter(|p| p.roam.is_none() && (e.role == Role::Initiator || e.confirmed))
+                .map(|p| (p.endpoint, p.heard)),
+            State::HalfOpen => None,
         };
-        let p = self.indices.get(&peer)?;
-        // A roam means two copies (this side's) or clearing the roam (the sender's); the first
-        // data to a responder's index confirms it.
-        let plain =
-            e.roam.is_none() && p.roam.is_none() && (e.role == Role::Initiator || e.confirmed);
-        plain.then_some((e.endpoint, p.endpoint, p.heard))
+        Some((e.endpoint, data))
     }
 
-    /// Publishes or withdraws the route for `index` to match the table.
+    /// Publishes, replaces or withdraws the route for `index` to match the table.
     fn sync_route(&mut self, index: u32) {
         let wanted = self.wanted_route(index);
         let Some(e) = self.indices.get_mut(&index) else {
@@ -317,16 +340,25 @@ impl Table {
             State::Session { peer } => Some(peer),
             State::HalfOpen => None,
         };
-        match (wanted, e.routed) {
-            (Some((to, from, heard)), false) => {
-                e.routed = true;
-                self.routes.publish(index, to, from, heard);
+        let kind = match wanted {
+            None => Published::None,
+            Some((_, None)) => Published::CookieReplies,
+            Some((_, Some(_))) => Published::Data,
+        };
+        let was = std::mem::replace(&mut e.route, kind);
+        if was == kind {
+            return;
+        }
+        // A data route's heard time goes back to the table before the route does.
+        if was == Published::Data {
+            self.unpublish(index, peer);
+        }
+        match wanted {
+            Some((to, data)) => self.routes.publish(index, to, data),
+            None if was == Published::CookieReplies => {
+                self.routes.withdraw(index);
             }
-            (None, true) => {
-                e.routed = false;
-                self.unpublish(index, peer);
-            }
-            _ => {}
+            None => {}
         }
     }
 
@@ -424,10 +456,13 @@ impl Table {
     }
 
     fn ref_endpoint(&mut self, endpoint: SocketAddr) {
-        let e = self.endpoints.entry(endpoint).or_insert(EndpointEntry {
-            refs: 0,
-            key: None,
-            timer: 0,
+        let e = self.endpoints.entry(endpoint).or_insert_with(|| {
+            self.routes.know(endpoint);
+            EndpointEntry {
+                refs: 0,
+                key: None,
+                timer: 0,
+            }
         });
         e.refs += 1;
         // Disarm the linger timer: its heap node no longer matches.
@@ -463,21 +498,27 @@ impl Table {
         entry.counterpart = self.names.name(counterpart);
         let replaced = self.indices.insert(index, entry);
         self.unroute_replaced(index, replaced);
+        self.sync_route(index);
     }
 
     /// Withdraws the routes of an entry the caller failed to check was free: stale routes would
-    /// outlive it.
+    /// outlive it. The new entry's own route is the caller's to publish.
     fn unroute_replaced(&mut self, index: u32, replaced: Option<IndexEntry>) {
-        if let Some(old) = &replaced {
-            self.names.release(old.owner);
-            self.names.release(old.counterpart);
-        }
-        if let Some(old) = replaced
-            && let State::Session { peer } = old.state
-        {
-            if old.routed {
-                self.unpublish(index, Some(peer));
+        let Some(old) = replaced else { return };
+        self.names.release(old.owner);
+        self.names.release(old.counterpart);
+        let peer = match old.state {
+            State::Session { peer } => Some(peer),
+            State::HalfOpen => None,
+        };
+        match old.route {
+            Published::Data => self.unpublish(index, peer),
+            Published::CookieReplies => {
+                self.routes.withdraw(index);
             }
+            Published::None => {}
+        }
+        if let Some(peer) = peer {
             self.sync_route(peer);
         }
     }
@@ -621,7 +662,7 @@ impl Table {
             State::Session { peer } => {
                 self.sessions -= 1;
                 // Both directions end with either side: the peer's route named this endpoint.
-                if entry.routed {
+                if entry.route == Published::Data {
                     self.unpublish(index, Some(peer));
                 }
                 self.sync_route(peer);
@@ -636,6 +677,9 @@ impl Table {
                 }
             }
             State::HalfOpen => {}
+        }
+        if entry.route == Published::CookieReplies {
+            self.routes.withdraw(index);
         }
         self.unref_endpoint(now, entry.endpoint);
     }
@@ -675,6 +719,7 @@ impl Table {
                     self.forget_home(&key, addr);
                 }
                 self.endpoints.remove(&addr);
+                self.routes.forget(addr);
                 expired.endpoints += 1;
             }
         }

@@ -78,7 +78,7 @@ fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
     assert_eq!(stats.forwarded(Kind::Response).packets, 1);
     assert_eq!(stats.forwarded(Kind::Data).packets, 3);
     // The keepalive confirms the session in the core; ping and pong then take the routes.
-    assert_eq!(relay.routes().forwarded().packets, 2);
+    assert_eq!(relay.routes().forwarded().data.packets, 2);
     assert_eq!(stats.cookie_replies, if challenged { 2 } else { 0 });
     assert_eq!(stats.dropped_total(), 0);
 }
@@ -179,7 +179,7 @@ fn a_train_crosses_the_relay_as_one_gso_message() {
         "the keepalive and every datagram of the train"
     );
     assert_eq!(
-        relay.routes().forwarded().packets,
+        relay.routes().forwarded().data.packets,
         TRAIN as u64,
         "the train took the routes"
     );

@@ -1,4 +1,5 @@
-//! The lock-free routes for transport data (`wpex::routes`): they forward what the core would,
+//! The lock-free routes for transport data and cookie replies (`wpex::routes`): they forward what
+//! the core would,
 //! while the core's lock is held elsewhere; heard times are shared, so roaming works as in the
 //! core and a forger still cannot join a busy peer; sessions cut or expired lose their routes at
 //! once; and what they forward shows in the metrics. That the routes agree with the core on any
@@ -17,7 +18,7 @@ use common::{Identity, Peer, ipv4_packet, sample};
 use wpex::keys::AllowedKeys;
 use wpex::message::Kind;
 use wpex::metrics::{self, Reloads};
-use wpex::routes::Worker;
+use wpex::routes::{Routes, Worker};
 use wpex::server::IoErrors;
 use wpex::stats::DropReason;
 use wpex::table::{ROAM_QUIET, SESSION_TTL};
@@ -76,6 +77,15 @@ fn add_session(
     }
 }
 
+/// How many routes take transport data (the rest carry cookie replies only).
+fn data_routes(routes: &Routes) -> usize {
+    routes
+        .indices()
+        .into_iter()
+        .filter(|&i| routes.get(i).is_some_and(|r| r.from.is_some()))
+        .count()
+}
+
 /// Offers one datagram to the routes, as an IO worker does before taking the core's lock.
 fn route(worker: &mut Worker, now: Instant, from: &str, datagram: &[u8]) -> Option<SocketAddr> {
     worker.batch(now).forward(addr(from), datagram)
@@ -93,15 +103,55 @@ fn the_initiators_index_is_routed_at_once_the_responders_once_confirmed() {
     assert_eq!(feed(&mut relay, t0, A, &data(2)), Output::Forward(addr(B)));
     assert!(relay.table().index(2).is_some_and(|e| e.confirmed));
     assert_eq!(route(&mut worker, t0, A, &data(2)), Some(addr(B)));
-    // Only from the sender's endpoint, and only transport data.
+    // Transport data only from the sender's endpoint; nothing malformed.
     assert_eq!(route(&mut worker, t0, FORGER, &data(2)), None);
     assert_eq!(route(&mut worker, t0, B, &data(2)), None);
     assert_eq!(route(&mut worker, t0, A, &data(2)[..31]), None);
+    // Cookie replies from any endpoint the relay knows, as in the core.
     let mut cookie_reply = vec![0u8; 64];
     cookie_reply[0] = 3;
     cookie_reply[4..8].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(route(&mut worker, t0, A, &cookie_reply), None);
-    assert_eq!(relay.routes().forwarded().packets, 2);
+    assert_eq!(route(&mut worker, t0, A, &cookie_reply), Some(addr(B)));
+    assert_eq!(route(&mut worker, t0, FORGER, &cookie_reply), None);
+    assert_eq!(
+        feed(&mut relay, t0, FORGER, &cookie_reply),
+        Output::Drop(DropReason::UnknownSource)
+    );
+    assert_eq!(route(&mut worker, t0, A, &cookie_reply[..63]), None);
+    let forwarded = relay.routes().forwarded();
+    assert_eq!(forwarded.data.packets, 2);
+    assert_eq!(forwarded.cookie_replies.packets, 1);
+}
+
+#[test]
+fn a_cookie_reply_to_a_half_open_initiation_takes_the_routes() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(Config::default(), t0, [7; 32]);
+    let mut worker = Worker::new(relay.routes().clone());
+    // B is known first; A's initiation is broadcast to it, and B, under load, answers with a
+    // cookie reply on A's half-open index.
+    feed(&mut relay, t0, B, &handshake(1, 9, 0));
+    assert_eq!(
+        feed(&mut relay, t0, A, &handshake(1, 1, 0)),
+        Output::Broadcast(vec![addr(B)])
+    );
+    let mut cookie_reply = vec![0u8; 64];
+    cookie_reply[0] = 3;
+    cookie_reply[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(route(&mut worker, t0, B, &cookie_reply), Some(addr(A)));
+    assert_eq!(route(&mut worker, t0, FORGER, &cookie_reply), None);
+    // The half-open index expires, and its route with it.
+    let later = t0 + Duration::from_secs(60);
+    relay.handle_timeout(later);
+    relay.check_invariants(later).expect("consistent");
+    assert_eq!(route(&mut worker, later, B, &cookie_reply), None);
+    assert_eq!(
+        feed(&mut relay, later, B, &cookie_reply),
+        Output::Drop(DropReason::UnknownReceiver)
+    );
+    let stats = relay.stats_with_fast_path();
+    assert_eq!(stats.forwarded(Kind::CookieReply).packets, 1);
+    assert_eq!(stats.forwarded(Kind::CookieReply).bytes, 64);
 }
 
 #[test]
@@ -161,9 +211,14 @@ fn transport_data_is_forwarded_while_another_thread_holds_the_core_lock() {
     let core = relay.lock().expect("lock");
     core.check_invariants(t0).expect("consistent");
     assert_eq!(
-        routes.len(),
+        data_routes(&routes),
         2 + SESSIONS as usize,
-        "one route per new session"
+        "one data route per new session"
+    );
+    assert_eq!(
+        routes.len(),
+        2 + 2 * SESSIONS as usize,
+        "cookie replies to the unconfirmed side too"
     );
     // Plus the confirming packet, through the core.
     assert_eq!(
@@ -233,8 +288,11 @@ fn a_rebound_peer_still_roams_and_its_endpoint_takes_the_routes_back() {
         Output::Forward(addr(B))
     );
     assert_eq!(relay.stats().roams, 1);
-    // Both directions now need the core: two copies for A, or a roam to clear.
-    assert!(relay.routes().is_empty());
+    // Both directions of data now need the core: two copies for A, or a roam to clear. Cookie
+    // replies to A's index need two copies too; B's index has no roam of its own.
+    assert_eq!(data_routes(relay.routes()), 0);
+    assert_eq!(relay.routes().get(1), None);
+    assert!(relay.routes().get(2).is_some_and(|r| r.from.is_none()));
     assert_eq!(route(&mut worker, later, B, &data(1)), None);
     assert_eq!(
         feed(&mut relay, later, B, &data(1)),
@@ -293,7 +351,7 @@ fn revoking_a_key_withdraws_its_routes_at_once() {
         Output::Forward(addr(B))
     );
     assert_eq!(b.receive(&keepalive).error, None, "B may send data now");
-    assert_eq!(relay.routes().len(), 2, "both directions routed");
+    assert_eq!(data_routes(relay.routes()), 2, "both directions routed");
 
     let mut worker = Worker::new(relay.routes().clone());
     let from_a = a.send(&ipv4_packet(b"to B"));
@@ -303,7 +361,10 @@ fn revoking_a_key_withdraws_its_routes_at_once() {
 
     assert_eq!(relay.set_allowed_keys(t0, AllowedKeys::new([ia.public])), 2);
     relay.check_invariants(t0).expect("consistent");
-    assert!(relay.routes().is_empty());
+    // Only B's own half-open initiation keeps a route, for cookie replies: its initiator's key
+    // is not known until a response names it.
+    assert_eq!(data_routes(relay.routes()), 0);
+    assert_eq!(relay.routes().len(), 1);
     assert_eq!(route(&mut worker, t0, A, &from_a), None);
     assert_eq!(route(&mut worker, t0, B, &from_b), None);
     assert_eq!(

@@ -31,7 +31,7 @@ use wpex::relay::DEFAULT_SCAN_BUDGET;
 use wpex::relay::ScanDone;
 use wpex::relay::invariants::check_step;
 use wpex::routes::Worker;
-use wpex::stats::{DropReason, Stats};
+use wpex::stats::{DropReason, Stats, Traffic};
 use wpex::{Access, Config, Output, Relay};
 
 /// Steps per execution: enough for handshakes, roaming and expiry, short enough to stay fast.
@@ -399,6 +399,8 @@ pub struct Summary {
     pub forward_both: u64,
     /// Transport data the lock-free routes forwarded (the rest went to the core).
     pub routed: u64,
+    /// Cookie replies the lock-free routes forwarded.
+    pub routed_cookie_replies: u64,
     pub scans: u64,
     pub cookies_learned: u64,
     pub max_sessions: usize,
@@ -748,14 +750,28 @@ impl Run {
         let fast_before = self.relay.routes().forwarded();
         let routed = self.worker.batch(self.now).forward(src, &original);
         let fast = self.relay.routes().forwarded();
+        let delta = |before: Traffic, after: Traffic| {
+            (
+                after.packets.wrapping_sub(before.packets),
+                after.bytes.wrapping_sub(before.bytes),
+            )
+        };
         let counted = (
-            fast.packets.wrapping_sub(fast_before.packets),
-            fast.bytes.wrapping_sub(fast_before.bytes),
+            delta(fast_before.data, fast.data),
+            delta(fast_before.cookie_replies, fast.cookie_replies),
         );
+        let none = ((0, 0), (0, 0));
         if let Some(to) = routed {
-            if counted != (1, original.len() as u64) {
+            let one = (1, original.len() as u64);
+            let cookie_reply = matches!(Message::parse(&original), Ok(Message::CookieReply(_)));
+            let expected = if cookie_reply {
+                ((0, 0), one)
+            } else {
+                (one, (0, 0))
+            };
+            if counted != expected {
                 return Err(format!(
-                    "routes forwarded one datagram and counted {counted:?}"
+                    "routes forwarded one datagram and counted (data, cookie replies) {counted:?}"
                 ));
             }
             if twin_out != Output::Forward(to) {
@@ -763,10 +779,14 @@ impl Run {
                     "routes forwarded to {to}, the core decided {twin_out:?}"
                 ));
             }
-            self.summary.routed += 1;
+            if cookie_reply {
+                self.summary.routed_cookie_replies += 1;
+            } else {
+                self.summary.routed += 1;
+            }
             return self.check_output(src, &original, &original, &twin_out);
         }
-        if counted != (0, 0) {
+        if counted != none {
             return Err(format!("routes forwarded nothing and counted {counted:?}"));
         }
         let mut d = original.clone();

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    ENDPOINT_LINGER, HALF_OPEN_TTL, IndexEntry, KeyId, Role, SESSION_TTL, State, Subject, Table,
-    Timer, slot,
+    ENDPOINT_LINGER, HALF_OPEN_TTL, IndexEntry, KeyId, Published, Role, SESSION_TTL, State,
+    Subject, Table, Timer, slot,
 };
 use crate::keys::PublicKey;
 
@@ -32,10 +32,11 @@ impl Table {
     ///   with no reference has a live linger timer and one with references has none;
     /// - `homes` and each endpoint's key agree both ways;
     /// - timer generations are unique and every live timer belongs to an existing entry;
-    /// - the routes are exactly the table's: one for each index that transport data from its
-    ///   session peer's endpoint would be forwarded to with no change but the sender being heard
-    ///   (a session, no roam on either side, confirmed if the responder's), to its endpoint, from
-    ///   the peer's; none for any other index; no heard time in the future.
+    /// - the routes are exactly the table's: one to its endpoint for each index with no roam,
+    ///   none for any other; it takes transport data from the session peer's endpoint exactly when
+    ///   such data would be forwarded with no change but the sender being heard (a session, no
+    ///   roam on either side, confirmed if the responder's); no heard time in the future;
+    /// - the routes' known endpoints are exactly the table's.
     ///
     /// That nothing outlives its deadline is [`Table::next_deadline`] being after `now` once
     /// [`Table::expire`]`(now)` has run: expiry pops every timer due, live or stale.
@@ -83,18 +84,15 @@ impl Table {
                 "index {i} heard from in the future"
             );
             // Stated afresh rather than through the table's own function, so a slip there shows.
-            let wanted = match e.state {
+            let data_from = match e.state {
                 State::Session { peer } => self
                     .indices
                     .get(&peer)
-                    .filter(|p| {
-                        e.roam.is_none()
-                            && p.roam.is_none()
-                            && (e.role == Role::Initiator || e.confirmed)
-                    })
-                    .map(|p| (e.endpoint, p.endpoint)),
+                    .filter(|p| p.roam.is_none() && (e.role == Role::Initiator || e.confirmed))
+                    .map(|p| p.endpoint),
                 State::HalfOpen => None,
             };
+            let wanted = e.roam.is_none().then_some((e.endpoint, data_from));
             let published = self.routes.get(i);
             ensure!(
                 wanted == published.map(|r| (r.to, r.from)),
@@ -105,10 +103,15 @@ impl Table {
                 e.roam,
                 e.confirmed
             );
+            let marked = match published {
+                None => Published::None,
+                Some(r) if r.from.is_none() => Published::CookieReplies,
+                Some(_) => Published::Data,
+            };
             ensure!(
-                e.routed == published.is_some(),
-                "index {i} marked routed {} with route {published:?}",
-                e.routed
+                e.route == marked,
+                "index {i} marked {:?} with route {published:?}",
+                e.route
             );
             if let Some(roam) = e.roam() {
                 ensure!(
@@ -148,6 +151,14 @@ impl Table {
                 }
             }
         }
+        let mut known = self.routes.known();
+        known.sort();
+        let mut endpoints: Vec<SocketAddr> = self.endpoints.keys().copied().collect();
+        endpoints.sort();
+        ensure!(
+            known == endpoints,
+            "the routes know endpoints {known:?}, the table {endpoints:?}"
+        );
         for i in self.routes.indices() {
             ensure!(
                 self.indices.contains_key(&i),
@@ -269,7 +280,7 @@ impl Table {
                 e.unicast,
                 e.confirmed,
                 e.roam(),
-                e.routed,
+                e.route,
                 at.get(&e.timer).copied(),
             )
         };
