@@ -288,42 +288,86 @@ fn transmissions<'a>(output: &'a Output, datagram: &'a [u8]) -> (&'a [u8], &'a [
     }
 }
 
-/// The messages a batch's outputs send. Consecutive datagrams of one GRO train forwarded to the
-/// same endpoint are joined into one GSO message of up to `gso` datagrams; everything else goes
-/// alone. A train's datagrams lie back to back in the buffer, `stride` apart, so joining them
-/// copies nothing.
+/// The messages a batch's outputs send. Consecutive datagrams forwarded to the same endpoint,
+/// all of one size but the last, are joined into one GSO message of up to `gso` datagrams,
+/// whether they came as one GRO train or one by one; everything else goes alone. Nothing is
+/// copied: datagrams back to back in `storage` (a train's, `stride` apart) stay one part, and
+/// others become parts of their own, which `parts` holds.
 fn plan_sends<'a>(
     outputs: &'a [(Range<usize>, Output)],
     storage: &'a [u8],
     gso: usize,
+    parts: &'a mut Vec<&'a [u8]>,
 ) -> Vec<send::Transmit<'a>> {
-    let mut sends: Vec<send::Transmit<'a>> = Vec::with_capacity(outputs.len());
-    // The open train: where it starts in `storage`, and how many datagrams it holds.
-    let mut train: Option<(usize, usize)> = None;
+    /// A message being planned: `count` datagrams, `len` bytes in all, in `parts[first..]`.
+    struct Planned {
+        to: SocketAddr,
+        first: usize,
+        parts: usize,
+        count: usize,
+        len: usize,
+        segment: usize,
+        /// A forwarded datagram's message, which more may join: where its last part starts and
+        /// ends in `storage`.
+        open: Option<Range<usize>>,
+    }
+    parts.clear();
+    let mut plans: Vec<Planned> = Vec::with_capacity(outputs.len());
     for (range, output) in outputs {
         let (bytes, targets) = transmissions(output, &storage[range.clone()]);
-        if let (Output::Forward(to), Some(last), Some((start, count))) =
-            (output, sends.last_mut(), train)
+        if let (Output::Forward(to), Some(last)) = (output, plans.last_mut())
+            && let Some(tail) = last.open.clone()
         {
             let joins = last.to == *to
-                && start + last.bytes.len() == range.start
+                && !range.is_empty()
                 && range.len() <= last.segment
-                && last.bytes.len() % last.segment == 0
-                && count < gso
-                && last.bytes.len() + range.len() <= send::GSO_MAX_BYTES;
+                && last.len % last.segment == 0
+                && last.count < gso
+                && last.len + range.len() <= send::GSO_MAX_BYTES;
             if joins {
-                last.bytes = &storage[start..range.end];
-                train = Some((start, count + 1));
+                if tail.end == range.start {
+                    // Back to back with the last part: it grows, and the kernel gets one iovec.
+                    parts[last.first + last.parts - 1] = &storage[tail.start..range.end];
+                    last.open = Some(tail.start..range.end);
+                } else {
+                    parts.push(bytes);
+                    last.parts += 1;
+                    last.open = Some(range.clone());
+                }
+                last.count += 1;
+                last.len += range.len();
                 continue;
             }
         }
-        train = match output {
-            Output::Forward(_) if !range.is_empty() => Some((range.start, 1)),
+        let open = match output {
+            Output::Forward(_) if !range.is_empty() => Some(range.clone()),
             _ => None,
         };
-        sends.extend(targets.iter().map(|to| send::Transmit::single(*to, bytes)));
+        for to in targets {
+            parts.push(bytes);
+            plans.push(Planned {
+                to: *to,
+                first: parts.len() - 1,
+                parts: 1,
+                count: 1,
+                len: bytes.len(),
+                segment: bytes.len(),
+                open: open.clone(),
+            });
+        }
     }
-    sends
+    let parts: &'a [&'a [u8]] = parts;
+    plans
+        .into_iter()
+        .map(|p| send::Transmit {
+            to: p.to,
+            parts: match p.parts {
+                1 => send::Parts::One(parts[p.first]),
+                n => send::Parts::Many(&parts[p.first..p.first + n]),
+            },
+            segment: p.segment,
+        })
+        .collect()
 }
 
 /// Datagrams read per system call (`recvmmsg`).
@@ -430,13 +474,14 @@ async fn receive_loop(
                 }
             }
         }
-        // Everything the batch produced leaves in as few sendmmsg calls as possible, runs of a
-        // GRO train to one destination as one GSO message each.
+        // Everything the batch produced leaves in as few sendmmsg calls as possible, runs of
+        // same-size datagrams to one destination as one GSO message each.
         let gso = match &state {
             Some(state) if send::gso_enabled() => state.max_gso_segments(),
             _ => 1,
         };
-        let sends = plan_sends(&outputs, &storage, gso);
+        let mut parts = Vec::new();
+        let sends = plan_sends(&outputs, &storage, gso, &mut parts);
         send::send_all(&socket, &sends, |to, e| errors.record("send", Some(to), e)).await;
         drop(sends);
         outputs.clear();
@@ -497,16 +542,37 @@ mod tests {
         assert_eq!(segments(64, 0, 0).collect::<Vec<_>>(), vec![64..64]);
     }
 
+    /// A message as (destination, its parts as (offset in `storage`, length), segment).
+    type Described = (SocketAddr, Vec<(usize, usize)>, usize);
+
+    fn described(sends: &[send::Transmit<'_>], storage: &[u8]) -> Vec<Described> {
+        sends
+            .iter()
+            .map(|t| {
+                let parts = match t.parts {
+                    send::Parts::One(bytes) => vec![bytes],
+                    send::Parts::Many(parts) => parts.to_vec(),
+                };
+                let parts = parts
+                    .iter()
+                    .map(|p| (p.as_ptr() as usize - storage.as_ptr() as usize, p.len()))
+                    .collect();
+                (t.to, parts, t.segment)
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_train_to_one_endpoint_leaves_as_one_message_and_anything_else_alone() {
+    fn a_run_to_one_endpoint_leaves_as_one_message_and_anything_else_alone() {
         let (x, y): (SocketAddr, SocketAddr) = (
             "192.0.2.1:1".parse().expect("x"),
             "192.0.2.2:2".parse().expect("y"),
         );
-        let storage: Vec<u8> = (0..SLOT * 3).map(|i| i as u8).collect();
+        let storage: Vec<u8> = (0..SLOT * 4).map(|i| i as u8).collect();
         let drop = Output::Drop(crate::stats::DropReason::UnknownReceiver);
-        // Slot 0: a GRO train of five 100-byte datagrams and a 40-byte tail. Slot 1: a lone
-        // datagram to x, not joinable to slot 0's train.
+        // Slot 0: a GRO train of five 100-byte datagrams and a 40-byte tail. Slot 1: a datagram
+        // to x, which cannot join a train that ended short, and one copied to x and y. Slots 2
+        // and 3: datagrams that came one by one, to x.
         let outputs = vec![
             (0..100, Output::Forward(x)),
             (100..200, Output::Forward(x)),
@@ -516,34 +582,40 @@ mod tests {
             (500..540, Output::Forward(x)),
             (SLOT..SLOT + 100, Output::Forward(x)),
             (SLOT + 100..SLOT + 200, Output::ForwardBoth([x, y])),
+            (2 * SLOT..2 * SLOT + 100, Output::Forward(x)),
+            (3 * SLOT..3 * SLOT + 100, Output::Forward(x)),
+            (3 * SLOT + 100..3 * SLOT + 160, Output::Forward(x)),
         ];
-        let sends = plan_sends(&outputs, &storage, 64);
-        let got: Vec<_> = sends
-            .iter()
-            .map(|t| {
-                (
-                    t.to,
-                    t.bytes.as_ptr() as usize - storage.as_ptr() as usize,
-                    t.bytes.len(),
-                    t.segment,
-                )
-            })
-            .collect();
+        let mut parts = Vec::new();
+        let sends = plan_sends(&outputs, &storage, 64, &mut parts);
         assert_eq!(
-            got,
+            described(&sends, &storage),
             vec![
-                (x, 0, 200, 100),
-                (y, 200, 100, 100),
-                (x, 400, 140, 100),
-                (x, SLOT, 100, 100),
-                (x, SLOT + 100, 100, 100),
-                (y, SLOT + 100, 100, 100),
+                (x, vec![(0, 200)], 100),
+                (y, vec![(200, 100)], 100),
+                (x, vec![(400, 140)], 100),
+                (x, vec![(SLOT, 100)], 100),
+                (x, vec![(SLOT + 100, 100)], 100),
+                (y, vec![(SLOT + 100, 100)], 100),
+                // Three datagrams from two buffers: two parts, one message.
+                (x, vec![(2 * SLOT, 100), (3 * SLOT, 160)], 100),
             ]
         );
-        // A shorter datagram ends a train; the cap on datagrams per message splits one.
-        let sends = plan_sends(&outputs[..2], &storage, 1);
-        assert_eq!(sends.len(), 2);
-        let tail_first = [(0..40, Output::Forward(x)), (40..140, Output::Forward(x))];
-        assert_eq!(plan_sends(&tail_first, &storage, 64).len(), 2);
+        // The cap on datagrams per message splits a run; a shorter datagram ends one.
+        let mut parts = Vec::new();
+        let sends = plan_sends(&outputs[8..], &storage, 2, &mut parts);
+        assert_eq!(
+            described(&sends, &storage),
+            vec![
+                (x, vec![(2 * SLOT, 100), (3 * SLOT, 100)], 100),
+                (x, vec![(3 * SLOT + 100, 60)], 60),
+            ]
+        );
+        let tail_first = [
+            (0..40, Output::Forward(x)),
+            (SLOT..SLOT + 100, Output::Forward(x)),
+        ];
+        let mut parts = Vec::new();
+        assert_eq!(plan_sends(&tail_first, &storage, 64, &mut parts).len(), 2);
     }
 }

@@ -1,7 +1,9 @@
 //! Batched sends: every datagram one receive batch produced leaves in as few `sendmmsg` calls as
 //! possible, instead of one system call each. A run of same-size datagrams to one destination
-//! (a GRO train the relay received) leaves as one UDP GSO message, which the kernel splits:
-//! one trip through the stack instead of one per datagram.
+//! (a GRO train the relay received, or datagrams that arrived one by one) leaves as one UDP GSO
+//! message, which the kernel splits: one trip through the stack instead of one per datagram. The
+//! datagrams of a message may lie in separate buffers: each part is one `iovec`, so nothing is
+//! copied.
 //!
 //! Fallbacks, each for good once the kernel says so: where `sendmmsg` is missing (not Linux, or
 //! a seccomp filter), one `sendto` per datagram; where a device cannot segment (EIO), no GSO. A
@@ -14,9 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Datagrams per `sendmmsg` call; the kernel caps a call at 1024 (UIO_MAXIOV).
+/// Messages per `sendmmsg` call; the kernel caps a call at 1024 (UIO_MAXIOV).
 #[cfg(target_os = "linux")]
 const CHUNK: usize = 64;
+
+/// Parts (`iovec`s) per `sendmmsg` call, over all its messages: a call ends early rather than
+/// exceed it. Above what one message may hold (a train of at most 64 datagrams, as the kernel
+/// takes), so a message always fits.
+#[cfg(target_os = "linux")]
+const IOVS: usize = 4 * CHUNK;
 
 /// The most a GSO message may carry: an IPv4 datagram's payload limit.
 pub const GSO_MAX_BYTES: usize = 65_507;
@@ -33,32 +41,57 @@ pub fn gso_enabled() -> bool {
 }
 
 /// One message to send: a datagram, or a train of datagrams of `segment` bytes each (the last
-/// may be shorter) back to back in `bytes`, all for `to`.
+/// may be shorter) back to back in its parts, all for `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit<'a> {
     pub to: SocketAddr,
-    pub bytes: &'a [u8],
+    pub parts: Parts<'a>,
     pub segment: usize,
+}
+
+/// A message's bytes: one slice, or several sent as one, in order. Every part but the last holds
+/// whole datagrams of the message's `segment` size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts<'a> {
+    One(&'a [u8]),
+    Many(&'a [&'a [u8]]),
+}
+
+impl<'a> Parts<'a> {
+    fn as_slice(&self) -> &[&'a [u8]] {
+        match self {
+            Parts::One(bytes) => std::slice::from_ref(bytes),
+            Parts::Many(parts) => parts,
+        }
+    }
 }
 
 impl<'a> Transmit<'a> {
     pub fn single(to: SocketAddr, bytes: &'a [u8]) -> Self {
         Self {
             to,
-            bytes,
+            parts: Parts::One(bytes),
             segment: bytes.len(),
         }
     }
 
+    /// Its bytes in all.
+    pub fn len(&self) -> usize {
+        self.parts.as_slice().iter().map(|p| p.len()).sum()
+    }
+
     fn is_train(&self) -> bool {
-        self.segment > 0 && self.bytes.len() > self.segment
+        self.segment > 0 && self.len() > self.segment
     }
 
     /// The datagrams of a train, one message each.
     fn datagrams(&self) -> impl Iterator<Item = Transmit<'a>> + '_ {
-        self.bytes
-            .chunks(self.segment.max(1))
-            .map(|d| Transmit::single(self.to, d))
+        let (to, segment) = (self.to, self.segment.max(1));
+        self.parts
+            .as_slice()
+            .iter()
+            .flat_map(move |part| part.chunks(segment))
+            .map(move |d| Transmit::single(to, d))
     }
 }
 
@@ -85,7 +118,8 @@ async fn send_run<'a>(
     let mut next = 0;
     while next < out.len() {
         let first = out[next];
-        if first.is_train() && !(BATCHED.load(Ordering::Relaxed) && gso_enabled()) {
+        let joined = first.is_train() || matches!(first.parts, Parts::Many(_));
+        if joined && !(BATCHED.load(Ordering::Relaxed) && gso_enabled()) {
             split.extend(first.datagrams());
             next += 1;
             continue;
@@ -106,12 +140,12 @@ async fn send_run<'a>(
                     done => return done,
                 }
             }
-            if first.is_train() {
-                // Split on the next round, now that batching is off.
+            let Parts::One(bytes) = first.parts else {
+                // A train: split on the next round, now that batching is off.
                 return Ok(0);
-            }
+            };
             socket2::SockRef::from(socket)
-                .send_to(first.bytes, &first.to.into())
+                .send_to(bytes, &first.to.into())
                 .map(|_| 1)
         });
         match sent {
@@ -150,31 +184,45 @@ fn gso_refused(e: &io::Error) -> bool {
 #[repr(C, align(8))]
 struct SegmentCmsg([u8; 32]);
 
-/// One `sendmmsg` of up to [`CHUNK`] messages from the front of `out`; returns how many the
-/// kernel took (at least one), or the error of the first.
+/// One `sendmmsg` of up to [`CHUNK`] messages and [`IOVS`] parts from the front of `out`;
+/// returns how many messages the kernel took (at least one), or the error of the first.
 #[cfg(target_os = "linux")]
 fn send_batch(socket: &UdpSocket, out: &[Transmit<'_>]) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
 
-    let n = out.len().min(CHUNK);
     let addrs: [socket2::SockAddr; CHUNK] =
         std::array::from_fn(|i| out.get(i).map_or(out[0].to, |t| t.to).into());
     // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut iovs: [libc::iovec; CHUNK] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; IOVS] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; CHUNK] = unsafe { std::mem::zeroed() };
     let mut cmsgs = [SegmentCmsg([0; 32]); CHUNK];
-    for i in 0..n {
-        let t = out[i];
-        iovs[i] = libc::iovec {
-            iov_base: t.bytes.as_ptr() as *mut libc::c_void,
-            iov_len: t.bytes.len(),
-        };
+    // Where each message's parts start in `iovs`; pointed at once `iovs` is filled.
+    let mut first_iov = [0usize; CHUNK];
+    let (mut n, mut used) = (0, 0);
+    for t in out.iter().take(CHUNK) {
+        let parts = t.parts.as_slice();
+        if used + parts.len() > IOVS {
+            if n == 0 {
+                // More parts than any train holds (see IOVS): refused, so it is split.
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            break;
+        }
+        for (iov, part) in iovs[used..].iter_mut().zip(parts) {
+            *iov = libc::iovec {
+                iov_base: part.as_ptr() as *mut libc::c_void,
+                iov_len: part.len(),
+            };
+        }
+        let i = n;
         let hdr = &mut hdrs[i].msg_hdr;
         hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
         hdr.msg_namelen = addrs[i].len();
-        hdr.msg_iov = &mut iovs[i];
-        hdr.msg_iovlen = 1;
+        first_iov[i] = used;
+        hdr.msg_iovlen = parts.len() as _;
+        used += parts.len();
+        n += 1;
         if t.is_train() {
             let segment = u16::try_from(t.segment).unwrap_or(u16::MAX);
             // SAFETY: the buffer has room for CMSG_SPACE(2) bytes and is 8-aligned; the
@@ -189,6 +237,10 @@ fn send_batch(socket: &UdpSocket, out: &[Transmit<'_>]) -> io::Result<usize> {
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
             }
         }
+    }
+    let iov_base = iovs.as_mut_ptr();
+    for (hdr, first) in hdrs.iter_mut().zip(first_iov).take(n) {
+        hdr.msg_hdr.msg_iov = iov_base.wrapping_add(first);
     }
     // SAFETY: the first `n` headers point at `addrs`, `iovs`, `cmsgs` and the datagrams of `out`,
     // all of which outlive the call; the kernel only reads them (and writes `msg_len`).
@@ -270,12 +322,12 @@ mod tests {
         let out = [
             Transmit {
                 to,
-                bytes: &fits,
+                parts: Parts::One(&fits),
                 segment: 120,
             },
             Transmit {
                 to,
-                bytes: too_many,
+                parts: Parts::One(too_many),
                 segment: 120,
             },
         ];
@@ -289,5 +341,36 @@ mod tests {
         expected.push(vec![200; 50]);
         assert_eq!(got, expected);
         assert!(gso_enabled(), "EINVAL for one train must not turn GSO off");
+    }
+
+    /// Datagrams from separate buffers leave as one GSO message: a receiver that asks for GRO
+    /// gets them whole, which loopback only does for one message; one without GRO gets each.
+    #[tokio::test]
+    async fn a_train_from_separate_buffers_leaves_as_one_message() {
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind sender");
+        let datagrams: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100]).collect();
+        let tail = vec![9u8; 30];
+        let mut pieces: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
+        pieces.push(&tail);
+        let whole: Vec<u8> = pieces.concat();
+
+        let gro = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind gro");
+        let _state = quinn_udp::UdpSocketState::new((&gro).into()).expect("GRO on");
+        gro.set_nonblocking(false).expect("blocking again");
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind plain");
+        for rx in [&gro, &plain] {
+            let out = [Transmit {
+                to: rx.local_addr().expect("rx addr"),
+                parts: Parts::Many(&pieces),
+                segment: 100,
+            }];
+            let mut failures = Vec::new();
+            send_all(&sender, &out, |to, e| failures.push((to, e.kind()))).await;
+            assert!(failures.is_empty(), "{failures:?}");
+        }
+        assert_eq!(receive_all(&gro, 1), vec![whole]);
+        let mut expected = datagrams.clone();
+        expected.push(tail);
+        assert_eq!(receive_all(&plain, 6), expected);
     }
 }
