@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use wpex::keys::PublicKey;
+use wpex_proto::keys::PublicKey;
 
 /// A peer key as the relay controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

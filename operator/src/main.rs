@@ -11,7 +11,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use wpex::http::{MetricsServer, Readiness};
+use wpex_daemon::http::{MetricsServer, Readiness};
 use wpex_operator::controller::{self, Scope, Settings};
 use wpex_operator::http::HttpClient;
 use wpex_operator::metrics::Metrics;

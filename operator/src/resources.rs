@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use wpex::keys::PublicKey;
+use wpex_proto::keys::PublicKey;
 
 use crate::crd::{AccessMode, LogLevel, ServiceType, WireGuardRelaySpec};
 
@@ -86,7 +86,7 @@ pub fn config_map(relay: &Relay, keys: &[PublicKey]) -> ConfigMap {
         metadata: metadata(relay, keys_config_map_name(&relay.name)),
         data: Some(BTreeMap::from([(
             KEY_FILE.to_owned(),
-            wpex::keyfile::render(&header, keys.iter().copied()),
+            wpex_proto::keyfile::render(&header, keys.iter().copied()),
         )])),
         ..ConfigMap::default()
     }
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(cm.metadata.name.as_deref(), Some("edge-keys"));
         assert_eq!(cm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         let text = &cm.data.as_ref().expect("data")[KEY_FILE];
-        let parsed = wpex::keyfile::parse(std::path::Path::new(KEY_FILE), text).expect("parses");
+        let parsed = wpex_proto::keyfile::parse(std::path::Path::new(KEY_FILE), text).expect("parses");
         let mut expected = vec![k1, k2];
         expected.sort();
         assert_eq!(parsed, expected);

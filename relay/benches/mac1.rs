@@ -5,8 +5,8 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wpex::keys::{AllowedKeys, PublicKey};
-use wpex::message::Message;
+use wpex_proto::keys::{AllowedKeys, PublicKey};
+use wpex_proto::message::Message;
 
 /// A type-1 message of random bytes: no allowed key's mac1 matches, so a scan tries them all.
 fn junk_initiation(rng: &mut StdRng) -> Vec<u8> {
@@ -35,7 +35,7 @@ fn mac1(c: &mut Criterion) {
     // set up from the 32-byte mac1 key and fed all 116 bytes.
     let mac1_key = [7u8; 32];
     c.bench_function("mac1_check_unprecomputed", |b| {
-        b.iter(|| wpex::crypto::mac(&mac1_key, &[msg.mac1_input()]));
+        b.iter(|| wpex_proto::crypto::mac(&mac1_key, &[msg.mac1_input()]));
     });
 }
 

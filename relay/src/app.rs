@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::cli::Args;
-use crate::http::{HttpError, MetricsServer, Readiness};
-use crate::keyfile::{self, KeyFileError};
-use crate::keys::{AllowedKeys, PublicKey};
+use wpex_daemon::http::{HttpError, MetricsServer, Readiness};
+use wpex_proto::keyfile::{self, KeyFileError};
+use wpex_proto::keys::{AllowedKeys, PublicKey};
 use crate::metrics::{self, Reloads};
-use crate::relay::{Access, Config};
-use crate::server::{Server, ServerError, SharedRelay, lock, shutdown_signal};
+use wpex_proto::{Access, Config};
+use crate::server::{Server, ServerError, SharedRelay, lock};
+use wpex_daemon::shutdown_signal;
 use crate::watch::{self, Update, WatchError};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,10 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use wpex_daemon::LogFormat;
 
-use crate::keys::PublicKey;
+use wpex_proto::keys::PublicKey;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +35,7 @@ pub struct Args {
 
     /// mac1 computations per second the relay may spend identifying handshakes that no likely
     /// key explains (a full scan costs one per allowed key). 0 = unlimited.
-    #[arg(long, default_value_t = crate::relay::DEFAULT_SCAN_BUDGET, value_name = "N")]
+    #[arg(long, default_value_t = wpex_proto::DEFAULT_SCAN_BUDGET, value_name = "N")]
     pub scan_budget: u32,
 
     /// Allow a WireGuard public key (base64). Repeat for more keys. Without any, the relay is
@@ -64,12 +65,6 @@ pub struct Args {
     /// again per datagram as one.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 const BOOL_FLAGS: &[&str] = &["debug", "version", "help"];

@@ -1,20 +1,11 @@
-use std::io::IsTerminal;
-
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-use wpex::cli::{Args, LogFormat, go_style_args};
+use wpex::cli::{Args, go_style_args};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse_from(go_style_args(std::env::args_os()));
-    let level = if args.debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    wpex_daemon::init_logging(args.log_format, if args.debug { "debug" } else { "info" });
 
     let workers = usize::from(args.workers);
     // One runtime thread per receive socket: a spare thread only adds wake-ups, and the core

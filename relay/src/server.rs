@@ -23,8 +23,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::relay::{Config, Output, Relay, ScanRequest};
-use crate::routes::Worker;
+use wpex_proto::{Config, Output, Relay, ScanRequest};
+use wpex_proto::Worker;
 
 mod send;
 
@@ -38,8 +38,6 @@ pub enum ServerError {
         "UDP {addr} is already in use (another wpex relay?): stop it, or pick another --port or --bind"
     )]
     InUse { addr: SocketAddr },
-    #[error("waiting for shutdown signals: {0}")]
-    Signal(io::Error),
 }
 
 /// The shared core. A panic inside it would poison the lock; the table is still consistent
@@ -517,18 +515,6 @@ async fn timer_loop(relay: SharedRelay) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() -> Result<(), ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,7 +555,7 @@ mod tests {
             "192.0.2.2:2".parse().expect("y"),
         );
         let storage: Vec<u8> = (0..SLOT * 4).map(|i| i as u8).collect();
-        let drop = Output::Drop(crate::stats::DropReason::UnknownReceiver);
+        let drop = Output::Drop(wpex_proto::DropReason::UnknownReceiver);
         // Slot 0: a GRO train of five 100-byte datagrams and a 40-byte tail. Slot 1: a datagram
         // to x, which cannot join a train that ended short, and one copied to x and y. Slots 2
         // and 3: datagrams that came one by one, to x.

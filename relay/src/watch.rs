@@ -11,8 +11,8 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::keyfile::{self, KeyFileError};
-use crate::keys::PublicKey;
+use wpex_proto::keyfile::{self, KeyFileError};
+use wpex_proto::keys::PublicKey;
 
 /// How long events must stop before the file is read, so a write in progress is not read half-way.
 pub const SETTLE: Duration = Duration::from_millis(100);

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use common::{Identity, Peer, ipv4_packet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wpex::keys::AllowedKeys;
-use wpex::message::Kind;
-use wpex::ratelimit::ScanClass;
-use wpex::relay::COOKIE_ROTATION;
-use wpex::stats::DropReason;
-use wpex::table::{HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
-use wpex::{Access, Config, Output, Relay};
+use wpex_proto::keys::AllowedKeys;
+use wpex_proto::message::Kind;
+use wpex_proto::ScanClass;
+use wpex_proto::COOKIE_ROTATION;
+use wpex_proto::DropReason;
+use wpex_proto::{HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
+use wpex_proto::{Access, Config, Output, Relay};
 
 const A: &str = "198.51.100.10:51820";
 const B: &str = "203.0.113.20:40001";
@@ -749,7 +749,7 @@ fn malformed(d: &[u8]) -> Option<DropReason> {
 /// An allow-list relay with `extra` random keys besides the given identities.
 fn allow_relay_with(now: Instant, keys: &[&Identity], extra: usize) -> Relay {
     let mut rng = StdRng::seed_from_u64(8);
-    let random = (0..extra).map(|_| wpex::keys::PublicKey(rng.r#gen()));
+    let random = (0..extra).map(|_| wpex_proto::keys::PublicKey(rng.r#gen()));
     let config = Config {
         access: Access::AllowList(AllowedKeys::new(
             keys.iter().map(|k| k.public).chain(random),
@@ -849,7 +849,7 @@ fn a_junk_flood_spends_only_its_share_of_the_scan_budget() {
         }
     }
     // A sixteenth of the default budget, with a one-second burst, over 2 s.
-    let bound = 3 * wpex::relay::DEFAULT_SCAN_BUDGET / 16 / 10_003 + 1;
+    let bound = 3 * wpex_proto::DEFAULT_SCAN_BUDGET / 16 / 10_003 + 1;
     println!("junk scans admitted: {admitted} of 6000 (bound {bound})");
     assert!(admitted > 0 && admitted <= bound, "{admitted} > {bound}");
 
@@ -876,7 +876,7 @@ fn a_flood_from_one_address_is_held_to_that_address_share() {
         .count();
     assert_eq!(
         admitted,
-        5 * wpex::relay::SCAN_SOURCE_RATE as usize,
+        5 * wpex_proto::SCAN_SOURCE_RATE as usize,
         "burst"
     );
     assert_eq!(

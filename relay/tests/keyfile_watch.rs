@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use wpex::keys::PublicKey;
+use wpex_proto::keys::PublicKey;
 use wpex::watch::{self, KeyWatcher, Update};
 
 const K1: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";

@@ -3,10 +3,10 @@
 mod common;
 
 use common::{Endpoint, Identity, Peer, ipv4_packet};
-use wpex::keys::AllowedKeys;
-use wpex::message::Kind;
+use wpex_proto::keys::AllowedKeys;
+use wpex_proto::message::Kind;
 use wpex::server::{Server, lock};
-use wpex::{Access, Config};
+use wpex_proto::{Access, Config};
 
 /// A relay on `bind` and two peers that completed a handshake through it.
 struct Established {

@@ -1,4 +1,4 @@
-//! The lock-free routes for transport data and cookie replies (`wpex::routes`): they forward what
+//! The lock-free routes for transport data and cookie replies (`wpex_proto::Routes`): they forward what
 //! the core would,
 //! while the core's lock is held elsewhere; heard times are shared, so roaming works as in the
 //! core and a forger still cannot join a busy peer; sessions cut or expired lose their routes at
@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use common::fake::{handshake, transport};
 use common::{Identity, Peer, ipv4_packet, sample};
-use wpex::keys::AllowedKeys;
-use wpex::message::Kind;
+use wpex_proto::keys::AllowedKeys;
+use wpex_proto::message::Kind;
 use wpex::metrics::{self, Reloads};
-use wpex::routes::{Routes, Worker};
+use wpex_proto::{Routes, Worker};
 use wpex::server::IoErrors;
-use wpex::stats::DropReason;
-use wpex::table::{ROAM_QUIET, SESSION_TTL};
-use wpex::{Access, Config, Output, Relay};
+use wpex_proto::DropReason;
+use wpex_proto::{ROAM_QUIET, SESSION_TTL};
+use wpex_proto::{Access, Config, Output, Relay};
 
 const A: &str = "198.51.100.10:51820";
 const A_REBOUND: &str = "198.51.100.10:60001";

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use wpex::keys::PublicKey;
-use wpex::routes::Worker;
-use wpex::table::{ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, Role, SESSION_TTL, State, Table};
+use wpex_proto::keys::PublicKey;
+use wpex_proto::Worker;
+use wpex_proto::{ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, Role, SESSION_TTL, State, Table};
 
 const INDICES: u32 = 12;
 const ENDPOINTS: u8 = 5;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use rand::RngCore;
 use serde::Serialize;
-use wpex::crypto::mac1_key;
-use wpex::keyfile;
-use wpex::keys::PublicKey;
+use wpex_proto::crypto::mac1_key;
+use wpex_proto::keyfile;
+use wpex_proto::keys::PublicKey;
 
 /// Who a target lets in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

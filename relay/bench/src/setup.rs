@@ -5,7 +5,7 @@
 //! response with its own index whose receiver index is A's; the target forwards the response to
 //! A, and a session counts as set up only when A has received it. That is all open mode needs:
 //!
-//! - The relay (relay/src/relay.rs) registers the initiation's index as half-open and
+//! - The relay (relay/proto/src/relay.rs) registers the initiation's index as half-open and
 //!   broadcasts the initiation to the endpoints it knows; B need not be one of them, since B
 //!   never needs the initiation. A response is accepted from any source as long as its receiver
 //!   index is half-open (5 s), so B does not have to send anything first.
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use socket2::{Domain, Protocol, Socket, Type};
-use wpex::crypto::Mac;
+use wpex_proto::crypto::Mac;
 
 use crate::access::{AllowList, PairKeys};
 use crate::sys::{BATCH, Epoll, RecvBatch, Wait, send_all};

@@ -4,7 +4,7 @@
 //! (PROTOCOL.md). In open mode nothing checks mac1, so handshakes filled with random bytes are
 //! routed like real ones. In allow-list mode [`set_mac1`] makes a real mac1 for the addressee's
 //! key, and [`open_cookie_reply`] and [`set_mac2`] answer the relay's cookie round, with the
-//! relay's own constructions (`wpex::crypto`).
+//! relay's own constructions (`wpex_proto::crypto`).
 //!
 //! A transport data message here is: type 4, three zero bytes, receiver index, counter (both
 //! little-endian, as on the wire), then the payload. The payload starts with the probe: a sequence
@@ -12,11 +12,11 @@
 //! generator's clock. The rest is random filler standing in for ciphertext.
 
 use rand::RngCore;
-use wpex::crypto::{self, Mac};
-use wpex::message::{COOKIE_REPLY_LEN, Message};
+use wpex_proto::crypto::{self, Mac};
+use wpex_proto::message::{COOKIE_REPLY_LEN, Message};
 // The relay's own sizes and types. DATA_MIN_LEN, a keepalive (header and a 16-byte tag), also
 // has room for the probe.
-pub use wpex::message::{
+pub use wpex_proto::message::{
     DATA_MIN_LEN, INITIATION_LEN, RESPONSE_LEN, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
 
@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(data_template(10, &mut rng).len(), DATA_MIN_LEN);
     }
 
-    fn handshake(bytes: &[u8]) -> wpex::message::Handshake<'_> {
+    fn handshake(bytes: &[u8]) -> wpex_proto::message::Handshake<'_> {
         match Message::parse(bytes) {
             Ok(Message::Initiation(h) | Message::Response(h)) => h,
             other => panic!("not a handshake: {other:?}"),

@@ -21,18 +21,18 @@ use arbitrary::{Arbitrary, Unstructured};
 use blake2::{Blake2s256, Digest};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
-use wpex::crypto::mac;
-use wpex::keys::{AllowedKeys, PublicKey};
-use wpex::message::{
+use wpex_proto::crypto::mac;
+use wpex_proto::keys::{AllowedKeys, PublicKey};
+use wpex_proto::message::{
     COOKIE_REPLY_LEN, INITIATION_LEN, MAC_LEN, Message, ParseError, RESPONSE_LEN,
     TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
-use wpex::relay::DEFAULT_SCAN_BUDGET;
-use wpex::relay::ScanDone;
-use wpex::relay::invariants::check_step;
-use wpex::routes::Worker;
-use wpex::stats::{DropReason, Stats, Traffic};
-use wpex::{Access, Config, Output, Relay};
+use wpex_proto::DEFAULT_SCAN_BUDGET;
+use wpex_proto::ScanDone;
+use wpex_proto::invariants::check_step;
+use wpex_proto::Worker;
+use wpex_proto::{DropReason, Stats, Traffic};
+use wpex_proto::{Access, Config, Output, Relay};
 
 /// Steps per execution: enough for handshakes, roaming and expiry, short enough to stay fast.
 pub const MAX_STEPS: usize = 64;
@@ -618,10 +618,10 @@ impl Run {
                 let found = (0..self.seen.len()).find_map(|k| {
                     let i = self.seen[(usize::from(*pick) + k) % self.seen.len()];
                     match self.relay.table().index(i)?.state {
-                        wpex::table::State::Session { peer } => {
+                        wpex_proto::State::Session { peer } => {
                             Some((i, self.relay.table().index(peer)?.endpoint))
                         }
-                        wpex::table::State::HalfOpen => None,
+                        wpex_proto::State::HalfOpen => None,
                     }
                 });
                 let (receiver, from) = match found {

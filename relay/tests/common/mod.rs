@@ -13,7 +13,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey as X25519Public, StaticSecret};
 use rand::rngs::OsRng;
 
-use wpex::keys::PublicKey;
+use wpex_proto::keys::PublicKey;
 
 /// The address peers see the relay at; it feeds boringtun's own cookie computation.
 pub const RELAY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));

@@ -27,8 +27,8 @@
 //! ```
 //! use std::net::SocketAddr;
 //! use std::time::Instant;
-//! use wpex::routes::Worker;
-//! use wpex::{Config, Relay};
+//! use wpex_proto::Worker;
+//! use wpex_proto::{Config, Relay};
 //!
 //! let now = Instant::now();
 //! let relay = Relay::new(Config::default(), now, [7; 32]);

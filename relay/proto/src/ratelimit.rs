@@ -118,6 +118,7 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
         self.buckets.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }

@@ -43,7 +43,7 @@ pub enum State {
 }
 
 /// One index. Kept small (88 bytes), since a relay holds two per session: keys are named by
-/// number ([`KeyNames`]), and a roam, which almost no entry has, is boxed.
+/// number (`KeyNames`), and a roam, which almost no entry has, is boxed.
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
     /// Where messages addressed to this index are sent.
