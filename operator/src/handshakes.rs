@@ -17,6 +17,7 @@ use kube::{Api, ResourceExt};
 
 use crate::controller::Context;
 use crate::crd::{AccessMode, WireGuardPeerKey};
+use crate::http::HttpError;
 use crate::resources::{self, METRICS_PORT};
 
 pub const METRIC: &str = "wpex_key_last_handshake_timestamp_seconds";
@@ -52,6 +53,9 @@ pub fn parse(metrics: &str) -> HashMap<String, i64> {
     out
 }
 
+/// A relay by (namespace, name).
+type RelayId = (String, String);
+
 /// Scrapes every running relay pod in the scope, then moves each peer key's `lastHandshake`
 /// forward; runs until the task is dropped.
 pub async fn run(ctx: Arc<Context>, pods: Api<Pod>) {
@@ -70,54 +74,78 @@ pub async fn run(ctx: Arc<Context>, pods: Api<Pod>) {
                 continue;
             }
         };
-        // Only pods of allow-list relays that exist: the labels alone could be anyone's.
-        let targets: Vec<((String, String), String)> = listed
-            .iter()
-            .filter_map(|pod| {
-                let (relay, url) = metrics_url(pod)?;
-                let namespace = pod.namespace()?;
-                let known = ctx.relays.get(&ObjectRef::new(&relay).within(&namespace))?;
-                (known.spec.access_mode == AccessMode::AllowList)
-                    .then_some(((namespace, relay), url))
-            })
-            .collect();
-        let scraped: Vec<_> = futures::stream::iter(targets)
-            .map(|(relay, url)| {
-                let http = ctx.http.clone();
-                async move { (relay, http.get(&url, SCRAPE_TIMEOUT).await) }
-            })
-            .buffer_unordered(SCRAPES_AT_ONCE)
-            .collect()
-            .await;
-        // (namespace, relay) -> key -> last handshake, the latest over the relay's pods.
-        let mut seen: HashMap<(String, String), HashMap<String, i64>> = HashMap::new();
-        for (relay, answer) in scraped {
-            match answer {
-                Ok(text) => {
-                    ctx.metrics.scraped(true);
-                    let by_key = seen.entry(relay).or_default();
-                    for (key, at) in parse(&text) {
-                        let slot = by_key.entry(key).or_insert(at);
-                        *slot = (*slot).max(at);
-                    }
+        let scraped = scrape(&ctx, targets(&ctx, &listed)).await;
+        let seen = latest(&ctx, scraped);
+        record_all(&ctx, &seen).await;
+    }
+}
+
+/// The pods to scrape, with their relay. Only pods of allow-list relays that exist: the labels
+/// alone could be anyone's.
+fn targets(ctx: &Context, listed: &[Pod]) -> Vec<(RelayId, String)> {
+    listed
+        .iter()
+        .filter_map(|pod| {
+            let (relay, url) = metrics_url(pod)?;
+            let namespace = pod.namespace()?;
+            let known = ctx.relays.get(&ObjectRef::new(&relay).within(&namespace))?;
+            (known.spec.access_mode == AccessMode::AllowList).then_some(((namespace, relay), url))
+        })
+        .collect()
+}
+
+/// GETs each target's metrics, a few at a time.
+async fn scrape(
+    ctx: &Context,
+    targets: Vec<(RelayId, String)>,
+) -> Vec<(RelayId, Result<String, HttpError>)> {
+    futures::stream::iter(targets)
+        .map(|(relay, url)| {
+            let http = ctx.http.clone();
+            async move { (relay, http.get(&url, SCRAPE_TIMEOUT).await) }
+        })
+        .buffer_unordered(SCRAPES_AT_ONCE)
+        .collect()
+        .await
+}
+
+/// Relay -> key -> last handshake, the latest over the relay's pods; counts each scrape.
+fn latest(
+    ctx: &Context,
+    scraped: Vec<(RelayId, Result<String, HttpError>)>,
+) -> HashMap<RelayId, HashMap<String, i64>> {
+    let mut seen: HashMap<RelayId, HashMap<String, i64>> = HashMap::new();
+    for (relay, answer) in scraped {
+        match answer {
+            Ok(text) => {
+                ctx.metrics.scraped(true);
+                let by_key = seen.entry(relay).or_default();
+                for (key, at) in parse(&text) {
+                    let slot = by_key.entry(key).or_insert(at);
+                    *slot = (*slot).max(at);
                 }
-                Err(e) => {
-                    ctx.metrics.scraped(false);
-                    tracing::debug!(error = %e, "scraping a relay pod");
-                }
+            }
+            Err(e) => {
+                ctx.metrics.scraped(false);
+                tracing::debug!(error = %e, "scraping a relay pod");
             }
         }
-        for key in ctx.keys.state() {
-            let namespace = key.namespace().unwrap_or_default();
-            let Some(at) = seen
-                .get(&(namespace.clone(), key.spec.relay.clone()))
-                .and_then(|by_key| by_key.get(&key.spec.public_key))
-            else {
-                continue;
-            };
-            if let Err(e) = record(&ctx, &key, &namespace, *at).await {
-                tracing::warn!(key = %key.name_any(), error = %e, "writing lastHandshake");
-            }
+    }
+    seen
+}
+
+/// Records what was seen on every peer key in the store that it concerns.
+async fn record_all(ctx: &Context, seen: &HashMap<RelayId, HashMap<String, i64>>) {
+    for key in ctx.keys.state() {
+        let namespace = key.namespace().unwrap_or_default();
+        let Some(at) = seen
+            .get(&(namespace.clone(), key.spec.relay.clone()))
+            .and_then(|by_key| by_key.get(&key.spec.public_key))
+        else {
+            continue;
+        };
+        if let Err(e) = record(ctx, &key, &namespace, *at).await {
+            tracing::warn!(key = %key.name_any(), error = %e, "writing lastHandshake");
         }
     }
 }

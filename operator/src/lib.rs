@@ -4,11 +4,14 @@
 //! - [`admission`]: which peer keys a relay accepts (pure domain logic, no Kubernetes types).
 //! - [`resources`]: the ConfigMap, Deployment and Service a relay owns (pure builders).
 //! - [`endpoint`]: the address peers use, read from the Service.
-//! - [`controller`]: the reconcilers and how they are watched.
+//! - [`controller`]: the reconcilers, their steps and how they are watched.
+//! - [`apply`]: server-side apply of a relay's children.
+//! - [`status`]: conditions and status writes.
 //! - [`handshakes`]: each peer key's last handshake, scraped from its relay pod into status.
 //! - [`http`]: plain-HTTP GETs (relay metrics, `wpex-operator probe`).
 
 pub mod admission;
+pub mod apply;
 pub mod controller;
 pub mod crd;
 pub mod endpoint;
@@ -17,6 +20,7 @@ pub mod handshakes;
 pub mod http;
 pub mod metrics;
 pub mod resources;
+pub mod status;
 
 use kube::CustomResourceExt;
 

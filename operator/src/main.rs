@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -5,10 +6,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use futures::FutureExt;
+use futures::future::Shared;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
 
 use wpex_daemon::http::{MetricsServer, Readiness};
@@ -106,118 +110,180 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Probe { url }) = &args.command {
         return probe(url).await;
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
-    }
-
+    init_logs(args.log_format);
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("wpex-operator-{}", std::process::id()));
+    let identity = identity(args.identity.clone());
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let ready = Arc::new(Readiness::default());
-    let http = MetricsServer::bind(args.metrics_addr, registry, ready.clone()).await?;
-    tokio::spawn(async move {
-        if let Err(e) = http.serve().await {
-            tracing::error!(%e, "metrics endpoint stopped");
-        }
-    });
+    serve_http(args.metrics_addr, registry, ready.clone()).await?;
 
     let shutdown = shutdown_signal().shared();
-    let mut lost_leadership = None;
-    let mut lease_task = None;
-    if args.leader_election {
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_field_manager(controller::FIELD_MANAGER)
-            // A standby only looks again when the holder's Lease would expire, even after a
-            // release: a short Lease makes an upgraded pod take over sooner.
-            .with_duration(LEASE_SECONDS)
-            .build()
-            .await
-            .context("setting up leader election")?;
-        let (mut leader, task) = manager.watch().await;
-        // A standby replica is ready: it serves and will take over. Waiting for the Lease here
-        // would deadlock a rolling update, where the old pod keeps the Lease until the new one
-        // is ready.
-        ready.set_ready();
-        tracing::info!(%identity, namespace = %args.lease_namespace, "waiting to become leader");
-        tokio::select! {
-            changed = leader.wait_for(|is_leader| *is_leader) => {
-                changed.context("leader election stopped")?;
-            }
-            _ = shutdown.clone() => return Ok(()),
+    let leadership = if args.leader_election {
+        let lease = Lease {
+            name: &args.lease_name,
+            namespace: &args.lease_namespace,
+            identity: &identity,
+        };
+        match lead(&client, lease, &ready, shutdown.clone()).await? {
+            Some(leadership) => Some(leadership),
+            // Shut down while standing by.
+            None => return Ok(()),
         }
-        tracing::info!(%identity, "became leader");
-        lease_task = Some(task);
-        lost_leadership = Some(leader);
-    }
-
-    // Stop reconciling on a signal, or as soon as another replica may have taken over.
-    let mut leader_watch = lost_leadership.clone();
-    let stop = {
-        let shutdown = shutdown.clone();
-        async move {
-            let lost = async {
-                match leader_watch.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.wait_for(|is_leader| !*is_leader).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown => {}
-                _ = lost => tracing::error!("lost leadership; stopping"),
-            }
-        }
-    }
-    .shared();
-
-    let settings = Settings {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "wpex-operator".to_owned(),
-                instance: Some(identity.clone()),
-            },
-        ),
-        client,
-        pods: PodDefaults {
-            image: args.relay_image,
-            pull_secrets: args.relay_image_pull_secrets,
-        },
-        metrics,
-    };
-    let scope = if args.namespaces.is_empty() {
-        Scope::Cluster
     } else {
-        Scope::Namespaces(args.namespaces)
+        None
     };
+    let stop = stop_reconciling(shutdown, leadership.as_ref().map(|l| l.is_leader.clone()));
+
+    let settings = settings(client, identity, &args, metrics);
+    let scope = scope(args.namespaces);
     tracing::info!(?scope, "starting controllers");
     controller::run(settings, scope, stop, || {
         ready.set_ready();
         tracing::info!("caches synced; ready");
     })
     .await;
+    step_down(leadership).await
+}
 
-    let still_leader = lost_leadership.as_ref().is_none_or(|rx| *rx.borrow());
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// `--identity`, else the host name, else one made up from the process id.
+fn identity(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("wpex-operator-{}", std::process::id()))
+}
+
+/// Binds /metrics, /healthz and /readyz and serves them in the background.
+async fn serve_http(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<Readiness>,
+) -> anyhow::Result<()> {
+    let http = MetricsServer::bind(addr, registry, ready).await?;
+    tokio::spawn(async move {
+        if let Err(e) = http.serve().await {
+            tracing::error!(%e, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The Lease replicas compete for, and this replica's name in it.
+struct Lease<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    identity: &'a str,
+}
+
+/// This replica's hold on the Lease: whether it still leads, and the task renewing it.
+struct Leadership {
+    is_leader: watch::Receiver<bool>,
+    task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+}
+
+/// Waits to hold the Lease; `None` if `shutdown` came first.
+async fn lead(
+    client: &Client,
+    lease: Lease<'_>,
+    ready: &Readiness,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Option<Leadership>> {
+    let manager = LeaseManagerBuilder::new(client.clone(), lease.name)
+        .with_namespace(lease.namespace)
+        .with_identity(lease.identity)
+        .with_field_manager(controller::FIELD_MANAGER)
+        // A standby only looks again when the holder's Lease would expire, even after a
+        // release: a short Lease makes an upgraded pod take over sooner.
+        .with_duration(LEASE_SECONDS)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut is_leader, task) = manager.watch().await;
+    // A standby replica is ready: it serves and will take over. Waiting for the Lease here
+    // would deadlock a rolling update, where the old pod keeps the Lease until the new one
+    // is ready.
+    ready.set_ready();
+    let identity = lease.identity;
+    tracing::info!(%identity, namespace = %lease.namespace, "waiting to become leader");
+    tokio::select! {
+        changed = is_leader.wait_for(|is_leader| *is_leader) => {
+            changed.context("leader election stopped")?;
+        }
+        _ = shutdown => return Ok(None),
+    }
+    tracing::info!(%identity, "became leader");
+    Ok(Some(Leadership { is_leader, task }))
+}
+
+/// Completes on a signal, or as soon as another replica may have taken over.
+fn stop_reconciling(
+    shutdown: impl Future<Output = ()>,
+    mut is_leader: Option<watch::Receiver<bool>>,
+) -> Shared<impl Future<Output = ()>> {
+    async move {
+        let lost = async {
+            match is_leader.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|is_leader| !*is_leader).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = lost => tracing::error!("lost leadership; stopping"),
+        }
+    }
+    .shared()
+}
+
+fn settings(client: Client, identity: String, args: &Args, metrics: Metrics) -> Settings {
+    Settings {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "wpex-operator".to_owned(),
+                instance: Some(identity),
+            },
+        ),
+        client,
+        pods: PodDefaults {
+            image: args.relay_image.clone(),
+            pull_secrets: args.relay_image_pull_secrets.clone(),
+        },
+        metrics,
+    }
+}
+
+fn scope(namespaces: Vec<String>) -> Scope {
+    if namespaces.is_empty() {
+        Scope::Cluster
+    } else {
+        Scope::Namespaces(namespaces)
+    }
+}
+
+/// Gives the Lease back after the controllers stopped; an error if it had been lost.
+async fn step_down(leadership: Option<Leadership>) -> anyhow::Result<()> {
+    let Some(Leadership { is_leader, task }) = leadership else {
+        return Ok(());
+    };
+    let still_leader = *is_leader.borrow();
     // Closing the channel makes the lease manager release the Lease, so a successor need not
     // wait for it to expire.
-    drop(lost_leadership);
-    if let Some(task) = lease_task {
-        let _ = task.await;
-    }
+    drop(is_leader);
+    let _ = task.await;
     anyhow::ensure!(still_leader, "lost leadership");
     Ok(())
 }

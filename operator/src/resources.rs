@@ -21,6 +21,7 @@ use crate::crd::{AccessMode, LogLevel, ServiceType, WireGuardRelaySpec};
 pub const KEY_FILE: &str = "allowed-keys";
 pub const KEYS_MOUNT: &str = "/etc/wpex/keys";
 pub const METRICS_PORT: i32 = 9090;
+const KEYS_VOLUME: &str = "keys";
 /// Non-root user of the distroless/static images.
 const RUN_AS: i64 = 65532;
 
@@ -137,85 +138,24 @@ pub struct PodDefaults {
     pub pull_secrets: Vec<String>,
 }
 
+/// Everything a relay owns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// Build: every child of `relay`, from its spec, its accepted keys and the operator's defaults.
+pub fn build(relay: &Relay, keys: &[PublicKey], defaults: &PodDefaults) -> Children {
+    Children {
+        config_map: config_map(relay, keys),
+        deployment: deployment(relay, defaults),
+        service: service(relay),
+    }
+}
+
 pub fn deployment(relay: &Relay, defaults: &PodDefaults) -> Deployment {
-    let spec = &relay.spec;
-    let allow_list = spec.access_mode == AccessMode::AllowList;
-    let container = Container {
-        name: "wpex".to_owned(),
-        image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
-        args: Some(args(spec)),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("wireguard".to_owned()),
-                container_port: i32::from(spec.port),
-                protocol: Some("UDP".to_owned()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("metrics".to_owned()),
-                container_port: METRICS_PORT,
-                protocol: Some("TCP".to_owned()),
-                ..ContainerPort::default()
-            },
-        ]),
-        liveness_probe: Some(probe("/healthz")),
-        readiness_probe: Some(probe("/readyz")),
-        resources: spec.resources.clone(),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        // No subPath: kubelet only updates a ConfigMap volume mounted whole.
-        volume_mounts: allow_list.then(|| {
-            vec![VolumeMount {
-                name: "keys".to_owned(),
-                mount_path: KEYS_MOUNT.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]
-        }),
-        ..Container::default()
-    };
-    let pod = PodSpec {
-        containers: vec![container],
-        volumes: allow_list.then(|| {
-            vec![Volume {
-                name: "keys".to_owned(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: keys_config_map_name(&relay.name),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]
-        }),
-        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
-        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-        image_pull_secrets: (!defaults.pull_secrets.is_empty()).then(|| {
-            defaults
-                .pull_secrets
-                .iter()
-                .map(|name| LocalObjectReference { name: name.clone() })
-                .collect()
-        }),
-        automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_owned(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
-        ..PodSpec::default()
-    };
     Deployment {
         metadata: metadata(relay, relay.name.clone()),
         spec: Some(DeploymentSpec {
@@ -234,12 +174,121 @@ pub fn deployment(relay: &Relay, defaults: &PodDefaults) -> Deployment {
                     labels: Some(labels(&relay.name)),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod),
+                spec: Some(pod_spec(relay, defaults)),
             },
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
     }
+}
+
+fn pod_spec(relay: &Relay, defaults: &PodDefaults) -> PodSpec {
+    let spec = &relay.spec;
+    PodSpec {
+        containers: vec![relay_container(spec, defaults)],
+        volumes: keys_volume(relay),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        image_pull_secrets: pull_secrets(defaults),
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security_context()),
+        ..PodSpec::default()
+    }
+}
+
+fn relay_container(spec: &WireGuardRelaySpec, defaults: &PodDefaults) -> Container {
+    Container {
+        name: "wpex".to_owned(),
+        image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
+        args: Some(args(spec)),
+        ports: Some(container_ports(spec)),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: spec.resources.clone(),
+        security_context: Some(container_security_context()),
+        volume_mounts: keys_mount(spec),
+        ..Container::default()
+    }
+}
+
+fn container_ports(spec: &WireGuardRelaySpec) -> Vec<ContainerPort> {
+    vec![
+        ContainerPort {
+            name: Some("wireguard".to_owned()),
+            container_port: i32::from(spec.port),
+            protocol: Some("UDP".to_owned()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        },
+    ]
+}
+
+/// Non-root, read-only, no privileges: the relay needs nothing but its UDP socket.
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The keys ConfigMap as a volume; only an allow-list relay reads keys.
+fn keys_volume(relay: &Relay) -> Option<Vec<Volume>> {
+    (relay.spec.access_mode == AccessMode::AllowList).then(|| {
+        vec![Volume {
+            name: KEYS_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: keys_config_map_name(&relay.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]
+    })
+}
+
+fn keys_mount(spec: &WireGuardRelaySpec) -> Option<Vec<VolumeMount>> {
+    // No subPath: kubelet only updates a ConfigMap volume mounted whole.
+    (spec.access_mode == AccessMode::AllowList).then(|| {
+        vec![VolumeMount {
+            name: KEYS_VOLUME.to_owned(),
+            mount_path: KEYS_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]
+    })
+}
+
+fn pull_secrets(defaults: &PodDefaults) -> Option<Vec<LocalObjectReference>> {
+    (!defaults.pull_secrets.is_empty()).then(|| {
+        defaults
+            .pull_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    })
 }
 
 pub fn service(relay: &Relay) -> Service {
