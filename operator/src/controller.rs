@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use wpex::keys::PublicKey;
+use wpex_proto::keys::PublicKey;
 
 use crate::admission::{self, Candidate, Verdict};
 use crate::apply::{self, Applied};

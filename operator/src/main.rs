@@ -1,10 +1,9 @@
 use std::future::Future;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand};
 use futures::FutureExt;
 use futures::future::Shared;
 use kube::Client;
@@ -13,19 +12,13 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing_subscriber::EnvFilter;
 
+use wpex_daemon::LogFormat;
 use wpex_daemon::http::{MetricsServer, Readiness};
 use wpex_operator::controller::{self, Scope, Settings};
 use wpex_operator::http::HttpClient;
 use wpex_operator::metrics::Metrics;
 use wpex_operator::resources::PodDefaults;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,25 +75,15 @@ async fn probe(url: &str) -> anyhow::Result<()> {
     println!("{}", body.trim_end());
     Ok(())
 }
+
 /// The holder renews 5 s before expiry, every 10 s.
 const LEASE_SECONDS: u64 = 15;
 
+/// Completes on SIGINT or SIGTERM; never, if signals cannot be handled.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot handle signals; stop with SIGKILL");
-            std::future::pending::<()>().await
-        }
+    if let Err(e) = wpex_daemon::shutdown_signal().await {
+        tracing::error!(%e, "cannot handle signals; stop with SIGKILL");
+        std::future::pending::<()>().await
     }
 }
 
@@ -110,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Probe { url }) = &args.command {
         return probe(url).await;
     }
-    init_logs(args.log_format);
+    wpex_daemon::init_logging(args.log_format, "info");
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -149,14 +132,6 @@ async fn main() -> anyhow::Result<()> {
     step_down(leadership).await
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
-    }
-}
 
 /// `--identity`, else the host name, else one made up from the process id.
 fn identity(flag: Option<String>) -> String {
