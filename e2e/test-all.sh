@@ -1,30 +1,66 @@
 #!/usr/bin/env bash
-# The whole test suite, runnable on a fresh Debian bookworm machine: installs what it needs
-# (cached under /var/cache/wpex), then runs lints, unit and integration tests, the end-to-end
-# tests with real WireGuard peers in network namespaces, the operator against a real
-# kube-apiserver, etcd and kube-controller-manager, and the chart installed on a real single-node
-# cluster (kubelet, containerd, kube-proxy) that the test brings up and tears down.
+# The whole test suite, runnable on a fresh Debian bookworm machine. First the fast tier, which
+# needs neither root nor anything beyond Rust and fails fast: formatting, lints, docs, unit and
+# integration tests (the core, the relay over loopback, the process, CRD drift) and helm lint
+# when helm is there. Then it installs what the rest needs (cached under /var/cache/wpex) and
+# runs the fuzzer for a bounded time, the end-to-end tests with real WireGuard peers in network
+# namespaces, the operator against a real kube-apiserver, etcd and kube-controller-manager, and
+# the chart installed on a real single-node cluster (kubelet, containerd, kube-proxy) that the
+# test brings up and tears down.
+#
+#   e2e/test-all.sh           everything (the rest under sudo when not root)
+#   e2e/test-all.sh --fast    the fast tier only, for the inner loop
+#   e2e/test-all.sh --no-fast all but the fast tier
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" != 0 ]; then
-    echo "test-all: network namespaces need root; re-running under sudo" >&2
-    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" "$@"
-fi
-
 step() { printf '\n=== %s\n' "$*"; }
+
+fast_tier() {
+    step "fast tier: formatting, lints, docs"
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+    step "fast tier: unit and integration tests (core, loopback relay, process, CRD drift)"
+    cargo test --workspace --locked
+
+    local helm
+    helm=$(command -v helm || ls /var/cache/wpex/helm-*/bin/helm 2>/dev/null | tail -n 1 || true)
+    if [ -n "$helm" ]; then
+        step "fast tier: helm lint"
+        "$helm" lint --strict charts/wpex
+    else
+        echo "test-all: no helm yet, so no helm lint in the fast tier (the chart tests lint it later)"
+    fi
+}
+
+case "${1:-}" in
+    --fast)
+        fast_tier
+        exit 0
+        ;;
+    --no-fast) ;;
+    "")
+        start=$SECONDS
+        fast_tier
+        echo "test-all: fast tier passed in $((SECONDS - start)) s"
+        ;;
+    *)
+        echo "usage: $0 [--fast | --no-fast]" >&2
+        exit 2
+        ;;
+esac
+
+if [ "$(id -u)" != 0 ]; then
+    echo "test-all: network namespaces need root; the rest runs under sudo" >&2
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" --no-fast
+fi
 
 step "installing test dependencies"
 e2e/install-deps.sh
 e2e/k8s/install-k8s.sh
 e2e/install-helm.sh
-
-step "formatting and lints"
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-
-step "unit and integration tests"
-cargo test --workspace --locked
 
 step "fuzzing the relay core for a bounded time (e2e/fuzz.sh)"
 e2e/fuzz.sh "${WPEX_FUZZ_SECONDS:-60}"

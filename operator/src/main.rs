@@ -132,7 +132,6 @@ async fn main() -> anyhow::Result<()> {
     step_down(leadership).await
 }
 
-
 /// `--identity`, else the host name, else one made up from the process id.
 fn identity(flag: Option<String>) -> String {
     flag.or_else(|| std::env::var("HOSTNAME").ok())

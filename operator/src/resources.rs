@@ -374,7 +374,8 @@ mod tests {
         assert_eq!(cm.metadata.name.as_deref(), Some("edge-keys"));
         assert_eq!(cm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         let text = &cm.data.as_ref().expect("data")[KEY_FILE];
-        let parsed = wpex_proto::keyfile::parse(std::path::Path::new(KEY_FILE), text).expect("parses");
+        let parsed =
+            wpex_proto::keyfile::parse(std::path::Path::new(KEY_FILE), text).expect("parses");
         let mut expected = vec![k1, k2];
         expected.sort();
         assert_eq!(parsed, expected);

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::cli::Args;
+use crate::metrics::{self, Reloads};
+use crate::server::{Server, ServerError, SharedRelay, lock};
+use crate::watch::{self, Update, WatchError};
 use wpex_daemon::http::{HttpError, MetricsServer, Readiness};
+use wpex_daemon::shutdown_signal;
 use wpex_proto::keyfile::{self, KeyFileError};
 use wpex_proto::keys::{AllowedKeys, PublicKey};
-use crate::metrics::{self, Reloads};
 use wpex_proto::{Access, Config};
-use crate::server::{Server, ServerError, SharedRelay, lock};
-use wpex_daemon::shutdown_signal;
-use crate::watch::{self, Update, WatchError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

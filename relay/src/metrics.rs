@@ -15,10 +15,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::server::{IoErrors, SharedRelay, lock};
+use wpex_proto::ScanClass;
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
-use wpex_proto::ScanClass;
-use crate::server::{IoErrors, SharedRelay, lock};
 use wpex_proto::{DropReason, Stats};
 
 /// Outcomes of re-reading the key file, counted by the watcher.

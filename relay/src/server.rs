@@ -23,8 +23,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use wpex_proto::{Config, Output, Relay, ScanRequest};
 use wpex_proto::Worker;
+use wpex_proto::{Config, Output, Relay, ScanRequest};
 
 mod send;
 

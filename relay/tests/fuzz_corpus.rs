@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::{Identity, Peer, ipv4_packet};
 use proptest::prelude::*;
 use scenario::{Header, Index, Step, Summary, advance_byte, encode, flags, run};
-use wpex_proto::message::Kind;
 use wpex_proto::DropReason;
+use wpex_proto::message::Kind;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/relay_core")

@@ -3,9 +3,9 @@
 mod common;
 
 use common::{Endpoint, Identity, Peer, ipv4_packet};
+use wpex::server::{Server, lock};
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
-use wpex::server::{Server, lock};
 use wpex_proto::{Access, Config};
 
 /// A relay on `bind` and two peers that completed a handshake through it.

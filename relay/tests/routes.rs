@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use common::fake::{handshake, transport};
 use common::{Identity, Peer, ipv4_packet, sample};
-use wpex_proto::keys::AllowedKeys;
-use wpex_proto::message::Kind;
 use wpex::metrics::{self, Reloads};
-use wpex_proto::{Routes, Worker};
 use wpex::server::IoErrors;
 use wpex_proto::DropReason;
-use wpex_proto::{ROAM_QUIET, SESSION_TTL};
+use wpex_proto::keys::AllowedKeys;
+use wpex_proto::message::Kind;
 use wpex_proto::{Access, Config, Output, Relay};
+use wpex_proto::{ROAM_QUIET, SESSION_TTL};
+use wpex_proto::{Routes, Worker};
 
 const A: &str = "198.51.100.10:51820";
 const A_REBOUND: &str = "198.51.100.10:60001";

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use wpex_proto::keys::PublicKey;
 use wpex_proto::Worker;
+use wpex_proto::keys::PublicKey;
 use wpex_proto::{ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, Role, SESSION_TTL, State, Table};
 
 const INDICES: u32 = 12;

@@ -21,18 +21,18 @@ use arbitrary::{Arbitrary, Unstructured};
 use blake2::{Blake2s256, Digest};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use wpex_proto::DEFAULT_SCAN_BUDGET;
+use wpex_proto::ScanDone;
+use wpex_proto::Worker;
 use wpex_proto::crypto::mac;
+use wpex_proto::invariants::check_step;
 use wpex_proto::keys::{AllowedKeys, PublicKey};
 use wpex_proto::message::{
     COOKIE_REPLY_LEN, INITIATION_LEN, MAC_LEN, Message, ParseError, RESPONSE_LEN,
     TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
-use wpex_proto::DEFAULT_SCAN_BUDGET;
-use wpex_proto::ScanDone;
-use wpex_proto::invariants::check_step;
-use wpex_proto::Worker;
-use wpex_proto::{DropReason, Stats, Traffic};
 use wpex_proto::{Access, Config, Output, Relay};
+use wpex_proto::{DropReason, Stats, Traffic};
 
 /// Steps per execution: enough for handshakes, roaming and expiry, short enough to stay fast.
 pub const MAX_STEPS: usize = 64;

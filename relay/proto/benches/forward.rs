@@ -9,11 +9,11 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use wpex_proto::Worker;
 use wpex_proto::message::Message;
 use wpex_proto::{Config, Output, Relay};
-use wpex_proto::Worker;
 
-#[path = "../tests/common/fake.rs"]
+#[path = "../../tests/common/fake.rs"]
 mod fake;
 use fake::{handshake, transport};
 
