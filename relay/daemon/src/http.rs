@@ -11,13 +11,18 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+/// Why the metrics server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// Binding the listener failed, such as for a port already taken.
     #[error("failed to listen on metrics address {addr}: {source}")]
     Listen {
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// Serving failed after the listener was bound.
     #[error("metrics server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -27,10 +32,12 @@ pub enum HttpError {
 pub struct Readiness(AtomicBool);
 
 impl Readiness {
+    /// Marks the process ready: `/readyz` answers 200 from now on.
     pub fn set_ready(&self) {
         self.0.store(true, Ordering::Release);
     }
 
+    /// Whether [`Readiness::set_ready`] has been called.
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
@@ -76,6 +83,8 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
+    /// Binds `addr` and sets up `/metrics` (encoding `registry`), `/healthz` and `/readyz`
+    /// (answering from `ready`); nothing is served until [`MetricsServer::serve`].
     pub async fn bind(
         addr: SocketAddr,
         registry: Registry,
@@ -93,10 +102,12 @@ impl MetricsServer {
         Ok(Self { listener, router })
     }
 
+    /// The address actually bound, such as the port picked for port 0.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// Serves requests until serving fails or the future is dropped.
     pub async fn serve(self) -> Result<(), HttpError> {
         axum::serve(self.listener, self.router)
             .await

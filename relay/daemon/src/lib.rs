@@ -2,6 +2,8 @@
 //! written once: the metrics and health server ([`http`]), shutdown on SIGINT or SIGTERM
 //! ([`shutdown_signal`]) and log setup ([`LogFormat`], [`init_logging`]).
 
+#![warn(unreachable_pub, missing_docs)]
+
 pub mod http;
 
 use std::io::IsTerminal;

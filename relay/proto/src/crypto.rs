@@ -20,6 +20,7 @@ use crate::message::{
 const LABEL_MAC1: &[u8; 8] = b"mac1----";
 const LABEL_COOKIE: &[u8; 8] = b"cookie--";
 
+/// A 16-byte MAC: mac1, mac2 or a cookie.
 pub type Mac = [u8; MAC_LEN];
 
 /// HASH(label || public key), the derivation of both the mac1 key and the cookie key.
@@ -93,6 +94,7 @@ fn mac1_state(mac1_key: &[u8; 32], message_type: u8) -> Blake2sMac<U16> {
 }
 
 impl PeerMacKeys {
+    /// Derives the mac1 states and the cookie key for `public_key`.
     pub fn derive(public_key: &[u8; 32]) -> Self {
         let mac1 = hash_label(LABEL_MAC1, public_key);
         Self {
@@ -162,6 +164,7 @@ pub struct CookieSecrets {
 }
 
 impl CookieSecrets {
+    /// Starts with `secret` as the current secret and no previous one.
     pub fn new(secret: [u8; 32]) -> Self {
         Self {
             current: secret,
@@ -169,10 +172,12 @@ impl CookieSecrets {
         }
     }
 
+    /// Makes `fresh` the current secret; the current one becomes the previous, still accepted.
     pub fn rotate(&mut self, fresh: [u8; 32]) {
         self.previous = Some(std::mem::replace(&mut self.current, fresh));
     }
 
+    /// The cookie for `src` under the current secret.
     pub fn cookie(&self, src: SocketAddr) -> Mac {
         Self::cookie_with(&self.current, src)
     }

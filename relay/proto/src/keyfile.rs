@@ -7,17 +7,25 @@ use std::path::{Path, PathBuf};
 
 use crate::keys::{KeyError, PublicKey};
 
+/// Why a key file was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    /// The file could not be read.
     #[error("cannot read key file {path}: {source}")]
     Read {
+        /// The key file.
         path: PathBuf,
+        /// The read error.
         source: std::io::Error,
     },
+    /// A line is not a public key.
     #[error("key file {path}, line {line}: {source}")]
     Line {
+        /// The key file.
         path: PathBuf,
+        /// The bad line's number, from 1.
         line: usize,
+        /// What is wrong with the line.
         source: KeyError,
     },
 }

@@ -13,6 +13,7 @@ use crate::message::Handshake;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
 
+/// A string that is not a public key; it holds the string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid wireguard public key: '{0}' (expected the base64 of 32 bytes, as `wg pubkey` prints)"
@@ -71,18 +72,22 @@ impl AllowedKeys {
         }
     }
 
+    /// How many distinct keys are allowed.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether no key is allowed, so nobody gets through.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
+    /// Whether `key` is allowed.
     pub fn contains(&self, key: &PublicKey) -> bool {
         self.keys.binary_search_by(|a| a.key.cmp(key)).is_ok()
     }
 
+    /// The allowed keys, in ascending byte order.
     pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
         self.keys.iter().map(|a| &a.key)
     }
@@ -115,7 +120,9 @@ impl AllowedKeys {
 /// What a full mac1 scan found, and how many mac1 computations it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scan {
+    /// The key whose mac1 the message carries; `None` if no allowed key's does.
     pub key: Option<PublicKey>,
+    /// The mac1 computations spent.
     pub macs: u32,
 }
 

@@ -11,6 +11,8 @@
 //!   without the core's lock ([`Worker`], [`Batch`]).
 //! - [`Stats`]: what the core counted, by message kind and [`DropReason`].
 
+#![warn(unreachable_pub, missing_docs)]
+
 pub mod crypto;
 pub mod keyfile;
 pub mod keys;
@@ -29,7 +31,7 @@ pub use relay::{
 pub use routes::{Batch, Forwarded, RouteView, Routes, Worker};
 pub use stats::{DropReason, Stats, Traffic};
 pub use table::{
-    ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, IndexEntry, ROAM_QUIET, Role, Roam, SESSION_TTL,
+    ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, IndexEntry, ROAM_QUIET, Roam, Role, SESSION_TTL,
     Source, State, Table,
 };
 

@@ -3,17 +3,25 @@
 //! Only the fields the relay routes on are exposed. Everything else is opaque ciphertext the relay
 //! cannot read. Offsets follow the WireGuard paper, section 5.4; integers are little-endian.
 
+/// The type byte of a handshake initiation.
 pub const TYPE_INITIATION: u8 = 1;
+/// The type byte of a handshake response.
 pub const TYPE_RESPONSE: u8 = 2;
+/// The type byte of a cookie reply.
 pub const TYPE_COOKIE_REPLY: u8 = 3;
+/// The type byte of a transport data message.
 pub const TYPE_DATA: u8 = 4;
 
+/// The exact size of a handshake initiation.
 pub const INITIATION_LEN: usize = 148;
+/// The exact size of a handshake response.
 pub const RESPONSE_LEN: usize = 92;
+/// The exact size of a cookie reply.
 pub const COOKIE_REPLY_LEN: usize = 64;
 /// A transport message with an empty payload (a keepalive): header, receiver, counter, tag.
 pub const DATA_MIN_LEN: usize = 32;
 
+/// The size of mac1, mac2 and a cookie.
 pub const MAC_LEN: usize = 16;
 const INITIATION_MAC1: usize = 116;
 const RESPONSE_MAC1: usize = 60;
@@ -21,22 +29,35 @@ const RESPONSE_MAC1: usize = 60;
 /// Why a datagram is not a WireGuard message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// Shorter than the 4-byte header.
     #[error("shorter than a message header")]
     TooShort,
+    /// The type byte is none of the four types; it holds the byte.
     #[error("unknown message type {0}")]
     UnknownType(u8),
+    /// The 3 reserved header bytes are not all zero.
     #[error("non-zero reserved header bytes")]
     Reserved,
+    /// The size is wrong for the type.
     #[error("wrong length {len} for message type {ty}")]
-    Length { ty: u8, len: usize },
+    Length {
+        /// The type byte.
+        ty: u8,
+        /// The datagram's size.
+        len: usize,
+    },
 }
 
 /// One parsed message, borrowing the datagram.
 #[derive(Debug, Clone, Copy)]
 pub enum Message<'a> {
+    /// A handshake initiation (type 1).
     Initiation(Handshake<'a>),
+    /// A handshake response (type 2).
     Response(Handshake<'a>),
+    /// A cookie reply (type 3).
     CookieReply(Routed<'a>),
+    /// Transport data (type 4).
     Data(Routed<'a>),
 }
 
@@ -76,6 +97,7 @@ impl<'a> Message<'a> {
         })
     }
 
+    /// Which of the four types this is.
     pub fn kind(&self) -> Kind {
         match self {
             Message::Initiation(_) => Kind::Initiation,
@@ -89,13 +111,18 @@ impl<'a> Message<'a> {
 /// The four message types, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// A handshake initiation.
     Initiation,
+    /// A handshake response.
     Response,
+    /// A cookie reply.
     CookieReply,
+    /// Transport data.
     Data,
 }
 
 impl Kind {
+    /// Every kind, in type-byte order.
     pub const ALL: [Kind; 4] = [
         Kind::Initiation,
         Kind::Response,
@@ -103,6 +130,7 @@ impl Kind {
         Kind::Data,
     ];
 
+    /// The kind's name, as a metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Initiation => "handshake_initiation",
@@ -127,10 +155,12 @@ pub struct Handshake<'a> {
 }
 
 impl<'a> Handshake<'a> {
+    /// The index the sender picked for this handshake.
     pub fn sender_index(&self) -> u32 {
         le_u32(self.bytes, 4)
     }
 
+    /// Whether this is an initiation rather than a response.
     pub fn is_initiation(&self) -> bool {
         self.mac1_at == INITIATION_MAC1
     }
@@ -145,6 +175,7 @@ impl<'a> Handshake<'a> {
         &self.bytes[..self.mac1_at]
     }
 
+    /// The mac1 the message carries.
     pub fn mac1(&self) -> &'a [u8; MAC_LEN] {
         fixed(&self.bytes[self.mac1_at..self.mac1_at + MAC_LEN])
     }
@@ -154,6 +185,7 @@ impl<'a> Handshake<'a> {
         &self.bytes[..self.mac2_at()]
     }
 
+    /// The mac2 the message carries.
     pub fn mac2(&self) -> &'a [u8; MAC_LEN] {
         fixed(&self.bytes[self.mac2_at()..])
     }
@@ -176,6 +208,7 @@ pub struct Routed<'a> {
 }
 
 impl Routed<'_> {
+    /// The index of the peer the message is addressed to.
     pub fn receiver_index(&self) -> u32 {
         le_u32(self.bytes, 4)
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// A bucket that refills at `rate` tokens a second up to `burst`, starting full.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -14,7 +14,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
             burst,
@@ -29,7 +29,7 @@ impl TokenBucket {
         self.last = now;
     }
 
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -58,14 +58,14 @@ impl TokenBucket {
 }
 
 /// The wpex rule for a rate in packets per second: burst 5 x rate, and 0 means unlimited.
-pub fn wpex_bucket(rate: u32, now: Instant) -> Option<TokenBucket> {
+pub(crate) fn wpex_bucket(rate: u32, now: Instant) -> Option<TokenBucket> {
     (rate > 0).then(|| TokenBucket::new(f64::from(rate), 5.0 * f64::from(rate), now))
 }
 
 /// One bucket per key (a source IP), bounded in number. Sources beyond the bound share one
 /// overflow bucket, so a flood of new sources cannot grow memory nor escape limiting.
 #[derive(Debug)]
-pub struct KeyedBuckets<K> {
+pub(crate) struct KeyedBuckets<K> {
     rate: u32,
     max_keys: usize,
     buckets: HashMap<K, TokenBucket>,
@@ -73,7 +73,7 @@ pub struct KeyedBuckets<K> {
 }
 
 impl<K: Hash + Eq> KeyedBuckets<K> {
-    pub fn new(rate: u32, max_keys: usize, now: Instant) -> Self {
+    pub(crate) fn new(rate: u32, max_keys: usize, now: Instant) -> Self {
         Self {
             rate,
             max_keys,
@@ -82,7 +82,7 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
         }
     }
 
-    pub fn try_take(&mut self, key: K, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, key: K, now: Instant) -> bool {
         if self.rate == 0 {
             return true;
         }
@@ -97,7 +97,7 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
     }
 
     /// Whether [`KeyedBuckets::try_take`] would succeed, without taking or remembering anything.
-    pub fn can_take(&mut self, key: K, now: Instant) -> bool {
+    pub(crate) fn can_take(&mut self, key: K, now: Instant) -> bool {
         if self.rate == 0 {
             return true;
         }
@@ -110,16 +110,16 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
     }
 
     /// Forgets buckets that have refilled; called periodically, never per packet.
-    pub fn prune(&mut self, now: Instant) {
+    pub(crate) fn prune(&mut self, now: Instant) {
         self.buckets.retain(|_, b| !b.is_full(now));
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.buckets.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
 }
@@ -141,6 +141,7 @@ pub enum ScanClass {
 }
 
 impl ScanClass {
+    /// Every class, in declaration order.
     pub const ALL: [ScanClass; 5] = [
         ScanClass::Known,
         ScanClass::Proven,
@@ -149,6 +150,7 @@ impl ScanClass {
         ScanClass::Other,
     ];
 
+    /// The class's name, as a metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             ScanClass::Known => "known",
@@ -166,7 +168,7 @@ impl ScanClass {
 /// sources need, junk cannot crowd out a new peer's first handshake, and a flood of well-formed
 /// first handshakes cannot crowd out a new peer's retry.
 #[derive(Debug)]
-pub struct ScanBudget {
+pub(crate) struct ScanBudget {
     all: TokenBucket,
     fresh: TokenBucket,
     retry: TokenBucket,
@@ -175,7 +177,7 @@ pub struct ScanBudget {
 
 impl ScanBudget {
     /// `None` for 0, meaning unlimited. The burst is one second's worth.
-    pub fn new(macs_per_second: u32, now: Instant) -> Option<Self> {
+    pub(crate) fn new(macs_per_second: u32, now: Instant) -> Option<Self> {
         let rate = f64::from(macs_per_second);
         let bucket = |share: f64| TokenBucket::new(rate * share, rate * share, now);
         (macs_per_second > 0).then(|| Self {
@@ -188,7 +190,7 @@ impl ScanBudget {
 
     /// Takes `cost` mac1 computations for a scan of `class`, or nothing if any bucket it draws
     /// on is short.
-    pub fn try_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
         let cost = f64::from(cost);
         let class_bucket = match class {
             ScanClass::Known | ScanClass::Proven => None,
@@ -211,7 +213,7 @@ impl ScanBudget {
 }
 
 /// How often idle per-source buckets are forgotten.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -52,7 +52,9 @@ pub enum Access {
     AllowList(AllowedKeys),
 }
 
+/// How a [`Relay`] is set up; the defaults are an open relay.
 pub struct Config {
+    /// Who may use the relay.
     pub access: Access,
     /// Broadcast copies per second over all sources, burst 5x; 0 = unlimited (`--broadcast-rate`).
     pub broadcast_rate: u32,
@@ -93,6 +95,7 @@ pub enum Output {
     /// No likely key explains this handshake: run the scan, off any lock the forwarding path
     /// needs, and hand the datagram and the result to [`Relay::handle_scanned`].
     Scan(ScanRequest),
+    /// Do not forward anything, for this reason.
     Drop(DropReason),
 }
 
@@ -106,7 +109,9 @@ pub struct ScanRequest {
 /// A finished scan, for [`Relay::handle_scanned`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanDone {
+    /// The class the scan was admitted for.
     pub class: ScanClass,
+    /// What the scan found.
     pub scan: Scan,
 }
 
@@ -123,6 +128,7 @@ impl ScanRequest {
         }
     }
 
+    /// The class the scan was admitted for.
     pub fn class(&self) -> ScanClass {
         self.class
     }
@@ -244,6 +250,8 @@ impl Refused {
     }
 }
 
+/// The protocol core: the table, the allow-list, cookies and rate limits, fed datagrams and
+/// times by the caller.
 pub struct Relay {
     /// The allow-list; `None` in open mode. Shared with scans running off the core.
     keys: Option<Arc<AllowedKeys>>,
@@ -362,6 +370,7 @@ impl Relay {
         self.table.routes()
     }
 
+    /// The index and endpoint table.
     pub fn table(&self) -> &Table {
         &self.table
     }
@@ -809,4 +818,4 @@ impl From<ParseError> for DropReason {
 }
 
 // Invariant checks for tests and the fuzzer (relay/invariants.rs).
-pub mod invariants;
+pub(crate) mod invariants;

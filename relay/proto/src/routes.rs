@@ -66,16 +66,20 @@ struct Route {
 /// A published route, as tests and invariant checks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteView {
+    /// Where messages addressed to the index are sent.
     pub to: SocketAddr,
     /// Where transport data is taken from; `None` if the route carries cookie replies only.
     pub from: Option<SocketAddr>,
+    /// When `from` last sent transport data, as the route has it.
     pub heard: Instant,
 }
 
 /// What the forwarding path forwarded, by message kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded {
+    /// Transport data.
     pub data: Traffic,
+    /// Cookie replies.
     pub cookie_replies: Traffic,
 }
 
@@ -233,10 +237,12 @@ impl Routes {
         self.map.pin().keys().copied().collect()
     }
 
+    /// How many indices have a route.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether no index has a route.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -266,6 +272,7 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Registers a worker's counters with `routes`, so [`Routes::forwarded`] includes them.
     pub fn new(routes: Arc<Routes>) -> Self {
         let counters = Arc::new(Counters::default());
         routes.workers().live.push(counters.clone());

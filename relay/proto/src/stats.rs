@@ -6,9 +6,13 @@ use crate::ratelimit::ScanClass;
 /// Why a datagram was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
+    /// Shorter than a message header.
     TooShort,
+    /// Not one of the four message types.
     UnknownType,
+    /// Non-zero reserved header bytes.
     Reserved,
+    /// The wrong size for its message type.
     BadLength,
     /// Allow-list mode: mac1 matches no allowed key.
     Mac1Invalid,
@@ -35,6 +39,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, in declaration order.
     pub const ALL: [DropReason; 15] = [
         DropReason::TooShort,
         DropReason::UnknownType,
@@ -79,21 +84,29 @@ impl DropReason {
     }
 }
 
+/// A count of datagrams and of their bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Traffic {
+    /// How many datagrams.
     pub packets: u64,
+    /// Their total size in bytes.
     pub bytes: u64,
 }
 
+/// What the core counted since it was created.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     forwarded: [Traffic; 4],
     dropped: [u64; DropReason::ALL.len()],
+    /// Cookie replies the relay made itself, challenging handshakes from unknown sources.
     pub cookie_replies: u64,
     /// Copies of initiations sent by broadcast (unicast initiations are not counted here).
     pub broadcast_copies: u64,
+    /// Broadcast copies not sent because `broadcast_rate` was spent.
     pub broadcast_limited: u64,
+    /// Indices removed by expiry.
     pub expired_indices: u64,
+    /// Endpoints forgotten by expiry, after their linger.
     pub expired_endpoints: u64,
     /// mac1 computations, on likely keys and in full scans alike.
     pub mac1_computations: u64,
@@ -128,10 +141,12 @@ impl Stats {
         self.forwarded[kind as usize]
     }
 
+    /// Datagrams dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason.slot()]
     }
 
+    /// Datagrams dropped, for any reason.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().sum()
     }

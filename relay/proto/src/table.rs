@@ -29,15 +29,20 @@ pub const ROAM_QUIET: Duration = Duration::from_secs(1);
 /// Which side of the handshake picked an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The sender of the initiation.
     Initiator,
+    /// The sender of the response.
     Responder,
 }
 
+/// How far the handshake on an index has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Seen in an initiation, not yet answered by a response.
     HalfOpen,
     /// Linked to the other side's index by a handshake response.
     Session {
+        /// The other side's index.
         peer: u32,
     },
 }
@@ -48,7 +53,9 @@ pub enum State {
 pub struct IndexEntry {
     /// Where messages addressed to this index are sent.
     pub endpoint: SocketAddr,
+    /// How far the handshake on this index has got.
     pub state: State,
+    /// Which side of the handshake picked this index.
     pub role: Role,
     /// The initiation was sent to the counterpart's known endpoint only, not broadcast.
     pub unicast: bool,
@@ -171,7 +178,9 @@ impl IndexEntry {
 /// so neither case loses a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roam {
+    /// The source standing in for the side.
     pub addr: SocketAddr,
+    /// When that source last sent transport data for the side.
     pub heard: Instant,
 }
 
@@ -234,7 +243,9 @@ impl<S> Ord for Timer<S> {
 /// What a call to [`Table::expire`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
+    /// Indices whose deadline had passed.
     pub indices: usize,
+    /// Endpoints whose linger had passed.
     pub endpoints: usize,
 }
 
@@ -242,6 +253,7 @@ pub struct Expired {
 /// by whoever sends (SipHash's cost was a measurable share of forwarding one packet).
 type Hasher = foldhash::fast::RandomState;
 
+/// Which endpoint owns which index, the endpoints known, and the routes published from them.
 #[derive(Debug)]
 pub struct Table {
     indices: HashMap<u32, IndexEntry, Hasher>,
@@ -378,22 +390,27 @@ impl Table {
         }
     }
 
+    /// The entry for `index`, if the table holds it.
     pub fn index(&self, index: u32) -> Option<&IndexEntry> {
         self.indices.get(&index)
     }
 
+    /// Whether the table holds `index`.
     pub fn contains_index(&self, index: u32) -> bool {
         self.indices.contains_key(&index)
     }
 
+    /// Whether `endpoint` is known: it has indices, or lingers after its last one.
     pub fn is_known(&self, endpoint: SocketAddr) -> bool {
         self.endpoints.contains_key(&endpoint)
     }
 
+    /// How many indices the table holds.
     pub fn index_count(&self) -> usize {
         self.indices.len()
     }
 
+    /// How many endpoints are known.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
     }
