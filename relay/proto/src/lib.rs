@@ -16,6 +16,7 @@
 pub mod crypto;
 pub mod keyfile;
 pub mod keys;
+mod labels;
 pub mod message;
 mod ratelimit;
 mod relay;

@@ -108,36 +108,17 @@ impl<'a> Message<'a> {
     }
 }
 
-/// The four message types, for counting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// A handshake initiation.
-    Initiation,
-    /// A handshake response.
-    Response,
-    /// A cookie reply.
-    CookieReply,
-    /// Transport data.
-    Data,
-}
-
-impl Kind {
-    /// Every kind, in type-byte order.
-    pub const ALL: [Kind; 4] = [
-        Kind::Initiation,
-        Kind::Response,
-        Kind::CookieReply,
-        Kind::Data,
-    ];
-
-    /// The kind's name, as a metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Initiation => "handshake_initiation",
-            Kind::Response => "handshake_response",
-            Kind::CookieReply => "cookie_reply",
-            Kind::Data => "transport_data",
-        }
+crate::labels::labelled_enum! {
+    /// The four message types, for counting.
+    pub enum Kind {
+        /// A handshake initiation.
+        Initiation => "handshake_initiation",
+        /// A handshake response.
+        Response => "handshake_response",
+        /// A cookie reply.
+        CookieReply => "cookie_reply",
+        /// Transport data.
+        Data => "transport_data",
     }
 }
 

@@ -124,41 +124,20 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
     }
 }
 
-/// How trustworthy the sender of a handshake that needs a full mac1 scan looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ScanClass {
-    /// The source is a known endpoint.
-    Known,
-    /// The source carries a mac2 from this relay's cookie: it receives at its address.
-    Proven,
-    /// An unknown source with the all-zero mac2 of a first handshake.
-    Fresh,
-    /// A fresh source that was refused a scan before and is trying again, as a real peer does
-    /// every 5 s; a flood of one-off spoofed sources rarely lands here.
-    Retry,
-    /// An unknown source with some other mac2: at best the real peer's cookie, usually junk.
-    Other,
-}
-
-impl ScanClass {
-    /// Every class, in declaration order.
-    pub const ALL: [ScanClass; 5] = [
-        ScanClass::Known,
-        ScanClass::Proven,
-        ScanClass::Fresh,
-        ScanClass::Retry,
-        ScanClass::Other,
-    ];
-
-    /// The class's name, as a metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScanClass::Known => "known",
-            ScanClass::Proven => "proven",
-            ScanClass::Fresh => "fresh",
-            ScanClass::Retry => "retry",
-            ScanClass::Other => "other",
-        }
+crate::labels::labelled_enum! {
+    /// How trustworthy the sender of a handshake that needs a full mac1 scan looks.
+    pub enum ScanClass {
+        /// The source is a known endpoint.
+        Known => "known",
+        /// The source carries a mac2 from this relay's cookie: it receives at its address.
+        Proven => "proven",
+        /// An unknown source with the all-zero mac2 of a first handshake.
+        Fresh => "fresh",
+        /// A fresh source that was refused a scan before and is trying again, as a real peer does
+        /// every 5 s; a flood of one-off spoofed sources rarely lands here.
+        Retry => "retry",
+        /// An unknown source with some other mac2: at best the real peer's cookie, usually junk.
+        Other => "other",
     }
 }
 

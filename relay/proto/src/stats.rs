@@ -3,82 +3,43 @@
 use crate::message::Kind;
 use crate::ratelimit::ScanClass;
 
-/// Why a datagram was not forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// Shorter than a message header.
-    TooShort,
-    /// Not one of the four message types.
-    UnknownType,
-    /// Non-zero reserved header bytes.
-    Reserved,
-    /// The wrong size for its message type.
-    BadLength,
-    /// Allow-list mode: mac1 matches no allowed key.
-    Mac1Invalid,
-    /// Too many initiations from one source IP (`--source-rate`).
-    SourceRateLimited,
-    /// The receiver index is not in the table.
-    UnknownReceiver,
-    /// A response to an index that is not waiting for one.
-    NotHalfOpen,
-    /// The sender index is already used by another handshake.
-    IndexInUse,
-    /// Transport data for an index whose handshake has not completed.
-    NoSession,
-    /// Transport data from an address other than the session peer's endpoint.
-    UnexpectedSource,
-    /// A cookie reply from an address the relay does not know.
-    UnknownSource,
-    /// The table is at its bound.
-    TableFull,
-    /// No likely key explained a handshake and the scan budget for its class was spent.
-    ScanBudget,
-    /// No likely key explained a handshake and its source IP had used its share of scans.
-    ScanSourceLimited,
+crate::labels::labelled_enum! {
+    /// Why a datagram was not forwarded.
+    pub enum DropReason {
+        /// Shorter than a message header.
+        TooShort => "too_short",
+        /// Not one of the four message types.
+        UnknownType => "unknown_type",
+        /// Non-zero reserved header bytes.
+        Reserved => "reserved_bytes",
+        /// The wrong size for its message type.
+        BadLength => "bad_length",
+        /// Allow-list mode: mac1 matches no allowed key.
+        Mac1Invalid => "mac1_invalid",
+        /// Too many initiations from one source IP (`--source-rate`).
+        SourceRateLimited => "source_rate_limited",
+        /// The receiver index is not in the table.
+        UnknownReceiver => "unknown_receiver",
+        /// A response to an index that is not waiting for one.
+        NotHalfOpen => "not_half_open",
+        /// The sender index is already used by another handshake.
+        IndexInUse => "index_in_use",
+        /// Transport data for an index whose handshake has not completed.
+        NoSession => "no_session",
+        /// Transport data from an address other than the session peer's endpoint.
+        UnexpectedSource => "unexpected_source",
+        /// A cookie reply from an address the relay does not know.
+        UnknownSource => "unknown_source",
+        /// The table is at its bound.
+        TableFull => "table_full",
+        /// No likely key explained a handshake and the scan budget for its class was spent.
+        ScanBudget => "scan_budget",
+        /// No likely key explained a handshake and its source IP had used its share of scans.
+        ScanSourceLimited => "scan_source_limited",
+    }
 }
 
 impl DropReason {
-    /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 15] = [
-        DropReason::TooShort,
-        DropReason::UnknownType,
-        DropReason::Reserved,
-        DropReason::BadLength,
-        DropReason::Mac1Invalid,
-        DropReason::SourceRateLimited,
-        DropReason::UnknownReceiver,
-        DropReason::NotHalfOpen,
-        DropReason::IndexInUse,
-        DropReason::NoSession,
-        DropReason::UnexpectedSource,
-        DropReason::UnknownSource,
-        DropReason::TableFull,
-        DropReason::ScanBudget,
-        DropReason::ScanSourceLimited,
-    ];
-
-    /// A stable label for metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::TooShort => "too_short",
-            DropReason::UnknownType => "unknown_type",
-            DropReason::Reserved => "reserved_bytes",
-            DropReason::BadLength => "bad_length",
-            DropReason::Mac1Invalid => "mac1_invalid",
-            DropReason::SourceRateLimited => "source_rate_limited",
-            DropReason::UnknownReceiver => "unknown_receiver",
-            DropReason::NotHalfOpen => "not_half_open",
-            DropReason::IndexInUse => "index_in_use",
-            DropReason::NoSession => "no_session",
-            DropReason::UnexpectedSource => "unexpected_source",
-            DropReason::UnknownSource => "unknown_source",
-            DropReason::TableFull => "table_full",
-            DropReason::ScanBudget => "scan_budget",
-            DropReason::ScanSourceLimited => "scan_source_limited",
-        }
-    }
-
     fn slot(self) -> usize {
         self as usize
     }
@@ -96,7 +57,7 @@ pub struct Traffic {
 /// What the core counted since it was created.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
-    forwarded: [Traffic; 4],
+    forwarded: [Traffic; Kind::ALL.len()],
     dropped: [u64; DropReason::ALL.len()],
     /// Cookie replies the relay made itself, challenging handshakes from unknown sources.
     pub cookie_replies: u64,
