@@ -7,6 +7,8 @@
 set -euo pipefail
 
 BORINGTUN_VERSION=0.7.1
+# Dependency licences and sources (deny.toml); test-all.sh reads this line too.
+CARGO_DENY_VERSION=0.20.2
 # A pinned pseudo-version: @latest resolves to a 2020 tag.
 WIREGUARD_GO_VERSION=v0.0.0-20250521234502-f333402bd9cb
 CACHE=/var/cache/wpex
@@ -45,6 +47,14 @@ if [ ! -x "$wggo" ]; then
     need go "install Go 1.21 or newer (Debian's golang is too old for wireguard-go)"
     echo "install-deps: building wireguard-go $WIREGUARD_GO_VERSION"
     GOBIN="$(dirname "$wggo")" go install "golang.zx2c4.com/wireguard@$WIREGUARD_GO_VERSION"
+fi
+
+deny="$CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
+if [ ! -x "$deny" ]; then
+    need cargo "install Rust (rustup) first"
+    echo "install-deps: building cargo-deny $CARGO_DENY_VERSION"
+    cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION" \
+        --root "$CACHE/cargo-deny-$CARGO_DENY_VERSION" --quiet
 fi
 
 echo "install-deps: boringtun-cli $("$boringtun" --version | awk '{print $2}') at $boringtun (WPEX_BORINGTUN)"

@@ -62,6 +62,10 @@ e2e/install-deps.sh
 e2e/k8s/install-k8s.sh
 e2e/install-helm.sh
 
+step "dependency licences and sources (cargo-deny, deny.toml)"
+deny_version=$(sed -n 's/^CARGO_DENY_VERSION=//p' e2e/install-deps.sh)
+"/var/cache/wpex/cargo-deny-$deny_version/bin/cargo-deny" --offline check licenses bans sources
+
 step "fuzzing the relay core for a bounded time (e2e/fuzz.sh)"
 e2e/fuzz.sh "${WPEX_FUZZ_SECONDS:-60}"
 
