@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use common::{Identity, Peer, ipv4_packet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wpex_proto::COOKIE_ROTATION;
 use wpex_proto::DropReason;
 use wpex_proto::ScanClass;
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
+use wpex_proto::timers::{COOKIE_ROTATION, HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
 use wpex_proto::{Access, Config, Output, Relay};
-use wpex_proto::{HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
 
 const A: &str = "198.51.100.10:51820";
 const B: &str = "203.0.113.20:40001";

@@ -20,8 +20,8 @@ use wpex::server::IoErrors;
 use wpex_proto::DropReason;
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
+use wpex_proto::timers::{ROAM_QUIET, SESSION_TTL};
 use wpex_proto::{Access, Config, Output, Relay};
-use wpex_proto::{ROAM_QUIET, SESSION_TTL};
 use wpex_proto::{Routes, Worker};
 
 const A: &str = "198.51.100.10:51820";

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use wpex_proto::Worker;
 use wpex_proto::keys::PublicKey;
-use wpex_proto::{ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, Role, SESSION_TTL, State, Table};
+use wpex_proto::timers::{ENDPOINT_LINGER, HALF_OPEN_TTL, SESSION_TTL};
+use wpex_proto::{DropReason, Expired, Role, State, Table};
 
 const INDICES: u32 = 12;
 const ENDPOINTS: u8 = 5;
@@ -360,25 +361,28 @@ proptest! {
         let mut worker = Worker::new(t.routes().clone());
         for op in ops {
             match op {
-                // The caller's preconditions, as the core checks them.
+                // The table refuses what breaks its preconditions, and changes nothing then.
                 Op::Insert { index, endpoint, counterpart, unicast } => {
+                    let got = t.try_insert_half_open(now, index, addr(endpoint), counterpart.map(key), unicast);
                     if m.indices.contains_key(&index) {
-                        prop_assert!(t.contains_index(index));
-                        continue;
+                        prop_assert_eq!(got, Err(DropReason::IndexInUse));
+                    } else {
+                        prop_assert_eq!(got, Ok(()));
+                        m.insert(now, index, endpoint, counterpart, unicast);
                     }
-                    t.insert_half_open(now, index, addr(endpoint), counterpart.map(key), unicast);
-                    m.insert(now, index, endpoint, counterpart, unicast);
                 }
                 Op::Establish { initiator, responder, endpoint, key: k } => {
-                    let half_open = m
-                        .indices
-                        .get(&initiator)
-                        .is_some_and(|e| e.state == State::HalfOpen);
-                    if !half_open || initiator == responder || m.indices.contains_key(&responder) {
-                        continue;
+                    let expected = match m.indices.get(&initiator) {
+                        None => Err(DropReason::UnknownReceiver),
+                        Some(e) if e.state != State::HalfOpen => Err(DropReason::NotHalfOpen),
+                        Some(_) if m.indices.contains_key(&responder) => Err(DropReason::IndexInUse),
+                        Some(_) => Ok(()),
+                    };
+                    let got = t.try_establish(now, initiator, responder, addr(endpoint), k.map(key));
+                    prop_assert_eq!(got, expected);
+                    if got.is_ok() {
+                        m.establish(now, initiator, responder, endpoint, k);
                     }
-                    t.establish(now, initiator, responder, addr(endpoint), k.map(key));
-                    m.establish(now, initiator, responder, endpoint, k);
                 }
                 Op::Confirm { index } => prop_assert_eq!(t.confirm(index), m.confirm(index)),
                 Op::SetHome { key: k, endpoint } => {

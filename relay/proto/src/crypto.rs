@@ -156,7 +156,7 @@ fn address_bytes(src: SocketAddr) -> ([u8; 18], usize) {
 
 /// The relay's cookie secrets: a cookie proves its holder receives datagrams at a source address.
 ///
-/// The secret is replaced every [`crate::COOKIE_ROTATION`]; the previous one is still accepted, so
+/// The secret is replaced every [`crate::timers::COOKIE_ROTATION`]; the previous one is still accepted, so
 /// a cookie is good for at least that long, which is as long as a peer keeps using it.
 pub struct CookieSecrets {
     current: [u8; 32],

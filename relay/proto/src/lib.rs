@@ -23,18 +23,15 @@ mod relay;
 mod routes;
 mod stats;
 mod table;
+pub mod timers;
 
 pub use ratelimit::ScanClass;
 pub use relay::{
-    Access, COOKIE_ROTATION, Config, DEFAULT_SCAN_BUDGET, Output, Relay, SCAN_SOURCE_RATE,
-    ScanDone, ScanRequest,
+    Access, Config, DEFAULT_SCAN_BUDGET, Output, Relay, SCAN_SOURCE_RATE, ScanDone, ScanRequest,
 };
 pub use routes::{Batch, Forwarded, RouteView, Routes, Worker};
 pub use stats::{DropReason, Stats, Traffic};
-pub use table::{
-    ENDPOINT_LINGER, Expired, HALF_OPEN_TTL, IndexEntry, ROAM_QUIET, Roam, Role, SESSION_TTL,
-    Source, State, Table,
-};
+pub use table::{Expired, IndexEntry, Roam, Role, Source, State, Table};
 
 /// Checks for tests and fuzzing: every step keeps the core's invariants
 /// ([`Relay::check_invariants`], [`Table::check_invariants`]).

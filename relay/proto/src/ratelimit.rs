@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A bucket that refills at `rate` tokens a second up to `burst`, starting full.
 #[derive(Debug, Clone)]
@@ -191,11 +191,10 @@ impl ScanBudget {
     }
 }
 
-/// How often idle per-source buckets are forgotten.
-pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(10);
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

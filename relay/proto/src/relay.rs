@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -16,15 +16,11 @@ use rand::{RngCore, SeedableRng};
 use crate::crypto::CookieSecrets;
 use crate::keys::{AllowedKeys, PublicKey, Scan};
 use crate::message::{COOKIE_REPLY_LEN, Handshake, Kind, MAC_LEN, Message, ParseError, Routed};
-use crate::ratelimit::{
-    KeyedBuckets, PRUNE_EVERY, ScanBudget, ScanClass, TokenBucket, wpex_bucket,
-};
+use crate::ratelimit::{KeyedBuckets, ScanBudget, ScanClass, TokenBucket, wpex_bucket};
 use crate::routes::Routes;
 use crate::stats::{DropReason, Stats};
 use crate::table::{Role, Source, State, Table};
-
-/// How often the cookie secret is replaced (WireGuard's COOKIE_SECRET_MAX_AGE).
-pub const COOKIE_ROTATION: Duration = Duration::from_secs(120);
+use crate::timers::{COOKIE_ROTATION, PRUNE_EVERY};
 
 /// mac1 computations per second that full scans may spend by default: about 0.2 of a core.
 pub const DEFAULT_SCAN_BUDGET: u32 = 1_000_000;
@@ -631,6 +627,28 @@ impl Relay {
         Ok(ours.then(|| msg.mac2_at()))
     }
 
+    /// What both handshake kinds pass before the table takes their sender index: the address
+    /// check (allow-list mode, when `key` is known), a free sender index and room in the table,
+    /// in that order. Returns where to strip mac2.
+    fn admit_handshake(
+        &mut self,
+        src: SocketAddr,
+        msg: &Handshake<'_>,
+        key: Option<PublicKey>,
+    ) -> Result<Option<usize>, Decision> {
+        let strip_mac2_at = match key {
+            Some(key) => self.check_address(src, msg, key).map_err(Decision::from)?,
+            None => None,
+        };
+        if self.table.contains_index(msg.sender_index()) {
+            return Err(DropReason::IndexInUse.into());
+        }
+        if !self.has_room_for(src) {
+            return Err(DropReason::TableFull.into());
+        }
+        Ok(strip_mac2_at)
+    }
+
     fn has_room_for(&self, endpoint: SocketAddr) -> bool {
         self.table.index_count() < self.max_indices
             && (self.table.is_known(endpoint) || self.table.endpoint_count() < self.max_endpoints)
@@ -648,27 +666,22 @@ impl Relay {
         if !self.per_source.try_take(src.ip(), now) {
             return DropReason::SourceRateLimited.into();
         }
-        let mut strip_mac2_at = None;
-        if let Some(key) = responder_key {
-            match self.check_address(src, msg, key) {
-                Ok(strip) => strip_mac2_at = strip,
-                Err(challenge) => return challenge.into(),
-            }
-        }
-        let index = msg.sender_index();
-        if self.table.contains_index(index) {
-            return DropReason::IndexInUse.into();
-        }
-        if !self.has_room_for(src) {
-            return DropReason::TableFull.into();
-        }
-
+        let strip_mac2_at = match self.admit_handshake(src, msg, responder_key) {
+            Ok(strip) => strip,
+            Err(refused) => return refused,
+        };
         // The relay knows better than to broadcast once a key's endpoint is proven.
         let home = responder_key
             .and_then(|k| self.table.home(&k))
             .filter(|home| *home != src);
-        self.table
-            .insert_half_open(now, index, src, responder_key, home.is_some());
+        let index = msg.sender_index();
+        let unicast = home.is_some();
+        if let Err(reason) =
+            self.table
+                .try_insert_half_open(now, index, src, responder_key, unicast)
+        {
+            return reason.into();
+        }
         let output = match home {
             Some(home) => Output::Forward(home),
             None => Output::Broadcast(self.broadcast_targets(now, src, responder_key.is_some())),
@@ -718,22 +731,17 @@ impl Relay {
                 Err(d) => return d,
             },
         };
-        let mut strip_mac2_at = None;
-        if let Some(key) = initiator_key {
-            match self.check_address(src, msg, key) {
-                Ok(strip) => strip_mac2_at = strip,
-                Err(challenge) => return challenge.into(),
-            }
-        }
+        let strip_mac2_at = match self.admit_handshake(src, msg, initiator_key) {
+            Ok(strip) => strip,
+            Err(refused) => return refused,
+        };
         let responder = msg.sender_index();
-        if self.table.contains_index(responder) {
-            return DropReason::IndexInUse.into();
+        if let Err(reason) = self
+            .table
+            .try_establish(now, initiator, responder, src, initiator_key)
+        {
+            return reason.into();
         }
-        if !self.has_room_for(src) {
-            return DropReason::TableFull.into();
-        }
-        self.table
-            .establish(now, initiator, responder, src, initiator_key);
         let responder_key = self.table.owner(responder);
         self.note_handshake(now, initiator_key, responder_key);
         Decision {

@@ -11,20 +11,12 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::keys::PublicKey;
 use crate::routes::Routes;
-
-/// An index seen in an initiation but not yet answered (WireGuard retries after 5 s anyway).
-pub const HALF_OPEN_TTL: Duration = Duration::from_secs(5);
-/// A session's indices: WireGuard rejects a session older than 180 s (REJECT_AFTER_TIME).
-pub const SESSION_TTL: Duration = Duration::from_secs(180);
-/// How long an endpoint stays known (a broadcast target) after its last index is gone.
-pub const ENDPOINT_LINGER: Duration = Duration::from_secs(60);
-/// How long a session side must be silent at its endpoint before another source may stand in
-/// for it. A busy peer is never silent that long, so a forger cannot get in beside it.
-pub const ROAM_QUIET: Duration = Duration::from_secs(1);
+use crate::stats::DropReason;
+use crate::timers::{ENDPOINT_LINGER, HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
 
 /// Which side of the handshake picked an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,63 +491,52 @@ impl Table {
         }
     }
 
-    /// Registers the sender index of an initiation. The caller has checked it is free.
-    pub fn insert_half_open(
+    /// Registers the sender index of an initiation; refused if the index is taken.
+    pub fn try_insert_half_open(
         &mut self,
         now: Instant,
         index: u32,
         endpoint: SocketAddr,
         counterpart: Option<PublicKey>,
         unicast: bool,
-    ) {
+    ) -> Result<(), DropReason> {
+        if self.indices.contains_key(&index) {
+            return Err(DropReason::IndexInUse);
+        }
         self.ref_endpoint(endpoint);
         let timer = self.arm(now + HALF_OPEN_TTL, Subject::Index(index));
         let mut entry = IndexEntry::new(endpoint, State::HalfOpen, Role::Initiator, now, timer);
         entry.unicast = unicast;
         entry.counterpart = self.names.name(counterpart);
-        let replaced = self.indices.insert(index, entry);
-        self.unroute_replaced(index, replaced);
+        self.indices.insert(index, entry);
         self.sync_route(index);
+        Ok(())
     }
 
-    /// Withdraws the routes of an entry the caller failed to check was free: stale routes would
-    /// outlive it. The new entry's own route is the caller's to publish.
-    fn unroute_replaced(&mut self, index: u32, replaced: Option<IndexEntry>) {
-        let Some(old) = replaced else { return };
-        self.names.release(old.owner);
-        self.names.release(old.counterpart);
-        let peer = match old.state {
-            State::Session { peer } => Some(peer),
-            State::HalfOpen => None,
-        };
-        match old.route {
-            Published::Data => self.unpublish(index, peer),
-            Published::CookieReplies => {
-                self.routes.withdraw(index);
-            }
-            Published::None => {}
-        }
-        if let Some(peer) = peer {
-            self.sync_route(peer);
-        }
-    }
-
-    /// Links a response's sender index to the half-open initiator index it answers. The caller
-    /// has checked that `initiator` is half-open and `responder` is free.
-    pub fn establish(
+    /// Links a response's sender index to the half-open initiator index it answers; refused
+    /// unless `initiator` is half-open and `responder` is free.
+    pub fn try_establish(
         &mut self,
         now: Instant,
         initiator: u32,
         responder: u32,
         responder_endpoint: SocketAddr,
         initiator_key: Option<PublicKey>,
-    ) {
+    ) -> Result<(), DropReason> {
+        match self.indices.get(&initiator) {
+            None => return Err(DropReason::UnknownReceiver),
+            Some(e) if e.state != State::HalfOpen => return Err(DropReason::NotHalfOpen),
+            Some(_) if self.indices.contains_key(&responder) => {
+                return Err(DropReason::IndexInUse);
+            }
+            Some(_) => {}
+        }
         let deadline = now + SESSION_TTL;
         let timer = self.arm(deadline, Subject::Index(initiator));
         let owner = self.names.name(initiator_key);
         let Some(init) = self.indices.get_mut(&initiator) else {
             self.names.release(owner);
-            return;
+            return Err(DropReason::UnknownReceiver);
         };
         init.state = State::Session { peer: responder };
         let previous = std::mem::replace(&mut init.owner, owner);
@@ -575,11 +556,11 @@ impl Table {
         );
         entry.owner = self.names.name(self.names.key(responder_key));
         entry.counterpart = self.names.name(initiator_key);
-        let replaced = self.indices.insert(responder, entry);
-        self.unroute_replaced(responder, replaced);
+        self.indices.insert(responder, entry);
         self.sessions += 2;
         // Data to the initiator's index needs no confirmation: it is routed from now on.
         self.sync_session(initiator);
+        Ok(())
     }
 
     /// Judges transport data from `src` on behalf of the owner of `side`, a session index: its
@@ -785,6 +766,8 @@ mod invariants;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn addr(port: u16) -> SocketAddr {
@@ -803,7 +786,8 @@ mod tests {
     fn half_open_index_lives_five_seconds() {
         let t0 = Instant::now();
         let mut t = Table::new(t0);
-        t.insert_half_open(t0, 1, addr(1), None, false);
+        t.try_insert_half_open(t0, 1, addr(1), None, false)
+            .expect("free index");
         assert_eq!(
             t.expire(t0 + Duration::from_millis(4999)),
             Expired::default()
@@ -823,9 +807,11 @@ mod tests {
     fn session_lives_three_minutes_from_the_response() {
         let t0 = Instant::now();
         let mut t = Table::new(t0);
-        t.insert_half_open(t0, 1, addr(1), None, false);
+        t.try_insert_half_open(t0, 1, addr(1), None, false)
+            .expect("free index");
         let t1 = t0 + Duration::from_secs(2);
-        t.establish(t1, 1, 2, addr(2), None);
+        t.try_establish(t1, 1, 2, addr(2), None)
+            .expect("half-open initiator, free responder");
         assert_eq!(t.session_count(), 1);
         // The half-open timer no longer applies.
         t.expire(t0 + Duration::from_secs(10));
@@ -841,10 +827,12 @@ mod tests {
     fn endpoint_with_a_new_index_does_not_expire_on_the_old_timer() {
         let t0 = Instant::now();
         let mut t = Table::new(t0);
-        t.insert_half_open(t0, 1, addr(1), None, false);
+        t.try_insert_half_open(t0, 1, addr(1), None, false)
+            .expect("free index");
         t.expire(t0 + HALF_OPEN_TTL); // endpoint linger armed until t0+65
         let t1 = t0 + Duration::from_secs(63);
-        t.insert_half_open(t1, 2, addr(1), None, false);
+        t.try_insert_half_open(t1, 2, addr(1), None, false)
+            .expect("free index");
         t.expire(t0 + HALF_OPEN_TTL + ENDPOINT_LINGER);
         assert!(t.is_known(addr(1)), "old linger timer was disarmed");
         // Expiry running late still lingers from the index's own deadline.
@@ -860,13 +848,16 @@ mod tests {
         let t0 = Instant::now();
         let (ka, kb) = (PublicKey([1; 32]), PublicKey([2; 32]));
         let mut t = Table::new(t0);
-        t.insert_half_open(t0, 1, addr(1), Some(kb), false);
-        t.establish(t0, 1, 2, addr(2), Some(ka));
+        t.try_insert_half_open(t0, 1, addr(1), Some(kb), false)
+            .expect("free index");
+        t.try_establish(t0, 1, 2, addr(2), Some(ka))
+            .expect("half-open initiator, free responder");
         t.set_home(kb, addr(2));
         t.set_home(ka, addr(1));
         assert_eq!(t.home(&kb), Some(addr(2)));
         // An initiation unicast to B's home goes unanswered.
-        t.insert_half_open(t0, 3, addr(1), Some(kb), true);
+        t.try_insert_half_open(t0, 3, addr(1), Some(kb), true)
+            .expect("free index");
         t.expire(t0 + HALF_OPEN_TTL);
         assert_eq!(t.home(&kb), None);
         assert_eq!(t.home(&ka), Some(addr(1)));
@@ -883,10 +874,14 @@ mod tests {
         let t0 = Instant::now();
         let (ka, kb, kc) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
         let mut t = Table::new(t0);
-        t.insert_half_open(t0, 1, addr(1), Some(kb), false);
-        t.establish(t0, 1, 2, addr(2), Some(ka));
-        t.insert_half_open(t0, 3, addr(3), Some(ka), false);
-        t.establish(t0, 3, 4, addr(1), Some(kc));
+        t.try_insert_half_open(t0, 1, addr(1), Some(kb), false)
+            .expect("free index");
+        t.try_establish(t0, 1, 2, addr(2), Some(ka))
+            .expect("half-open initiator, free responder");
+        t.try_insert_half_open(t0, 3, addr(3), Some(ka), false)
+            .expect("free index");
+        t.try_establish(t0, 3, 4, addr(1), Some(kc))
+            .expect("half-open initiator, free responder");
         t.set_home(kc, addr(3));
         assert_eq!(t.session_count(), 2);
         let removed = t.revoke(t0, |k| *k != kc);

@@ -5,10 +5,11 @@
 
 use std::time::Instant;
 
-use super::{COOKIE_ROTATION, MAX_LIKELY, Output, Relay, ScanDone};
+use super::{MAX_LIKELY, Output, Relay, ScanDone};
 use crate::message::{COOKIE_REPLY_LEN, DATA_MIN_LEN, INITIATION_LEN, Kind, Message, RESPONSE_LEN};
-use crate::ratelimit::{PRUNE_EVERY, ScanClass};
+use crate::ratelimit::ScanClass;
 use crate::stats::{DropReason, Stats};
+use crate::timers::{COOKIE_ROTATION, PRUNE_EVERY};
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {

@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{
-    ENDPOINT_LINGER, HALF_OPEN_TTL, IndexEntry, KeyId, Published, Role, SESSION_TTL, State,
-    Subject, Table, Timer, slot,
-};
+use super::{IndexEntry, KeyId, Published, Role, State, Subject, Table, Timer, slot};
 use crate::keys::PublicKey;
+use crate::timers::{ENDPOINT_LINGER, HALF_OPEN_TTL, SESSION_TTL};
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
