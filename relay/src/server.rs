@@ -286,6 +286,85 @@ fn transmissions<'a>(output: &'a Output, datagram: &'a [u8]) -> (&'a [u8], &'a [
     }
 }
 
+/// A message being planned by [`plan_sends`]: `count` datagrams, `len` bytes in all, in
+/// `parts[first..]`.
+struct Planned {
+    to: SocketAddr,
+    first: usize,
+    parts: usize,
+    count: usize,
+    len: usize,
+    segment: usize,
+    /// A forwarded datagram's message, which more may join: where its last part starts and
+    /// ends in `storage`.
+    open: Option<Range<usize>>,
+}
+
+impl Planned {
+    /// A message of one datagram, `bytes`, whose part is `parts[first]`.
+    #[inline]
+    fn new(to: SocketAddr, first: usize, bytes: &[u8], open: Option<Range<usize>>) -> Self {
+        Self {
+            to,
+            first,
+            parts: 1,
+            count: 1,
+            len: bytes.len(),
+            segment: bytes.len(),
+            open,
+        }
+    }
+
+    /// Whether the datagram at `range`, forwarded to `to`, may join this open message: to the
+    /// same endpoint, every datagram so far of full size, this one not longer, and room for one
+    /// more.
+    #[inline]
+    fn admits(&self, to: SocketAddr, range: &Range<usize>, gso: usize) -> bool {
+        self.to == to
+            && !range.is_empty()
+            && range.len() <= self.segment
+            && self.len.is_multiple_of(self.segment)
+            && self.count < gso
+            && self.len + range.len() <= send::GSO_MAX_BYTES
+    }
+
+    /// Adds the datagram at `range` of `storage`, which [`Planned::admits`] allowed; `tail` is
+    /// where the message's last part lies (its `open`).
+    #[inline]
+    fn join<'a>(
+        &mut self,
+        tail: Range<usize>,
+        range: &Range<usize>,
+        storage: &'a [u8],
+        parts: &mut Vec<&'a [u8]>,
+    ) {
+        if tail.end == range.start {
+            // Back to back with the last part: it grows, and the kernel gets one iovec.
+            parts[self.first + self.parts - 1] = &storage[tail.start..range.end];
+            self.open = Some(tail.start..range.end);
+        } else {
+            parts.push(&storage[range.clone()]);
+            self.parts += 1;
+            self.open = Some(range.clone());
+        }
+        self.count += 1;
+        self.len += range.len();
+    }
+
+    /// The message to send, its parts taken from `parts`.
+    #[inline]
+    fn transmit<'a>(&self, parts: &'a [&'a [u8]]) -> send::Transmit<'a> {
+        send::Transmit {
+            to: self.to,
+            parts: match self.parts {
+                1 => send::Parts::One(parts[self.first]),
+                n => send::Parts::Many(&parts[self.first..self.first + n]),
+            },
+            segment: self.segment,
+        }
+    }
+}
+
 /// The messages a batch's outputs send. Consecutive datagrams forwarded to the same endpoint,
 /// all of one size but the last, are joined into one GSO message of up to `gso` datagrams,
 /// whether they came as one GRO train or one by one; everything else goes alone. Nothing is
@@ -297,75 +376,28 @@ fn plan_sends<'a>(
     gso: usize,
     parts: &'a mut Vec<&'a [u8]>,
 ) -> Vec<send::Transmit<'a>> {
-    /// A message being planned: `count` datagrams, `len` bytes in all, in `parts[first..]`.
-    struct Planned {
-        to: SocketAddr,
-        first: usize,
-        parts: usize,
-        count: usize,
-        len: usize,
-        segment: usize,
-        /// A forwarded datagram's message, which more may join: where its last part starts and
-        /// ends in `storage`.
-        open: Option<Range<usize>>,
-    }
     parts.clear();
     let mut plans: Vec<Planned> = Vec::with_capacity(outputs.len());
     for (range, output) in outputs {
-        let (bytes, targets) = transmissions(output, &storage[range.clone()]);
         if let (Output::Forward(to), Some(last)) = (output, plans.last_mut())
             && let Some(tail) = last.open.clone()
+            && last.admits(*to, range, gso)
         {
-            let joins = last.to == *to
-                && !range.is_empty()
-                && range.len() <= last.segment
-                && last.len % last.segment == 0
-                && last.count < gso
-                && last.len + range.len() <= send::GSO_MAX_BYTES;
-            if joins {
-                if tail.end == range.start {
-                    // Back to back with the last part: it grows, and the kernel gets one iovec.
-                    parts[last.first + last.parts - 1] = &storage[tail.start..range.end];
-                    last.open = Some(tail.start..range.end);
-                } else {
-                    parts.push(bytes);
-                    last.parts += 1;
-                    last.open = Some(range.clone());
-                }
-                last.count += 1;
-                last.len += range.len();
-                continue;
-            }
+            last.join(tail, range, storage, parts);
+            continue;
         }
+        let (bytes, targets) = transmissions(output, &storage[range.clone()]);
         let open = match output {
             Output::Forward(_) if !range.is_empty() => Some(range.clone()),
             _ => None,
         };
         for to in targets {
             parts.push(bytes);
-            plans.push(Planned {
-                to: *to,
-                first: parts.len() - 1,
-                parts: 1,
-                count: 1,
-                len: bytes.len(),
-                segment: bytes.len(),
-                open: open.clone(),
-            });
+            plans.push(Planned::new(*to, parts.len() - 1, bytes, open.clone()));
         }
     }
     let parts: &'a [&'a [u8]] = parts;
-    plans
-        .into_iter()
-        .map(|p| send::Transmit {
-            to: p.to,
-            parts: match p.parts {
-                1 => send::Parts::One(parts[p.first]),
-                n => send::Parts::Many(&parts[p.first..p.first + n]),
-            },
-            segment: p.segment,
-        })
-        .collect()
+    plans.iter().map(|p| p.transmit(parts)).collect()
 }
 
 /// Datagrams read per system call (`recvmmsg`).
@@ -402,6 +434,100 @@ async fn receive_batch(
     }
 }
 
+/// Reads the next batch into `storage`, described in `meta`: up to [`BATCH`] buffers in one
+/// `recvmmsg` where `state` allows it, otherwise one datagram into the first slot.
+async fn receive(
+    socket: &UdpSocket,
+    state: Option<&quinn_udp::UdpSocketState>,
+    storage: &mut [u8],
+    meta: &mut [quinn_udp::RecvMeta; BATCH],
+) -> io::Result<usize> {
+    match state {
+        Some(state) => receive_batch(socket, state, storage, meta).await,
+        None => socket
+            .recv_from(&mut storage[..SLOT])
+            .await
+            .map(|(len, addr)| {
+                meta[0].addr = addr;
+                meta[0].len = len;
+                meta[0].stride = len;
+                1
+            }),
+    }
+}
+
+/// Decides every datagram of a batch, in order, into `outputs`, with one clock reading.
+/// Transport data and cookie replies on a published route are forwarded without the core; the
+/// lock is taken at the first datagram that needs the core and held to the end of the batch.
+/// Both are gone when this returns, before any IO.
+fn decide_batch(
+    worker: &mut Worker,
+    relay: &SharedRelay,
+    socket: &Arc<UdpSocket>,
+    scans: &SyncSender<ScanJob>,
+    received: &[quinn_udp::RecvMeta],
+    storage: &mut [u8],
+    outputs: &mut Vec<(Range<usize>, Output)>,
+) {
+    let now = Instant::now();
+    let batch = worker.batch(now);
+    let mut core: Option<MutexGuard<'_, Relay>> = None;
+    for (i, m) in received.iter().enumerate() {
+        for range in segments(i * SLOT, m.len.min(SLOT), m.stride) {
+            let datagram = &mut storage[range.clone()];
+            if let Some(to) = batch.forward(m.addr, datagram) {
+                outputs.push((range, Output::Forward(to)));
+                continue;
+            }
+            let core = core.get_or_insert_with(|| lock(relay));
+            let output = core.handle_input(now, m.addr, datagram);
+            if let Output::Scan(request) = &output {
+                queue_scan(core, request, m.addr, datagram, socket, scans);
+            }
+            outputs.push((range, output));
+        }
+    }
+}
+
+/// Hands a scan the core asked for to the scan thread; if its queue is full or gone, the core
+/// counts the scan as abandoned.
+fn queue_scan(
+    core: &mut Relay,
+    request: &ScanRequest,
+    src: SocketAddr,
+    datagram: &[u8],
+    socket: &Arc<UdpSocket>,
+    scans: &SyncSender<ScanJob>,
+) {
+    let job = ScanJob {
+        request: request.clone(),
+        src,
+        datagram: datagram.to_vec(),
+        socket: socket.clone(),
+    };
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = scans.try_send(job) {
+        core.scan_abandoned();
+    }
+}
+
+/// Sends everything a batch produced in as few `sendmmsg` calls as possible, runs of same-size
+/// datagrams to one destination as one GSO message each.
+async fn send_outputs(
+    socket: &UdpSocket,
+    state: Option<&quinn_udp::UdpSocketState>,
+    outputs: &[(Range<usize>, Output)],
+    storage: &[u8],
+    errors: &IoErrors,
+) {
+    let gso = match state {
+        Some(state) if send::gso_enabled() => state.max_gso_segments(),
+        _ => 1,
+    };
+    let mut parts = Vec::new();
+    let sends = plan_sends(outputs, storage, gso, &mut parts);
+    send::send_all(socket, &sends, |to, e| errors.record("send", Some(to), e)).await;
+}
+
 async fn receive_loop(
     socket: Arc<UdpSocket>,
     relay: SharedRelay,
@@ -420,68 +546,24 @@ async fn receive_loop(
     let mut outputs: Vec<(Range<usize>, Output)> = Vec::with_capacity(BATCH);
     let mut worker = Worker::new(lock(&relay).routes().clone());
     loop {
-        let received = match &state {
-            Some(state) => receive_batch(&socket, state, &mut storage, &mut meta).await,
-            None => socket
-                .recv_from(&mut storage[..SLOT])
-                .await
-                .map(|(len, addr)| {
-                    meta[0].addr = addr;
-                    meta[0].len = len;
-                    meta[0].stride = len;
-                    1
-                }),
-        };
-        let n = match received {
+        let n = match receive(&socket, state.as_ref(), &mut storage, &mut meta).await {
             Ok(n) => n,
             Err(e) => {
                 errors.record("receive", None, &e);
                 continue;
             }
         };
-        // One clock reading for the whole batch. Transport data and cookie replies on a published
-        // route are forwarded without the core; the lock is taken at the first datagram that
-        // needs the core and held to the end of the batch. IO happens after both are gone.
-        {
-            let now = Instant::now();
-            let batch = worker.batch(now);
-            let mut core: Option<MutexGuard<'_, Relay>> = None;
-            for (i, m) in meta[..n].iter().enumerate() {
-                for range in segments(i * SLOT, m.len.min(SLOT), m.stride) {
-                    let datagram = &mut storage[range.clone()];
-                    if let Some(to) = batch.forward(m.addr, datagram) {
-                        outputs.push((range, Output::Forward(to)));
-                        continue;
-                    }
-                    let core = core.get_or_insert_with(|| lock(&relay));
-                    let output = core.handle_input(now, m.addr, datagram);
-                    if let Output::Scan(request) = &output {
-                        let job = ScanJob {
-                            request: request.clone(),
-                            src: m.addr,
-                            datagram: datagram.to_vec(),
-                            socket: socket.clone(),
-                        };
-                        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                            scans.try_send(job)
-                        {
-                            core.scan_abandoned();
-                        }
-                    }
-                    outputs.push((range, output));
-                }
-            }
-        }
-        // Everything the batch produced leaves in as few sendmmsg calls as possible, runs of
-        // same-size datagrams to one destination as one GSO message each.
-        let gso = match &state {
-            Some(state) if send::gso_enabled() => state.max_gso_segments(),
-            _ => 1,
-        };
-        let mut parts = Vec::new();
-        let sends = plan_sends(&outputs, &storage, gso, &mut parts);
-        send::send_all(&socket, &sends, |to, e| errors.record("send", Some(to), e)).await;
-        drop(sends);
+        let received = &meta[..n];
+        decide_batch(
+            &mut worker,
+            &relay,
+            &socket,
+            &scans,
+            received,
+            &mut storage,
+            &mut outputs,
+        );
+        send_outputs(&socket, state.as_ref(), &outputs, &storage, &errors).await;
         outputs.clear();
     }
 }
