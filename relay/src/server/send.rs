@@ -184,6 +184,23 @@ fn gso_refused(e: &io::Error) -> bool {
 #[repr(C, align(8))]
 struct SegmentCmsg([u8; 32]);
 
+/// Makes `hdr` a GSO message of `segment`-byte datagrams: its control message, a `UDP_SEGMENT`,
+/// is written into `cmsg`, which `hdr` then points at and which must outlive the send.
+#[cfg(target_os = "linux")]
+fn set_segment(hdr: &mut libc::msghdr, cmsg: &mut SegmentCmsg, segment: u16) {
+    // SAFETY: `cmsg` has room for CMSG_SPACE(2) bytes and is 8-aligned; the header's fields are
+    // set before the first CMSG_* macro reads them.
+    unsafe {
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(hdr);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+    }
+}
+
 /// One `sendmmsg` of up to [`CHUNK`] messages and [`IOVS`] parts from the front of `out`;
 /// returns how many messages the kernel took (at least one), or the error of the first.
 #[cfg(target_os = "linux")]
@@ -225,17 +242,7 @@ fn send_batch(socket: &UdpSocket, out: &[Transmit<'_>]) -> io::Result<usize> {
         n += 1;
         if t.is_train() {
             let segment = u16::try_from(t.segment).unwrap_or(u16::MAX);
-            // SAFETY: the buffer has room for CMSG_SPACE(2) bytes and is 8-aligned; the
-            // header's fields are set before the first CMSG_* macro reads them.
-            unsafe {
-                hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
-                hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-                let c = libc::CMSG_FIRSTHDR(hdr);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = libc::UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
-            }
+            set_segment(hdr, &mut cmsgs[i], segment);
         }
     }
     let iov_base = iovs.as_mut_ptr();
