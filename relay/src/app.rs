@@ -1,15 +1,20 @@
 //! The relay process: the UDP server, the key file watcher and the metrics endpoint, put together.
 
 use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+
 use crate::cli::Args;
 use crate::metrics::{self, Reloads};
 use crate::server::{Server, ServerError, SharedRelay, lock};
-use crate::watch::{self, Update, WatchError};
+use crate::watch::{self, KeyWatcher, Update, WatchError};
 use wpex_daemon::http::{HttpError, MetricsServer, Readiness};
 use wpex_daemon::shutdown_signal;
 use wpex_proto::keyfile::{self, KeyFileError};
@@ -82,10 +87,9 @@ fn apply(
     }
 }
 
-/// Runs the relay until SIGTERM or SIGINT.
-pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
-    let (access, file_content) = initial_access(&args)?;
-    match &access {
+/// Says who may use the relay: a warning when anyone may, the allowed keys otherwise.
+fn log_access(access: &Access) {
+    match access {
         Access::Open => {
             tracing::warn!(
                 "no --allow or --allow-file: the relay is open to anyone (see --broadcast-rate)"
@@ -98,6 +102,60 @@ pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
             tracing::info!(keys = keys.len(), "allow-list mode");
         }
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a task of its own.
+async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<Readiness>,
+) -> Result<(), HttpError> {
+    let http = MetricsServer::bind(addr, registry, ready).await?;
+    tracing::info!(addr = ?http.local_addr().ok(), "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = http.serve().await {
+            tracing::error!(%e, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Follows the `--allow-file`, if there is one, applying each new key set to `relay`;
+/// `file_content` is what [`initial_access`] read. Watching stops when the watcher is dropped.
+fn watch_keys(
+    args: &Args,
+    file_content: Option<Vec<u8>>,
+    relay: &SharedRelay,
+    reloads: &Arc<Reloads>,
+) -> Result<Option<KeyWatcher>, WatchError> {
+    let Some(path) = args.allow_file.clone() else {
+        return Ok(None);
+    };
+    let (relay, reloads, static_keys) = (relay.clone(), reloads.clone(), args.allow.clone());
+    let shown = path.clone();
+    let watcher = watch::watch(path, file_content, watch::DEFAULT_POLL, move |update| {
+        apply(&relay, &static_keys, &reloads, &shown, update)
+    })?;
+    Ok(Some(watcher))
+}
+
+/// Completes when `signals` sees SIGTERM or SIGINT, or its task fails; never when signals
+/// cannot be handled at all.
+async fn until_signalled(signals: JoinHandle<io::Result<()>>) {
+    match signals.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(%e, "no signal handling; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+        Err(e) => tracing::error!(%e, "signal task failed; shutting down"),
+    }
+}
+
+/// Runs the relay until SIGTERM or SIGINT.
+pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
+    let (access, file_content) = initial_access(&args)?;
+    log_access(&access);
     let config = Config {
         access,
         broadcast_rate: args.broadcast_rate,
@@ -113,43 +171,12 @@ pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
 
     if let Some(addr) = args.metrics_addr {
         let registry = metrics::registry(relay.clone(), server.io_errors(), reloads.clone());
-        let http = MetricsServer::bind(addr, registry, ready.clone()).await?;
-        tracing::info!(addr = ?http.local_addr().ok(), "serving /metrics, /healthz and /readyz");
-        tokio::spawn(async move {
-            if let Err(e) = http.serve().await {
-                tracing::error!(%e, "metrics endpoint stopped");
-            }
-        });
+        serve_metrics(addr, registry, ready.clone()).await?;
     }
-
-    let _watcher = match args.allow_file.clone() {
-        Some(path) => {
-            let (relay, reloads, static_keys) =
-                (relay.clone(), reloads.clone(), args.allow.clone());
-            let shown = path.clone();
-            Some(watch::watch(
-                path,
-                file_content,
-                watch::DEFAULT_POLL,
-                move |update| apply(&relay, &static_keys, &reloads, &shown, update),
-            )?)
-        }
-        None => None,
-    };
+    let _watcher = watch_keys(&args, file_content, &relay, &reloads)?;
 
     ready.set_ready();
     tracing::info!(addr = ?server.local_addr().ok(), workers, "server listening");
-    server
-        .serve(async {
-            match signals.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(%e, "no signal handling; stop with SIGKILL");
-                    std::future::pending::<()>().await;
-                }
-                Err(e) => tracing::error!(%e, "signal task failed; shutting down"),
-            }
-        })
-        .await;
+    server.serve(until_signalled(signals)).await;
     Ok(())
 }

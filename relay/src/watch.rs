@@ -57,11 +57,20 @@ pub fn watch(
     path: PathBuf,
     current: Option<Vec<u8>>,
     poll_every: Duration,
-    mut on_update: impl FnMut(Update) + Send + 'static,
+    on_update: impl FnMut(Update) + Send + 'static,
 ) -> Result<KeyWatcher, WatchError> {
     // Capacity 1: a pending wake-up already covers any later event.
-    let (wake, mut woken) = mpsc::channel::<()>(1);
-    let dir = directory_of(&path);
+    let (wake, woken) = mpsc::channel::<()>(1);
+    let watcher = watch_directory(directory_of(&path), wake)?;
+    let task = tokio::spawn(follow(path, current, poll_every, woken, on_update));
+    Ok(KeyWatcher {
+        _watcher: watcher,
+        task,
+    })
+}
+
+/// Watches `dir`, waking `wake` at every event in it.
+fn watch_directory(dir: PathBuf, wake: mpsc::Sender<()>) -> Result<RecommendedWatcher, WatchError> {
     let mut watcher = notify::recommended_watcher(move |_event| {
         let _ = wake.try_send(());
     })
@@ -75,42 +84,47 @@ pub fn watch(
             dir: dir.clone(),
             source,
         })?;
+    Ok(watcher)
+}
 
-    let task = tokio::spawn(async move {
-        let mut last_seen = current;
-        let mut poll = tokio::time::interval(poll_every);
-        poll.tick().await; // the first tick is immediate; the caller has just read the file
-        loop {
-            tokio::select! {
-                _ = woken.recv() => {
-                    // Let a burst of events (a write, a symlink swap) finish first.
-                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, woken.recv()).await {}
-                }
-                _ = poll.tick() => {}
+/// Re-reads `path` after each burst of events `woken` reports and every `poll_every`, and
+/// passes each distinct content to `on_update`; `current` is the content already loaded.
+async fn follow(
+    path: PathBuf,
+    current: Option<Vec<u8>>,
+    poll_every: Duration,
+    mut woken: mpsc::Receiver<()>,
+    mut on_update: impl FnMut(Update),
+) {
+    let mut last_seen = current;
+    let mut poll = tokio::time::interval(poll_every);
+    poll.tick().await; // the first tick is immediate; the caller has just read the file
+    loop {
+        tokio::select! {
+            _ = woken.recv() => {
+                // Let a burst of events (a write, a symlink swap) finish first.
+                while let Ok(Some(())) = tokio::time::timeout(SETTLE, woken.recv()).await {}
             }
-            let content = match tokio::fs::read(&path).await {
-                Ok(bytes) => Ok(bytes),
-                Err(source) => Err(KeyFileError::Read {
-                    path: path.clone(),
-                    source,
-                }),
-            };
-            // Report each distinct content (or read failure) once, not on every poll.
-            let fingerprint = match &content {
-                Ok(bytes) => bytes.clone(),
-                Err(e) => format!("\0{e}").into_bytes(),
-            };
-            if last_seen.as_ref() == Some(&fingerprint) {
-                continue;
-            }
-            last_seen = Some(fingerprint);
-            let update =
-                content.and_then(|bytes| keyfile::parse_bytes(&path, &bytes).map(Update::Loaded));
-            on_update(update.unwrap_or_else(Update::Rejected));
+            _ = poll.tick() => {}
         }
-    });
-    Ok(KeyWatcher {
-        _watcher: watcher,
-        task,
-    })
+        let content = match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(bytes),
+            Err(source) => Err(KeyFileError::Read {
+                path: path.clone(),
+                source,
+            }),
+        };
+        // Report each distinct content (or read failure) once, not on every poll.
+        let fingerprint = match &content {
+            Ok(bytes) => bytes.clone(),
+            Err(e) => format!("\0{e}").into_bytes(),
+        };
+        if last_seen.as_ref() == Some(&fingerprint) {
+            continue;
+        }
+        last_seen = Some(fingerprint);
+        let update =
+            content.and_then(|bytes| keyfile::parse_bytes(&path, &bytes).map(Update::Loaded));
+        on_update(update.unwrap_or_else(Update::Rejected));
+    }
 }
