@@ -541,15 +541,10 @@ impl Relay {
         let asked = (at_src.is_some() || !msg.mac2_is_zero())
             .then(|| self.challenged.key(src))
             .flatten();
-        let mut likely = Likely::default();
-        likely.push(asked);
-        likely.push(initiator_endpoint.and_then(|e| self.table.endpoint_key(e).flatten()));
-        if let Some(state) = at_src.flatten().and_then(|k| self.peers.get(&k)) {
-            for partner in state.partners {
-                likely.push(partner);
-            }
-        }
-        for key in likely.iter() {
+        for key in self
+            .likely(asked, at_src.flatten(), initiator_endpoint)
+            .iter()
+        {
             let Some(macs) = keys.get(&key) else {
                 continue;
             };
@@ -561,8 +556,43 @@ impl Relay {
         if keys.is_empty() {
             return Err(DropReason::Mac1Invalid.into());
         }
+        let class = self.scan_class(src, msg, at_src.is_some(), asked.is_some());
+        let cost = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+        self.admit_scan(now, src, class, cost)?;
+        Err(Output::Scan(ScanRequest { keys, class }).into())
+    }
+
+    /// The likely keys for [`Relay::identify`], in the order they are tried: `asked`, the key
+    /// proven at `initiator_endpoint`, then the recent partners of `at_src`, the key proven at
+    /// the source.
+    fn likely(
+        &self,
+        asked: Option<PublicKey>,
+        at_src: Option<PublicKey>,
+        initiator_endpoint: Option<SocketAddr>,
+    ) -> Likely {
+        let mut likely = Likely::default();
+        likely.push(asked);
+        likely.push(initiator_endpoint.and_then(|e| self.table.endpoint_key(e).flatten()));
+        if let Some(state) = at_src.and_then(|k| self.peers.get(&k)) {
+            for partner in state.partners {
+                likely.push(partner);
+            }
+        }
+        likely
+    }
+
+    /// The budget class of a scan for a handshake from `src`; `known` when `src` is a known
+    /// endpoint, `asked` when the relay challenged it for a key.
+    fn scan_class(
+        &self,
+        src: SocketAddr,
+        msg: &Handshake<'_>,
+        known: bool,
+        asked: bool,
+    ) -> ScanClass {
         // Known endpoints first, then sources that proved their address with this relay's cookie.
-        let class = if at_src.is_some() {
+        if known {
             ScanClass::Known
         } else if msg.mac2_is_zero() {
             if self.refused.contains(src) {
@@ -570,17 +600,26 @@ impl Relay {
             } else {
                 ScanClass::Fresh
             }
-        } else if (asked.is_some() || self.challenged.any_full())
-            && self.cookies.mac2_valid(src, msg)
-        {
+        } else if (asked || self.challenged.any_full()) && self.cookies.mac2_valid(src, msg) {
             ScanClass::Proven
         } else {
             ScanClass::Other
-        };
-        if !self.scan_per_source.can_take(src.ip(), now) {
-            return Err(DropReason::ScanSourceLimited.into());
         }
-        let cost = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+    }
+
+    /// Takes a scan of `cost` MACs in `class` from `src` out of the per-source limit and the
+    /// scan budget, or says which refused it. A fresh source the budget refuses is remembered,
+    /// so its retry is classed apart.
+    fn admit_scan(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        class: ScanClass,
+        cost: u32,
+    ) -> Result<(), DropReason> {
+        if !self.scan_per_source.can_take(src.ip(), now) {
+            return Err(DropReason::ScanSourceLimited);
+        }
         if !self
             .scan_budget
             .as_mut()
@@ -589,10 +628,10 @@ impl Relay {
             if class == ScanClass::Fresh {
                 self.refused.record(src);
             }
-            return Err(DropReason::ScanBudget.into());
+            return Err(DropReason::ScanBudget);
         }
         self.scan_per_source.try_take(src.ip(), now);
-        Err(Output::Scan(ScanRequest { keys, class }).into())
+        Ok(())
     }
 
     /// Whether `msg` carries a mac2 made from this relay's cookie for `src`. Only computed for
