@@ -368,34 +368,29 @@ fn measure(
     ))
 }
 
-fn bench(args: &RunArgs) -> Result<()> {
+/// Refuses a run longer than the relay keeps sessions: the benchmark does not re-handshake.
+fn check_run_length(args: &RunArgs) -> Result<()> {
     if (args.warmup + args.duration).as_secs_f64() > MAX_RUN_SECS {
         bail!(
             "--warmup plus --duration must stay under {MAX_RUN_SECS} s: the relay expires \
              sessions after 180 s and the benchmark does not re-handshake"
         );
     }
-    let root = workspace_root();
-    let relay = relay_path(args, &root)?;
-    let baseline = match &args.baseline {
+    Ok(())
+}
+
+/// The `--baseline` binary, absolute, if one is given and exists.
+fn baseline_path(args: &RunArgs) -> Result<Option<PathBuf>> {
+    Ok(match &args.baseline {
         Some(b) if !b.is_file() => bail!("baseline binary {} not found", b.display()),
         Some(b) => Some(b.canonicalize().unwrap_or_else(|_| b.clone())),
         None => None,
-    };
-    let json = args
-        .json
-        .clone()
-        .unwrap_or_else(|| root.join("target/bench/wpex-bench.json"));
-    let out_dir = json
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let logs = out_dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let shapes = shapes(args);
-    let max_pairs = shapes.iter().map(|s| s.pairs).max().unwrap_or(1);
-    ensure_file_limit(max_pairs)?;
-    for s in &shapes {
+    })
+}
+
+/// Warns of every shape that needs more indices than our relay holds.
+fn warn_index_limit(shapes: &[Shape]) {
+    for s in shapes {
         if s.pairs * s.per_pair * 2 > RELAY_MAX_INDICES {
             eprintln!(
                 "warning: {} pairs x {} sessions need {} indices; our relay holds {RELAY_MAX_INDICES}, \
@@ -406,14 +401,18 @@ fn bench(args: &RunArgs) -> Result<()> {
             );
         }
     }
+}
 
+/// The targets, in the order they are measured: our relay, the forwarder unless
+/// `--no-forwarder`, and the baseline if there is one.
+fn specs(args: &RunArgs, relay: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
     let broadcast = [
         "--broadcast-rate".to_owned(),
         args.broadcast_rate.to_string(),
     ];
     let mut specs = vec![Spec {
         kind: Kind::Ours,
-        program: relay.clone(),
+        program: relay.to_path_buf(),
         before: vec![],
         after: broadcast
             .iter()
@@ -431,17 +430,20 @@ fn bench(args: &RunArgs) -> Result<()> {
             after: vec![],
         });
     }
-    if let Some(b) = &baseline {
+    if let Some(b) = baseline {
         specs.push(Spec {
             kind: Kind::Baseline,
-            program: b.clone(),
+            program: b.to_path_buf(),
             before: vec![],
             after: broadcast.iter().map(Into::into).collect(),
         });
     }
-    let versions: Vec<Option<String>> = specs.iter().map(|s| version_of(&s.program)).collect();
+    Ok(specs)
+}
 
-    let plan = |size: usize| Plan {
+/// The traffic for a cell of datagrams of `size` bytes.
+fn plan(args: &RunArgs, size: usize) -> Plan {
+    Plan {
         size,
         rate: args.rate,
         warmup: args.warmup,
@@ -449,14 +451,18 @@ fn bench(args: &RunArgs) -> Result<()> {
         drain: args.drain,
         both_ways: args.both_ways,
         gso: args.gso,
-    };
-    let mut report = Report {
+    }
+}
+
+/// The report before any cell: what was run, where, and how.
+fn new_report(args: &RunArgs, root: &Path, relay: &Path, baseline: Option<&Path>) -> Report {
+    Report {
         tool: "wpex-bench",
         version: env!("CARGO_PKG_VERSION"),
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        git: git_info(&root),
+        git: git_info(root),
         machine: machine(),
         params: Params {
             rate_pps: args.rate,
@@ -469,7 +475,7 @@ fn bench(args: &RunArgs) -> Result<()> {
             source_rate: args.source_rate,
             relay: relay.display().to_string(),
             relay_args: args.relay_args.clone(),
-            baseline: baseline.as_ref().map(|b| b.display().to_string()),
+            baseline: baseline.map(|b| b.display().to_string()),
             forwarder: !args.no_forwarder,
             matrix: args.matrix,
             access: if args.matrix {
@@ -480,8 +486,11 @@ fn bench(args: &RunArgs) -> Result<()> {
             keys: args.keys,
         },
         cells: Vec::new(),
-    };
+    }
+}
 
+/// The line above the table: what is measured, and how.
+fn print_title(args: &RunArgs, relay: &Path) {
     println!(
         "wpex-bench: {} on loopback, {}, warm-up {:?}, measured {:?}{}{}",
         relay.display(),
@@ -492,6 +501,125 @@ fn bench(args: &RunArgs) -> Result<()> {
         if args.both_ways { ", both ways" } else { "" },
         if args.gso { ", GSO trains" } else { "" }
     );
+}
+
+/// Measures one target, `spec` as this cell runs it; a failure is reported, not returned.
+fn measure_target(
+    spec: &Spec,
+    version: &Option<String>,
+    shape: Shape,
+    allow: Option<&AllowList>,
+    plan: &Plan,
+    logs: &Path,
+) -> TargetReport {
+    match measure(spec, shape, allow, plan, logs) {
+        Ok((command, figures)) => TargetReport {
+            target: spec.kind,
+            command,
+            version: version.clone(),
+            error: None,
+            figures: Some(figures),
+        },
+        Err(e) => TargetReport {
+            target: spec.kind,
+            command: spec.display(0),
+            version: version.clone(),
+            error: Some(format!("{e:#}")),
+            figures: None,
+        },
+    }
+}
+
+/// Notes under a target's row when the figures are the generator's doing: it sent less than
+/// `--rate` asked for, or its own sockets dropped datagrams.
+fn print_notes(rate: Option<u64>, target: &TargetReport) {
+    if let (Some(rate), Some(f)) = (rate, &target.figures)
+        && f.offered_pps < rate as f64 * 0.95
+    {
+        println!(
+            "  note: the generator sent only {:.0} of the {rate} pps asked for \
+             (generator CPU {:.0}% of a core)",
+            f.offered_pps, f.generator_cpu_percent
+        );
+    }
+    if let Some(f) = &target.figures
+        && f.generator_socket_drops * 200 > f.sent
+    {
+        println!(
+            "  note: the generator's own sockets dropped {} datagrams: part of the loss \
+             is the generator's, not the target's",
+            f.generator_socket_drops
+        );
+    }
+}
+
+/// Measures every target on one cell, printing a row for each (and notes, and failures on
+/// stderr), then the ratios.
+fn measure_cell(
+    args: &RunArgs,
+    shape: Shape,
+    allow: Option<&AllowList>,
+    targets: &[(Spec, Option<String>)],
+    key_file: &Path,
+    logs: &Path,
+) -> Cell {
+    let mut cell = Cell {
+        access: shape.access,
+        keys: allow.map(AllowList::len),
+        size: shape.size,
+        pairs: shape.pairs,
+        sessions_per_pair: shape.per_pair,
+        sessions: shape.pairs * shape.per_pair,
+        targets: Vec::new(),
+        ratios: Vec::new(),
+    };
+    for (spec, version) in targets {
+        let spec = &with_access(spec, allow, key_file);
+        let target = measure_target(spec, version, shape, allow, &plan(args, shape.size), logs);
+        println!("{}", report::row(&cell, &target));
+        if let Some(e) = &target.error {
+            eprintln!("  {} failed: {e}", spec.kind.name());
+        }
+        print_notes(args.rate, &target);
+        cell.targets.push(target);
+    }
+    cell.ratios = report::ratios(&cell.targets);
+    for r in &cell.ratios {
+        println!("{}", report::ratio_line(r));
+    }
+    cell
+}
+
+fn bench(args: &RunArgs) -> Result<()> {
+    check_run_length(args)?;
+    let root = workspace_root();
+    let relay = relay_path(args, &root)?;
+    let baseline = baseline_path(args)?;
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench/wpex-bench.json"));
+    let out_dir = json
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let logs = out_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let shapes = shapes(args);
+    let max_pairs = shapes.iter().map(|s| s.pairs).max().unwrap_or(1);
+    ensure_file_limit(max_pairs)?;
+    warn_index_limit(&shapes);
+    let specs = specs(args, &relay, baseline.as_deref())?;
+    let targets: Vec<(Spec, Option<String>)> = specs
+        .into_iter()
+        .map(|s| {
+            let version = version_of(&s.program);
+            (s, version)
+        })
+        .collect();
+    let mut report = new_report(args, &root, &relay, baseline.as_deref());
+
+    print_title(args, &relay);
     println!("{}", report::header());
     let mut failures = 0;
     // In a directory of its own: the relay re-reads its key file on any change beside it.
@@ -503,65 +631,8 @@ fn bench(args: &RunArgs) -> Result<()> {
         if let Some(list) = &allow {
             list.write(&key_file)?;
         }
-        let mut cell = Cell {
-            access: shape.access,
-            keys: allow.as_ref().map(AllowList::len),
-            size: shape.size,
-            pairs: shape.pairs,
-            sessions_per_pair: shape.per_pair,
-            sessions: shape.pairs * shape.per_pair,
-            targets: Vec::new(),
-            ratios: Vec::new(),
-        };
-        for (spec, version) in specs.iter().zip(&versions) {
-            let spec = &with_access(spec, allow.as_ref(), &key_file);
-            let target = match measure(spec, shape, allow.as_ref(), &plan(shape.size), &logs) {
-                Ok((command, figures)) => TargetReport {
-                    target: spec.kind,
-                    command,
-                    version: version.clone(),
-                    error: None,
-                    figures: Some(figures),
-                },
-                Err(e) => {
-                    failures += 1;
-                    TargetReport {
-                        target: spec.kind,
-                        command: spec.display(0),
-                        version: version.clone(),
-                        error: Some(format!("{e:#}")),
-                        figures: None,
-                    }
-                }
-            };
-            println!("{}", report::row(&cell, &target));
-            if let Some(e) = &target.error {
-                eprintln!("  {} failed: {e}", spec.kind.name());
-            }
-            if let (Some(rate), Some(f)) = (args.rate, &target.figures)
-                && f.offered_pps < rate as f64 * 0.95
-            {
-                println!(
-                    "  note: the generator sent only {:.0} of the {rate} pps asked for \
-                     (generator CPU {:.0}% of a core)",
-                    f.offered_pps, f.generator_cpu_percent
-                );
-            }
-            if let Some(f) = &target.figures
-                && f.generator_socket_drops * 200 > f.sent
-            {
-                println!(
-                    "  note: the generator's own sockets dropped {} datagrams: part of the loss \
-                     is the generator's, not the target's",
-                    f.generator_socket_drops
-                );
-            }
-            cell.targets.push(target);
-        }
-        cell.ratios = report::ratios(&cell.targets);
-        for r in &cell.ratios {
-            println!("{}", report::ratio_line(r));
-        }
+        let cell = measure_cell(args, shape, allow.as_ref(), &targets, &key_file, &logs);
+        failures += cell.targets.iter().filter(|t| t.error.is_some()).count();
         report.cells.push(cell);
         // Written after every cell, so a long matrix interrupted midway keeps what it measured.
         report::write_json(&json, &report)?;

@@ -139,6 +139,26 @@ fn tail(path: &Path) -> String {
     }
 }
 
+/// Makes the child `command` starts die with this process (`PR_SET_PDEATHSIG`).
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // Die with the benchmark, even if it is killed before it can clean up.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody will ever kill us.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A started target; killed when dropped.
 pub struct Running {
     pub kind: Kind,
@@ -161,33 +181,18 @@ impl Running {
         };
         let out = File::create(&log).map_err(log_err)?;
         let err = out.try_clone().map_err(log_err)?;
-        let parent = std::process::id();
         let mut command = Command::new(&spec.program);
         command
             .args(spec.args(port))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                // Die with the benchmark, even if it is killed before it can clean up.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died before prctl: then nobody will ever kill us.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command.spawn().map_err(|source| TargetError::Spawn {
             program: spec.program.clone(),
             source,
         })?;
-        let mut running = Running {
+        let running = Running {
             kind: spec.kind,
             pid: child.id(),
             addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
@@ -195,19 +200,25 @@ impl Running {
             log,
             child,
         };
+        running.bound()
+    }
+
+    /// Waits until the target has bound its port, at most [`START_TIMEOUT`].
+    fn bound(mut self) -> Result<Self, TargetError> {
+        let port = self.addr.port();
         let started = Instant::now();
         loop {
-            running.check_alive()?;
+            self.check_alive()?;
             if procfs::udp_port_bound(port) {
-                return Ok(running);
+                return Ok(self);
             }
             if started.elapsed() > START_TIMEOUT {
                 return Err(TargetError::NotListening {
-                    name: spec.kind.name(),
+                    name: self.kind.name(),
                     port,
                     waited: START_TIMEOUT,
-                    tail: tail(&running.log),
-                    log: running.log.clone(),
+                    tail: tail(&self.log),
+                    log: self.log.clone(),
                 });
             }
             std::thread::sleep(Duration::from_millis(5));

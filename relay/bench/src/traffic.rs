@@ -151,6 +151,85 @@ fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+impl Sent {
+    /// Counts a batch of `n` datagrams of which the kernel took `sent`, and keeps the first
+    /// error.
+    fn count(&mut self, n: usize, sent: usize, error: Option<io::Error>, measured: bool) {
+        if measured {
+            self.measured += sent as u64;
+        } else {
+            self.warmup += sent as u64;
+        }
+        self.errors += (n - sent) as u64;
+        if let Some(e) = error {
+            self.first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// When batches are due: flat out always a full one; paced, `rate` datagrams a second from
+/// `start`, in batches of at least `min_batch` so the sender wakes at most
+/// [`WAKEUPS_PER_SEC`] times a second.
+struct Pace {
+    rate: Option<u64>,
+    min_batch: u64,
+    start: Instant,
+    /// Datagrams sent or refused so far.
+    attempted: u64,
+}
+
+impl Pace {
+    fn new(rate: Option<u64>, start: Instant) -> Self {
+        let min_batch = rate.map_or(BATCH as u64, |r| {
+            (r / WAKEUPS_PER_SEC).clamp(1, BATCH as u64)
+        });
+        Self {
+            rate,
+            min_batch,
+            start,
+            attempted: 0,
+        }
+    }
+
+    /// How many datagrams to send at `now`, or, when fewer than a batch are due, the instant
+    /// a batch will be.
+    fn due(&self, now: Instant) -> Result<usize, Instant> {
+        let Some(rate) = self.rate else {
+            return Ok(BATCH);
+        };
+        let due = (rate as f64 * now.saturating_duration_since(self.start).as_secs_f64()) as u64;
+        let due = due.saturating_sub(self.attempted);
+        if due < self.min_batch {
+            return Err(self.start
+                + Duration::from_secs_f64((self.attempted + self.min_batch) as f64 / rate as f64));
+        }
+        Ok(due.min(BATCH as u64) as usize)
+    }
+}
+
+/// Stamps `bufs` for `flow`, each for the next receiver in its cycle with the next sequence
+/// number from `seq`, then all with one send time; returns them as the batch to send.
+fn stamp_batch<'b>(
+    bufs: &'b mut [Vec<u8>],
+    flow: &mut Flow<'_>,
+    seq: &mut u64,
+    measured: bool,
+    epoch: Instant,
+) -> [&'b [u8]; BATCH] {
+    for buf in bufs.iter_mut() {
+        wire::stamp(buf, flow.receivers[flow.cursor], *seq, measured);
+        flow.cursor = (flow.cursor + 1) % flow.receivers.len();
+        *seq += 1;
+    }
+    let sent_ns = nanos_since(epoch);
+    let mut refs: [&[u8]; BATCH] = [&[]; BATCH];
+    for (r, buf) in refs.iter_mut().zip(bufs) {
+        wire::stamp_time(buf, sent_ns);
+        *r = buf;
+    }
+    refs
+}
+
 fn send_loop(
     flows: &mut [Flow<'_>],
     plan: &Plan,
@@ -170,11 +249,9 @@ fn send_loop(
     let start = Instant::now();
     let measure_at = start + plan.warmup;
     let end = measure_at + plan.duration;
-    let min_batch = plan.rate.map_or(BATCH as u64, |r| {
-        (r / WAKEUPS_PER_SEC).clamp(1, BATCH as u64)
-    });
-    let (mut measured, mut measure_start, mut pace_start) = (false, start, start);
-    let (mut seq, mut attempted, mut next_flow) = (0u64, 0u64, 0usize);
+    let mut pace = Pace::new(plan.rate, start);
+    let (mut measured, mut measure_start) = (false, start);
+    let (mut seq, mut next_flow) = (0u64, 0usize);
     loop {
         let now = Instant::now();
         if now >= end {
@@ -186,53 +263,23 @@ fn send_loop(
             measure_start = Instant::now();
             // Reading /proc takes a few milliseconds with many sockets: pace on from here rather
             // than catch up with a burst.
-            pace_start += measure_start - now;
+            pace.start += measure_start - now;
         }
-        let n = match plan.rate {
-            None => BATCH,
-            Some(rate) => {
-                let due =
-                    (rate as f64 * now.saturating_duration_since(pace_start).as_secs_f64()) as u64;
-                let due = due.saturating_sub(attempted);
-                if due < min_batch {
-                    let at = pace_start
-                        + Duration::from_secs_f64((attempted + min_batch) as f64 / rate as f64);
-                    let boundary = if measured { end } else { measure_at };
-                    std::thread::sleep(at.min(boundary).saturating_duration_since(now));
-                    continue;
-                }
-                due.min(BATCH as u64) as usize
+        let n = match pace.due(now) {
+            Ok(n) => n,
+            Err(at) => {
+                let boundary = if measured { end } else { measure_at };
+                std::thread::sleep(at.min(boundary).saturating_duration_since(now));
+                continue;
             }
         };
         let flow_count = flows.len();
         let flow = &mut flows[next_flow];
         next_flow = (next_flow + 1) % flow_count;
-        for buf in &mut bufs[..n] {
-            wire::stamp(buf, flow.receivers[flow.cursor], seq, measured);
-            flow.cursor = (flow.cursor + 1) % flow.receivers.len();
-            seq += 1;
-        }
-        let sent_ns = nanos_since(epoch);
-        let mut refs: [&[u8]; BATCH] = [&[]; BATCH];
-        for (r, buf) in refs.iter_mut().zip(&mut bufs[..n]) {
-            wire::stamp_time(buf, sent_ns);
-            *r = buf;
-        }
-        let (sent, error) = if plan.gso {
-            send_trains(flow.socket.as_fd(), &refs[..n], &mut train)
-        } else {
-            send_all(flow.socket.as_fd(), &refs[..n], &[])
-        };
-        attempted += n as u64;
-        if measured {
-            out.measured += sent as u64;
-        } else {
-            out.warmup += sent as u64;
-        }
-        out.errors += (n - sent) as u64;
-        if let Some(e) = error {
-            out.first_error.get_or_insert_with(|| e.to_string());
-        }
+        let refs = stamp_batch(&mut bufs[..n], flow, &mut seq, measured, epoch);
+        let (sent, error) = send(flow.socket, &refs[..n], plan.gso, &mut train);
+        pace.attempted += n as u64;
+        out.count(n, sent, error, measured);
     }
     out.measured_for = if measured {
         measure_start.elapsed()
@@ -240,6 +287,21 @@ fn send_loop(
         Duration::ZERO
     };
     out
+}
+
+/// Sends `datagrams` from `socket`, as GSO trains built in `train` if `gso`, else one by one.
+/// Returns how many were sent and the first error.
+fn send(
+    socket: &UdpSocket,
+    datagrams: &[&[u8]],
+    gso: bool,
+    train: &mut Vec<u8>,
+) -> (usize, Option<io::Error>) {
+    if gso {
+        send_trains(socket.as_fd(), datagrams, train)
+    } else {
+        send_all(socket.as_fd(), datagrams, &[])
+    }
 }
 
 /// Sends same-size `datagrams` as GSO messages of as many as fit in one. Returns how many
@@ -364,22 +426,11 @@ pub fn run(
     rng: &mut impl RngCore,
 ) -> Result<Measurement, TrafficError> {
     let mut flows = flows(pairs, sessions, plan.both_ways);
-    let generator: HashSet<u16> = pairs
-        .iter()
-        .flat_map(|p| [&p.a, &p.b])
-        .filter_map(|s| s.local_addr().ok())
-        .map(|a| a.port())
-        .collect();
-    let receivers: Vec<&UdpSocket> = pairs
-        .iter()
-        .flat_map(|p| {
-            let a = plan.both_ways.then_some(&p.a);
-            std::iter::once(&p.b).chain(a)
-        })
-        .collect();
+    let generator = generator_ports(pairs);
+    let receivers = receiving_sockets(pairs, plan.both_ways);
     let epoch = Instant::now();
     let stop = AtomicBool::new(false);
-    let (sent, end, received) = std::thread::scope(|scope| {
+    let (mut sent, end, received) = std::thread::scope(|scope| {
         let receiver = std::thread::Builder::new()
             .name("receiver".into())
             .spawn_scoped(scope, || receive_loop(&receivers, plan.size, epoch, &stop));
@@ -398,11 +449,38 @@ pub fn run(
     });
     let received = received?;
     let end = end?;
-    let (Some(start), Some(end)) = (sent.start.transpose()?, end) else {
+    let (Some(start), Some(end)) = (sent.start.take().transpose()?, end) else {
         // The measured phase never began: a zero duration was refused on the command line.
         return Ok(Measurement::default());
     };
-    Ok(Measurement {
+    Ok(measurement(sent, received, start, end))
+}
+
+/// The generator's ports, all its sockets', to tell its socket drops from the target's.
+fn generator_ports(pairs: &[Pair]) -> HashSet<u16> {
+    pairs
+        .iter()
+        .flat_map(|p| [&p.a, &p.b])
+        .filter_map(|s| s.local_addr().ok())
+        .map(|a| a.port())
+        .collect()
+}
+
+/// The sockets that receive the flows: every pair's B, and A too when both ways.
+fn receiving_sockets(pairs: &[Pair], both_ways: bool) -> Vec<&UdpSocket> {
+    pairs
+        .iter()
+        .flat_map(|p| {
+            let a = both_ways.then_some(&p.a);
+            std::iter::once(&p.b).chain(a)
+        })
+        .collect()
+}
+
+/// The figures of a run: what was sent and received, and the /proc readings' differences
+/// between the measured phase's `start` and the drain's `end`.
+fn measurement(sent: Sent, received: Received, start: Snapshot, end: Snapshot) -> Measurement {
+    Measurement {
         warmup_sent: sent.warmup,
         sent: sent.measured,
         send_errors: sent.errors,
@@ -422,5 +500,5 @@ pub fn run(
             .saturating_sub(start.udp.rcvbuf_errors),
         target_socket_drops: end.drops.0.saturating_sub(start.drops.0),
         generator_socket_drops: end.drops.1.saturating_sub(start.drops.1),
-    })
+    }
 }
