@@ -166,47 +166,73 @@ pub fn check_step(
 ) -> Result<(), String> {
     check_mac1_spending(before, after, scanned)?;
     let kind = Message::parse(datagram).ok().map(|m| m.kind());
-    let len = datagram.len() as u64;
-    let mut expect_forwarded = [(0u64, 0u64); 4];
-    let mut expect_dropped: Option<DropReason> = None;
-    let mut expect_cookie = 0;
-    let mut expect_copies = 0;
-    let mut forwarded = |kind: Option<Kind>, n: u64| -> Result<(), String> {
-        let kind = kind.ok_or("forwarded a datagram that does not parse")?;
-        expect_forwarded[kind as usize] = (n, n * len);
-        Ok(())
-    };
-    match output {
-        Output::Forward(_) => forwarded(kind, 1)?,
-        Output::ForwardBoth([a, b]) => {
-            ensure!(a != b, "forwarded twice to {a}");
-            forwarded(kind, 2)?;
-        }
-        Output::Broadcast(to) => {
-            ensure!(
-                kind == Some(Kind::Initiation),
-                "broadcast a {kind:?}, not an initiation"
-            );
-            if !to.is_empty() {
-                forwarded(kind, to.len() as u64)?;
+    let expect = Expected::of(output, kind, datagram.len() as u64)?;
+    check_forwarded_and_dropped(before, after, output, &expect)?;
+    check_others(before, after, output, &expect, kind)
+}
+
+/// How the counters [`check_step`] follows move for one output.
+#[derive(Debug, Default)]
+struct Expected {
+    /// Packets and bytes, by [`Kind`].
+    forwarded: [(u64, u64); 4],
+    dropped: Option<DropReason>,
+    cookie_replies: u64,
+    broadcast_copies: u64,
+}
+
+impl Expected {
+    /// What `output` moves, for a datagram of `kind` (`None` if it does not parse) and `len`
+    /// bytes; an error if the output does not fit the datagram at all.
+    fn of(output: &Output, kind: Option<Kind>, len: u64) -> Result<Self, String> {
+        let mut expect = Self::default();
+        let mut forwarded = |kind: Option<Kind>, n: u64| -> Result<(), String> {
+            let kind = kind.ok_or("forwarded a datagram that does not parse")?;
+            expect.forwarded[kind as usize] = (n, n * len);
+            Ok(())
+        };
+        match output {
+            Output::Forward(_) => forwarded(kind, 1)?,
+            Output::ForwardBoth([a, b]) => {
+                ensure!(a != b, "forwarded twice to {a}");
+                forwarded(kind, 2)?;
             }
-            expect_copies = to.len() as u64;
+            Output::Broadcast(to) => {
+                ensure!(
+                    kind == Some(Kind::Initiation),
+                    "broadcast a {kind:?}, not an initiation"
+                );
+                if !to.is_empty() {
+                    forwarded(kind, to.len() as u64)?;
+                }
+                expect.broadcast_copies = to.len() as u64;
+            }
+            Output::CookieReply(..) => {
+                ensure!(
+                    matches!(kind, Some(Kind::Initiation | Kind::Response)),
+                    "cookie reply to a {kind:?}"
+                );
+                expect.cookie_replies = 1;
+            }
+            Output::Scan(_) => {
+                ensure!(
+                    matches!(kind, Some(Kind::Initiation | Kind::Response)),
+                    "scan asked for a {kind:?}"
+                );
+            }
+            Output::Drop(reason) => expect.dropped = Some(*reason),
         }
-        Output::CookieReply(..) => {
-            ensure!(
-                matches!(kind, Some(Kind::Initiation | Kind::Response)),
-                "cookie reply to a {kind:?}"
-            );
-            expect_cookie = 1;
-        }
-        Output::Scan(_) => {
-            ensure!(
-                matches!(kind, Some(Kind::Initiation | Kind::Response)),
-                "scan asked for a {kind:?}"
-            );
-        }
-        Output::Drop(reason) => expect_dropped = Some(*reason),
+        Ok(expect)
     }
+}
+
+/// Every kind's forwarded counters and every reason's drop counter moved as `expect` says.
+fn check_forwarded_and_dropped(
+    before: &Stats,
+    after: &Stats,
+    output: &Output,
+    expect: &Expected,
+) -> Result<(), String> {
     for k in Kind::ALL {
         let (b, a) = (before.forwarded(k), after.forwarded(k));
         let got = (
@@ -214,21 +240,34 @@ pub fn check_step(
             a.bytes.wrapping_sub(b.bytes),
         );
         ensure!(
-            got == expect_forwarded[k as usize],
+            got == expect.forwarded[k as usize],
             "{output:?}: forwarded {} moved by {got:?}, expected {:?}",
             k.as_str(),
-            expect_forwarded[k as usize]
+            expect.forwarded[k as usize]
         );
     }
     for r in DropReason::ALL {
         let got = after.dropped(r).wrapping_sub(before.dropped(r));
-        let want = u64::from(expect_dropped == Some(r));
+        let want = u64::from(expect.dropped == Some(r));
         ensure!(
             got == want,
             "{output:?}: dropped {} moved by {got}, expected {want}",
             r.as_str()
         );
     }
+    Ok(())
+}
+
+/// The other counters: cookie replies and broadcast copies as `expect` says, no expiry,
+/// `broadcast_limited` only on a broadcast, and at most one roam, only on forwarded transport
+/// data (the datagram's `kind`).
+fn check_others(
+    before: &Stats,
+    after: &Stats,
+    output: &Output,
+    expect: &Expected,
+    kind: Option<Kind>,
+) -> Result<(), String> {
     let moved = |name: &str, b: u64, a: u64, want: u64| -> Result<(), String> {
         let got = a.wrapping_sub(b);
         ensure!(
@@ -241,13 +280,13 @@ pub fn check_step(
         "cookie_replies",
         before.cookie_replies,
         after.cookie_replies,
-        expect_cookie,
+        expect.cookie_replies,
     )?;
     moved(
         "broadcast_copies",
         before.broadcast_copies,
         after.broadcast_copies,
-        expect_copies,
+        expect.broadcast_copies,
     )?;
     moved(
         "expired_indices",

@@ -39,6 +39,56 @@ impl Table {
     /// That nothing outlives its deadline is [`Table::next_deadline`] being after `now` once
     /// [`Table::expire`]`(now)` has run: expiry pops every timer due, live or stale.
     pub fn check_invariants(&self, now: Instant) -> Result<(), String> {
+        let by_generation = self.timers_by_generation()?;
+        let mut refs: HashMap<SocketAddr, u32> = HashMap::new();
+        let mut session_sides = 0;
+        for (&i, e) in &self.indices {
+            *refs.entry(e.endpoint).or_default() += 1;
+            ensure!(
+                self.endpoints.contains_key(&e.endpoint),
+                "index {i} points at unknown endpoint {}",
+                e.endpoint
+            );
+            let timer = self.check_index_timer(now, i, e, &by_generation)?;
+            self.check_index_route(now, i, e)?;
+            if matches!(e.state, State::Session { .. }) {
+                session_sides += 1;
+            }
+            self.check_index_state(i, e, timer, &by_generation)?;
+        }
+        self.check_routes_known()?;
+        ensure!(
+            self.sessions == session_sides,
+            "session side count {} but {session_sides} indices are in a session",
+            self.sessions
+        );
+        let lingering = self.check_endpoints(now, &refs, &by_generation)?;
+        self.check_names()?;
+
+        // Live timers are exactly one per index and one per lingering endpoint.
+        let live = by_generation
+            .values()
+            .filter(|t| match t.subject {
+                Subject::Index(i) => self
+                    .indices
+                    .get(&i)
+                    .is_some_and(|e| e.timer == t.generation),
+                Subject::Endpoint(a) => self
+                    .endpoints
+                    .get(&a)
+                    .is_some_and(|e| e.refs == 0 && e.timer == t.generation),
+            })
+            .count();
+        ensure!(
+            live == self.indices.len() + lingering,
+            "{live} live timers for {} indices and {lingering} lingering endpoints",
+            self.indices.len()
+        );
+        Ok(())
+    }
+
+    /// The pending timers by generation, each generation armed once and none beyond the last.
+    fn timers_by_generation(&self) -> Result<HashMap<u64, Timer<Subject>>, String> {
         let mut by_generation: HashMap<u64, Timer<Subject>> = HashMap::new();
         for t in self.timers() {
             ensure!(
@@ -53,102 +103,124 @@ impl Table {
                 t.generation
             );
         }
+        Ok(by_generation)
+    }
 
-        let mut refs: HashMap<SocketAddr, u32> = HashMap::new();
-        let mut session_sides = 0;
-        for (&i, e) in &self.indices {
-            *refs.entry(e.endpoint).or_default() += 1;
+    /// Index `i`'s live timer, due within its TTL; and nothing about it heard in the future.
+    fn check_index_timer<'t>(
+        &self,
+        now: Instant,
+        i: u32,
+        e: &IndexEntry,
+        by_generation: &'t HashMap<u64, Timer<Subject>>,
+    ) -> Result<&'t Timer<Subject>, String> {
+        let timer = by_generation
+            .get(&e.timer)
+            .filter(|t| t.subject == Subject::Index(i))
+            .ok_or_else(|| format!("index {i} has no live timer (generation {})", e.timer))?;
+        let ttl = match e.state {
+            State::HalfOpen => HALF_OPEN_TTL,
+            State::Session { .. } => SESSION_TTL,
+        };
+        ensure!(
+            timer.at <= now + ttl,
+            "index {i} ({:?}) is due {:?} after now, beyond its TTL {ttl:?}",
+            e.state,
+            timer.at - now
+        );
+        ensure!(
+            e.heard <= now && self.heard(i).is_some_and(|h| h <= now),
+            "index {i} heard from in the future"
+        );
+        Ok(timer)
+    }
+
+    /// Index `i`'s route is the one the table implies, and marked as such; its roam, if any,
+    /// is elsewhere and not heard in the future.
+    fn check_index_route(&self, now: Instant, i: u32, e: &IndexEntry) -> Result<(), String> {
+        // Stated afresh rather than through the table's own function, so a slip there shows.
+        let data_from = match e.state {
+            State::Session { peer } => self
+                .indices
+                .get(&peer)
+                .filter(|p| p.roam.is_none() && (e.role == Role::Initiator || e.confirmed))
+                .map(|p| p.endpoint),
+            State::HalfOpen => None,
+        };
+        let wanted = e.roam.is_none().then_some((e.endpoint, data_from));
+        let published = self.routes.get(i);
+        ensure!(
+            wanted == published.map(|r| (r.to, r.from)),
+            "index {i} ({:?}, {:?}, roam {:?}, confirmed {}): route {published:?}, but the \
+             table says (to, from) {wanted:?}",
+            e.state,
+            e.role,
+            e.roam,
+            e.confirmed
+        );
+        let marked = match published {
+            None => Published::None,
+            Some(r) if r.from.is_none() => Published::CookieReplies,
+            Some(_) => Published::Data,
+        };
+        ensure!(
+            e.route == marked,
+            "index {i} marked {:?} with route {published:?}",
+            e.route
+        );
+        if let Some(roam) = e.roam() {
             ensure!(
-                self.endpoints.contains_key(&e.endpoint),
-                "index {i} points at unknown endpoint {}",
-                e.endpoint
+                roam.addr != e.endpoint && roam.heard <= now,
+                "index {i}: roam {roam:?} is its own endpoint or heard in the future"
             );
-            let timer = by_generation
-                .get(&e.timer)
-                .filter(|t| t.subject == Subject::Index(i))
-                .ok_or_else(|| format!("index {i} has no live timer (generation {})", e.timer))?;
-            let ttl = match e.state {
-                State::HalfOpen => HALF_OPEN_TTL,
-                State::Session { .. } => SESSION_TTL,
-            };
-            ensure!(
-                timer.at <= now + ttl,
-                "index {i} ({:?}) is due {:?} after now, beyond its TTL {ttl:?}",
-                e.state,
-                timer.at - now
-            );
-            ensure!(
-                e.heard <= now && self.heard(i).is_some_and(|h| h <= now),
-                "index {i} heard from in the future"
-            );
-            // Stated afresh rather than through the table's own function, so a slip there shows.
-            let data_from = match e.state {
-                State::Session { peer } => self
-                    .indices
-                    .get(&peer)
-                    .filter(|p| p.roam.is_none() && (e.role == Role::Initiator || e.confirmed))
-                    .map(|p| p.endpoint),
-                State::HalfOpen => None,
-            };
-            let wanted = e.roam.is_none().then_some((e.endpoint, data_from));
-            let published = self.routes.get(i);
-            ensure!(
-                wanted == published.map(|r| (r.to, r.from)),
-                "index {i} ({:?}, {:?}, roam {:?}, confirmed {}): route {published:?}, but the \
-                 table says (to, from) {wanted:?}",
-                e.state,
-                e.role,
-                e.roam,
-                e.confirmed
-            );
-            let marked = match published {
-                None => Published::None,
-                Some(r) if r.from.is_none() => Published::CookieReplies,
-                Some(_) => Published::Data,
-            };
-            ensure!(
-                e.route == marked,
-                "index {i} marked {:?} with route {published:?}",
-                e.route
-            );
-            if let Some(roam) = e.roam() {
+        }
+        Ok(())
+    }
+
+    /// A half-open index is an initiator's; a session's two sides name each other, have the
+    /// two roles and expire together (`timer` is index `i`'s).
+    fn check_index_state(
+        &self,
+        i: u32,
+        e: &IndexEntry,
+        timer: &Timer<Subject>,
+        by_generation: &HashMap<u64, Timer<Subject>>,
+    ) -> Result<(), String> {
+        match e.state {
+            State::HalfOpen => {
                 ensure!(
-                    roam.addr != e.endpoint && roam.heard <= now,
-                    "index {i}: roam {roam:?} is its own endpoint or heard in the future"
+                    e.role == Role::Initiator,
+                    "half-open index {i} is a responder's"
                 );
             }
-            match e.state {
-                State::HalfOpen => {
-                    ensure!(
-                        e.role == Role::Initiator,
-                        "half-open index {i} is a responder's"
-                    );
-                }
-                State::Session { peer } => {
-                    session_sides += 1;
-                    let p = self
-                        .indices
-                        .get(&peer)
-                        .ok_or_else(|| format!("session index {i} names missing peer {peer}"))?;
-                    ensure!(
-                        peer != i && p.state == State::Session { peer: i },
-                        "session index {i} -> {peer}, but {peer} is {:?}",
-                        p.state
-                    );
-                    ensure!(
-                        p.role != e.role,
-                        "both sides of session {i}/{peer} are {:?}",
-                        e.role
-                    );
-                    let peer_at = by_generation.get(&p.timer).map(|t| t.at);
-                    ensure!(
-                        peer_at == Some(timer.at),
-                        "session {i}/{peer} sides expire apart: {:?} vs {peer_at:?}",
-                        timer.at
-                    );
-                }
+            State::Session { peer } => {
+                let p = self
+                    .indices
+                    .get(&peer)
+                    .ok_or_else(|| format!("session index {i} names missing peer {peer}"))?;
+                ensure!(
+                    peer != i && p.state == State::Session { peer: i },
+                    "session index {i} -> {peer}, but {peer} is {:?}",
+                    p.state
+                );
+                ensure!(
+                    p.role != e.role,
+                    "both sides of session {i}/{peer} are {:?}",
+                    e.role
+                );
+                let peer_at = by_generation.get(&p.timer).map(|t| t.at);
+                ensure!(
+                    peer_at == Some(timer.at),
+                    "session {i}/{peer} sides expire apart: {:?} vs {peer_at:?}",
+                    timer.at
+                );
             }
         }
+        Ok(())
+    }
+
+    /// The routes know exactly the table's endpoints and route no index the table lacks.
+    fn check_routes_known(&self) -> Result<(), String> {
         let mut known = self.routes.known();
         known.sort();
         let mut endpoints: Vec<SocketAddr> = self.endpoints.keys().copied().collect();
@@ -163,12 +235,18 @@ impl Table {
                 "a route for index {i}, which the table does not hold"
             );
         }
-        ensure!(
-            self.sessions == session_sides,
-            "session side count {} but {session_sides} indices are in a session",
-            self.sessions
-        );
+        Ok(())
+    }
 
+    /// Each endpoint's reference count is `refs`'s; an unreferenced one lingers on a live timer
+    /// and a referenced one has none; endpoints' keys and `homes` agree both ways. Returns how
+    /// many endpoints linger.
+    fn check_endpoints(
+        &self,
+        now: Instant,
+        refs: &HashMap<SocketAddr, u32>,
+        by_generation: &HashMap<u64, Timer<Subject>>,
+    ) -> Result<usize, String> {
         let mut lingering = 0;
         for (addr, ep) in &self.endpoints {
             let counted = refs.get(addr).copied().unwrap_or(0);
@@ -210,8 +288,11 @@ impl Table {
                 "{key:?} lives at {addr}, which holds {held:?}"
             );
         }
+        Ok(lingering)
+    }
 
-        // Each named key is counted once per naming entry, and nothing else is held.
+    /// Each named key is counted once per naming entry, and nothing else is held.
+    fn check_names(&self) -> Result<(), String> {
         let mut named: HashMap<KeyId, u32> = HashMap::new();
         for e in self.indices.values() {
             for id in [e.owner, e.counterpart].into_iter().flatten() {
@@ -235,26 +316,6 @@ impl Table {
                 "key {id} named {count} times, held as {slot:?}"
             );
         }
-
-        // Live timers are exactly one per index and one per lingering endpoint.
-        let live = by_generation
-            .values()
-            .filter(|t| match t.subject {
-                Subject::Index(i) => self
-                    .indices
-                    .get(&i)
-                    .is_some_and(|e| e.timer == t.generation),
-                Subject::Endpoint(a) => self
-                    .endpoints
-                    .get(&a)
-                    .is_some_and(|e| e.refs == 0 && e.timer == t.generation),
-            })
-            .count();
-        ensure!(
-            live == self.indices.len() + lingering,
-            "{live} live timers for {} indices and {lingering} lingering endpoints",
-            self.indices.len()
-        );
         Ok(())
     }
 
@@ -267,57 +328,8 @@ impl Table {
             t.timers().map(|x| (x.generation, x.at)).collect()
         };
         let (mine, theirs) = (deadlines(self), deadlines(other));
-        // Everything but the timer generation and where the heard time is kept.
-        let view = |t: &Table, e: &IndexEntry, at: &HashMap<u64, Instant>| {
-            (
-                e.endpoint,
-                e.state,
-                e.role,
-                t.names.key(e.owner),
-                t.names.key(e.counterpart),
-                e.unicast,
-                e.confirmed,
-                e.roam(),
-                e.route,
-                at.get(&e.timer).copied(),
-            )
-        };
-        ensure!(
-            self.indices.len() == other.indices.len(),
-            "{} indices against {}",
-            self.indices.len(),
-            other.indices.len()
-        );
-        for (&i, e) in &self.indices {
-            let o = other
-                .indices
-                .get(&i)
-                .ok_or_else(|| format!("index {i} only in one table"))?;
-            let (a, b) = (view(self, e, &mine), view(other, o, &theirs));
-            ensure!(a == b, "index {i}: {a:?} against {b:?}");
-            let (a, b) = (self.heard(i), other.heard(i));
-            ensure!(a == b, "index {i} heard at {a:?} against {b:?}");
-            let route = |t: &Table| t.routes.get(i).map(|r| (r.to, r.from));
-            let (a, b) = (route(self), route(other));
-            ensure!(a == b, "index {i} routed {a:?} against {b:?}");
-        }
-        ensure!(
-            self.endpoints.len() == other.endpoints.len(),
-            "{} endpoints against {}",
-            self.endpoints.len(),
-            other.endpoints.len()
-        );
-        for (addr, e) in &self.endpoints {
-            let o = other
-                .endpoints
-                .get(addr)
-                .ok_or_else(|| format!("endpoint {addr} only in one table"))?;
-            let (a, b) = (
-                (e.refs, e.key, mine.get(&e.timer)),
-                (o.refs, o.key, theirs.get(&o.timer)),
-            );
-            ensure!(a == b, "endpoint {addr}: {a:?} against {b:?}");
-        }
+        self.same_indices(other, &mine, &theirs)?;
+        self.same_endpoints(other, &mine, &theirs)?;
         ensure!(self.homes == other.homes, "homes differ");
         ensure!(
             (self.sessions, self.generation) == (other.sessions, other.generation),
@@ -353,6 +365,78 @@ impl Table {
             routes(self),
             routes(other)
         );
+        Ok(())
+    }
+
+    /// [`Table::check_same`] for the indices: entries, heard times and routes; `mine` and
+    /// `theirs` are each table's timer deadlines by generation.
+    fn same_indices(
+        &self,
+        other: &Table,
+        mine: &HashMap<u64, Instant>,
+        theirs: &HashMap<u64, Instant>,
+    ) -> Result<(), String> {
+        // Everything but the timer generation and where the heard time is kept.
+        let view = |t: &Table, e: &IndexEntry, at: &HashMap<u64, Instant>| {
+            (
+                e.endpoint,
+                e.state,
+                e.role,
+                t.names.key(e.owner),
+                t.names.key(e.counterpart),
+                e.unicast,
+                e.confirmed,
+                e.roam(),
+                e.route,
+                at.get(&e.timer).copied(),
+            )
+        };
+        ensure!(
+            self.indices.len() == other.indices.len(),
+            "{} indices against {}",
+            self.indices.len(),
+            other.indices.len()
+        );
+        for (&i, e) in &self.indices {
+            let o = other
+                .indices
+                .get(&i)
+                .ok_or_else(|| format!("index {i} only in one table"))?;
+            let (a, b) = (view(self, e, mine), view(other, o, theirs));
+            ensure!(a == b, "index {i}: {a:?} against {b:?}");
+            let (a, b) = (self.heard(i), other.heard(i));
+            ensure!(a == b, "index {i} heard at {a:?} against {b:?}");
+            let route = |t: &Table| t.routes.get(i).map(|r| (r.to, r.from));
+            let (a, b) = (route(self), route(other));
+            ensure!(a == b, "index {i} routed {a:?} against {b:?}");
+        }
+        Ok(())
+    }
+
+    /// [`Table::check_same`] for the endpoints: references, keys and linger deadlines.
+    fn same_endpoints(
+        &self,
+        other: &Table,
+        mine: &HashMap<u64, Instant>,
+        theirs: &HashMap<u64, Instant>,
+    ) -> Result<(), String> {
+        ensure!(
+            self.endpoints.len() == other.endpoints.len(),
+            "{} endpoints against {}",
+            self.endpoints.len(),
+            other.endpoints.len()
+        );
+        for (addr, e) in &self.endpoints {
+            let o = other
+                .endpoints
+                .get(addr)
+                .ok_or_else(|| format!("endpoint {addr} only in one table"))?;
+            let (a, b) = (
+                (e.refs, e.key, mine.get(&e.timer)),
+                (o.refs, o.key, theirs.get(&o.timer)),
+            );
+            ensure!(a == b, "endpoint {addr}: {a:?} against {b:?}");
+        }
         Ok(())
     }
 
