@@ -209,6 +209,7 @@ impl Reader<'_> {
         }
     }
 
+    // Long because: one arm per opcode, the whole step format in one list; `encode` mirrors it.
     fn step(&mut self) -> Step {
         let op = self.u8() % 16;
         if op == 11 {
@@ -313,6 +314,7 @@ fn encode_index(out: &mut Vec<u8>, i: Index) {
 }
 
 /// Writes an input that [`decode`] reads back as `header` and `steps` (raw bytes capped at 255).
+// Long because: one arm per `Step` variant, the mirror of `Reader::step`, read side by side.
 pub fn encode(header: &Header, steps: &[Step]) -> Vec<u8> {
     let mut out = vec![header.flags, header.config];
     if header.flags & flags::CUSTOM_KEYS != 0 {
@@ -437,6 +439,9 @@ fn mac_offsets(d: &[u8]) -> Option<(usize, usize)> {
         _ => None,
     }
 }
+
+/// What the routes counted for one datagram: (data, cookie replies), each (packets, bytes).
+type Counted = ((u64, u64), (u64, u64));
 
 struct Run {
     relay: Relay,
@@ -573,12 +578,7 @@ impl Run {
                 mac2,
                 fill,
             } => {
-                let mut d = vec![*fill; INITIATION_LEN];
-                d[..4].copy_from_slice(&[TYPE_INITIATION, 0, 0, 0]);
-                let sender = self.resolve(*sender);
-                d[4..8].copy_from_slice(&sender.to_le_bytes());
-                self.note_index(sender);
-                self.seal(&mut d, source(*src), *key, *mac2);
+                let d = self.initiation(source(*src), *sender, *key, *mac2, *fill);
                 (*src, *advance, d)
             }
             Step::Response {
@@ -589,25 +589,14 @@ impl Run {
                 key,
                 mac2,
             } => {
-                let mut d = vec![0x42; RESPONSE_LEN];
-                d[..4].copy_from_slice(&[TYPE_RESPONSE, 0, 0, 0]);
-                let (s, r) = (self.resolve(*sender), self.resolve(*receiver));
-                d[4..8].copy_from_slice(&s.to_le_bytes());
-                d[8..12].copy_from_slice(&r.to_le_bytes());
-                self.note_index(s);
-                self.seal(&mut d, source(*src), *key, *mac2);
+                let d = self.response(source(*src), *sender, *receiver, *key, *mac2);
                 (*src, *advance, d)
             }
             Step::CookieReply {
                 src,
                 advance,
                 receiver,
-            } => {
-                let mut d = vec![0x33; COOKIE_REPLY_LEN];
-                d[..4].copy_from_slice(&[TYPE_COOKIE_REPLY, 0, 0, 0]);
-                d[4..8].copy_from_slice(&self.resolve(*receiver).to_le_bytes());
-                (*src, *advance, d)
-            }
+            } => (*src, *advance, self.cookie_reply(*receiver)),
             Step::Data {
                 src,
                 advance,
@@ -615,20 +604,7 @@ impl Run {
                 extra,
             } => (*src, *advance, self.data(self.resolve(*receiver), *extra)),
             Step::SessionData { src, advance, pick } => {
-                let found = (0..self.seen.len()).find_map(|k| {
-                    let i = self.seen[(usize::from(*pick) + k) % self.seen.len()];
-                    match self.relay.table().index(i)?.state {
-                        wpex_proto::State::Session { peer } => {
-                            Some((i, self.relay.table().index(peer)?.endpoint))
-                        }
-                        wpex_proto::State::HalfOpen => None,
-                    }
-                });
-                let (receiver, from) = match found {
-                    Some((i, peer_endpoint)) if *src < 0x80 => (i, peer_endpoint),
-                    Some((i, _)) => (i, source(*src)),
-                    None => (self.resolve(Index::Seen(*pick)), source(*src)),
-                };
+                let (receiver, from) = self.session_target(*src, *pick);
                 let d = self.data(receiver, *pick);
                 return Some((from, self::advance(*advance), d));
             }
@@ -638,26 +614,100 @@ impl Run {
                 fix_mac2,
                 bytes,
             } => {
-                let mut d = bytes.clone();
-                if *fix_mac2 && let Some((_, m2)) = mac_offsets(&d) {
-                    let tag = self.cookie_mac2(&d, source(*src));
-                    d[m2..m2 + MAC_LEN].copy_from_slice(&tag);
-                }
-                if d.len() >= 12 && matches!(d[0], TYPE_INITIATION | TYPE_RESPONSE) {
-                    self.note_index(u32::from_le_bytes([d[4], d[5], d[6], d[7]]));
-                }
+                let d = self.raw(source(*src), *fix_mac2, bytes);
                 (*src, *advance, d)
             }
-            Step::Replay { src, advance, pick } => {
-                if self.history.is_empty() {
-                    return None;
-                }
-                let d = self.history[usize::from(*pick) % self.history.len()].clone();
-                (*src, *advance, d)
-            }
+            Step::Replay { src, advance, pick } => (*src, *advance, self.replayed(*pick)?),
             Step::Timeout { .. } | Step::TimeoutDue | Step::SetKeys { .. } => return None,
         };
         Some((source(src), advance(adv), d))
+    }
+
+    /// An initiation from `from`, its sender index noted, sealed as [`Step::Initiation`] says.
+    fn initiation(
+        &mut self,
+        from: SocketAddr,
+        sender: Index,
+        key: u8,
+        mac2: u8,
+        fill: u8,
+    ) -> Vec<u8> {
+        let mut d = vec![fill; INITIATION_LEN];
+        d[..4].copy_from_slice(&[TYPE_INITIATION, 0, 0, 0]);
+        let sender = self.resolve(sender);
+        d[4..8].copy_from_slice(&sender.to_le_bytes());
+        self.note_index(sender);
+        self.seal(&mut d, from, key, mac2);
+        d
+    }
+
+    /// A response from `from`, its sender index noted, sealed as [`Step::Initiation`] says.
+    fn response(
+        &mut self,
+        from: SocketAddr,
+        sender: Index,
+        receiver: Index,
+        key: u8,
+        mac2: u8,
+    ) -> Vec<u8> {
+        let mut d = vec![0x42; RESPONSE_LEN];
+        d[..4].copy_from_slice(&[TYPE_RESPONSE, 0, 0, 0]);
+        let (s, r) = (self.resolve(sender), self.resolve(receiver));
+        d[4..8].copy_from_slice(&s.to_le_bytes());
+        d[8..12].copy_from_slice(&r.to_le_bytes());
+        self.note_index(s);
+        self.seal(&mut d, from, key, mac2);
+        d
+    }
+
+    /// A cookie reply to `receiver`.
+    fn cookie_reply(&self, receiver: Index) -> Vec<u8> {
+        let mut d = vec![0x33; COOKIE_REPLY_LEN];
+        d[..4].copy_from_slice(&[TYPE_COOKIE_REPLY, 0, 0, 0]);
+        d[4..8].copy_from_slice(&self.resolve(receiver).to_le_bytes());
+        d
+    }
+
+    /// One of the last datagrams, from `pick`; none before the first.
+    fn replayed(&self, pick: u8) -> Option<Vec<u8>> {
+        if self.history.is_empty() {
+            return None;
+        }
+        Some(self.history[usize::from(pick) % self.history.len()].clone())
+    }
+
+    /// The receiver index and source of a [`Step::SessionData`]: a live session index from
+    /// `pick` on among the seen ones, sent from its peer's endpoint when `src` < 0x80.
+    fn session_target(&self, src: u8, pick: u8) -> (u32, SocketAddr) {
+        let source = SOURCES[usize::from(src % 8)];
+        let found = (0..self.seen.len()).find_map(|k| {
+            let i = self.seen[(usize::from(pick) + k) % self.seen.len()];
+            match self.relay.table().index(i)?.state {
+                wpex_proto::State::Session { peer } => {
+                    Some((i, self.relay.table().index(peer)?.endpoint))
+                }
+                wpex_proto::State::HalfOpen => None,
+            }
+        });
+        match found {
+            Some((i, peer_endpoint)) if src < 0x80 => (i, peer_endpoint),
+            Some((i, _)) => (i, source),
+            None => (self.resolve(Index::Seen(pick)), source),
+        }
+    }
+
+    /// [`Step::Raw`]'s bytes from `from`, a handshake's mac2 remade if `fix_mac2` and its
+    /// sender index noted.
+    fn raw(&mut self, from: SocketAddr, fix_mac2: bool, bytes: &[u8]) -> Vec<u8> {
+        let mut d = bytes.to_vec();
+        if fix_mac2 && let Some((_, m2)) = mac_offsets(&d) {
+            let tag = self.cookie_mac2(&d, from);
+            d[m2..m2 + MAC_LEN].copy_from_slice(&tag);
+        }
+        if d.len() >= 12 && matches!(d[0], TYPE_INITIATION | TYPE_RESPONSE) {
+            self.note_index(u32::from_le_bytes([d[4], d[5], d[6], d[7]]));
+        }
+        d
     }
 
     fn data(&self, receiver: u32, extra: u8) -> Vec<u8> {
@@ -747,45 +797,11 @@ impl Run {
         self.history.push(original.clone());
         let mut twin_d = original.clone();
         let (twin_out, _) = decide(&mut self.twin, self.now, src, &mut twin_d)?;
-        let fast_before = self.relay.routes().forwarded();
-        let routed = self.worker.batch(self.now).forward(src, &original);
-        let fast = self.relay.routes().forwarded();
-        let delta = |before: Traffic, after: Traffic| {
-            (
-                after.packets.wrapping_sub(before.packets),
-                after.bytes.wrapping_sub(before.bytes),
-            )
-        };
-        let counted = (
-            delta(fast_before.data, fast.data),
-            delta(fast_before.cookie_replies, fast.cookie_replies),
-        );
-        let none = ((0, 0), (0, 0));
+        let (routed, counted) = self.offer_routes(src, &original);
         if let Some(to) = routed {
-            let one = (1, original.len() as u64);
-            let cookie_reply = matches!(Message::parse(&original), Ok(Message::CookieReply(_)));
-            let expected = if cookie_reply {
-                ((0, 0), one)
-            } else {
-                (one, (0, 0))
-            };
-            if counted != expected {
-                return Err(format!(
-                    "routes forwarded one datagram and counted (data, cookie replies) {counted:?}"
-                ));
-            }
-            if twin_out != Output::Forward(to) {
-                return Err(format!(
-                    "routes forwarded to {to}, the core decided {twin_out:?}"
-                ));
-            }
-            if cookie_reply {
-                self.summary.routed_cookie_replies += 1;
-            } else {
-                self.summary.routed += 1;
-            }
-            return self.check_output(src, &original, &original, &twin_out);
+            return self.check_routed(src, &original, to, counted, &twin_out);
         }
+        let none = ((0, 0), (0, 0));
         if counted != none {
             return Err(format!("routes forwarded nothing and counted {counted:?}"));
         }
@@ -798,8 +814,71 @@ impl Run {
             }
             self.summary.scans += 1;
         }
+        if !self.same_decision(&out, &twin_out, limited) || d != twin_d {
+            return Err(format!("the core decided {out:?}, the twin {twin_out:?}"));
+        }
+        self.check_output(src, &original, &d, &out)
+    }
+
+    /// Offers `datagram` to the relay's routes, as an IO worker does: where they forward it, and
+    /// what they counted, as (data, cookie replies) of (packets, bytes).
+    fn offer_routes(&mut self, src: SocketAddr, datagram: &[u8]) -> (Option<SocketAddr>, Counted) {
+        let fast_before = self.relay.routes().forwarded();
+        let routed = self.worker.batch(self.now).forward(src, datagram);
+        let fast = self.relay.routes().forwarded();
+        let delta = |before: Traffic, after: Traffic| {
+            (
+                after.packets.wrapping_sub(before.packets),
+                after.bytes.wrapping_sub(before.bytes),
+            )
+        };
+        let counted = (
+            delta(fast_before.data, fast.data),
+            delta(fast_before.cookie_replies, fast.cookie_replies),
+        );
+        (routed, counted)
+    }
+
+    /// A datagram the routes forwarded to `to`: counted once, as what it is, and forwarded there
+    /// by the twin's core too (`twin_out`).
+    fn check_routed(
+        &mut self,
+        src: SocketAddr,
+        original: &[u8],
+        to: SocketAddr,
+        counted: Counted,
+        twin_out: &Output,
+    ) -> Result<(), String> {
+        let one = (1, original.len() as u64);
+        let cookie_reply = matches!(Message::parse(original), Ok(Message::CookieReply(_)));
+        let expected = if cookie_reply {
+            ((0, 0), one)
+        } else {
+            (one, (0, 0))
+        };
+        if counted != expected {
+            return Err(format!(
+                "routes forwarded one datagram and counted (data, cookie replies) {counted:?}"
+            ));
+        }
+        if *twin_out != Output::Forward(to) {
+            return Err(format!(
+                "routes forwarded to {to}, the core decided {twin_out:?}"
+            ));
+        }
+        if cookie_reply {
+            self.summary.routed_cookie_replies += 1;
+        } else {
+            self.summary.routed += 1;
+        }
+        self.check_output(src, original, original, twin_out)
+    }
+
+    /// Whether the relay's core decided `out` as the twin's did; `limited` is the relay's
+    /// `broadcast_limited` before the decision.
+    fn same_decision(&self, out: &Output, twin_out: &Output, limited: u64) -> bool {
         // Broadcast order, and so which copies a rate limit cuts, follows each table's hash seed.
-        let same = match (&out, &twin_out) {
+        match (out, twin_out) {
             (Output::Broadcast(a), Output::Broadcast(b))
                 if self.relay.stats().broadcast_limited != limited =>
             {
@@ -813,11 +892,7 @@ impl Run {
             }
             // A scan request names its own relay's allow-list: compared by what it shows.
             _ => format!("{out:?}") == format!("{twin_out:?}"),
-        };
-        if !same || d != twin_d {
-            return Err(format!("the core decided {out:?}, the twin {twin_out:?}"));
         }
-        self.check_output(src, &original, &d, &out)
     }
 
     /// What the output may be for this input, and how the datagram may have been rewritten.
@@ -829,18 +904,7 @@ impl Run {
         out: &Output,
     ) -> Result<(), String> {
         let parsed = Message::parse(original);
-        let forwarding = matches!(
-            out,
-            Output::Forward(_) | Output::ForwardBoth(..) | Output::Broadcast(_)
-        );
-        match (&parsed, out) {
-            (Err(e), Output::Drop(r)) if *r == parse_reason(*e) => {}
-            (Err(e), _) => return Err(format!("malformed ({e}) but {out:?}")),
-            (Ok(_), Output::Drop(r)) if ALL_PARSE_REASONS.contains(r) => {
-                return Err(format!("well-formed but dropped as {r:?}"));
-            }
-            _ => {}
-        }
+        check_parse_verdict(&parsed, out)?;
         match out {
             Output::Forward(to) | Output::ForwardBoth([to, _])
                 if !self.relay.table().is_known(*to) =>
@@ -877,19 +941,7 @@ impl Run {
             }
             Output::Scan(_) | Output::Drop(_) => {}
         }
-        if sent.len() != original.len() {
-            return Err("datagram changed length".into());
-        }
-        if sent != original {
-            let stripped = mac_offsets(original).is_some_and(|(_, m2)| {
-                forwarding && sent[..m2] == original[..m2] && sent[m2..].iter().all(|b| *b == 0)
-            });
-            if !stripped {
-                return Err(format!(
-                    "{out:?}: datagram rewritten beyond zeroing a forwarded mac2"
-                ));
-            }
-        }
+        check_rewrite(original, sent, out)?;
         let sessions = self.relay.table().session_count();
         self.summary.max_sessions = self.summary.max_sessions.max(sessions);
         Ok(())
@@ -977,6 +1029,46 @@ fn decide(
         return Err("handle_scanned asked for another scan".into());
     }
     Ok((out, true))
+}
+
+/// A malformed datagram is dropped for the reason its parse error gives; a well-formed one is
+/// never dropped for a parse reason.
+fn check_parse_verdict(
+    parsed: &Result<Message<'_>, ParseError>,
+    out: &Output,
+) -> Result<(), String> {
+    match (parsed, out) {
+        (Err(e), Output::Drop(r)) if *r == parse_reason(*e) => {}
+        (Err(e), _) => return Err(format!("malformed ({e}) but {out:?}")),
+        (Ok(_), Output::Drop(r)) if ALL_PARSE_REASONS.contains(r) => {
+            return Err(format!("well-formed but dropped as {r:?}"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The datagram `sent` for `original` keeps its length, and changes only by a forwarded
+/// handshake's mac2 being zeroed.
+fn check_rewrite(original: &[u8], sent: &[u8], out: &Output) -> Result<(), String> {
+    let forwarding = matches!(
+        out,
+        Output::Forward(_) | Output::ForwardBoth(..) | Output::Broadcast(_)
+    );
+    if sent.len() != original.len() {
+        return Err("datagram changed length".into());
+    }
+    if sent != original {
+        let stripped = mac_offsets(original).is_some_and(|(_, m2)| {
+            forwarding && sent[..m2] == original[..m2] && sent[m2..].iter().all(|b| *b == 0)
+        });
+        if !stripped {
+            return Err(format!(
+                "{out:?}: datagram rewritten beyond zeroing a forwarded mac2"
+            ));
+        }
+    }
+    Ok(())
 }
 
 const ALL_PARSE_REASONS: [DropReason; 4] = [
