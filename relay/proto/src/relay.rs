@@ -541,10 +541,8 @@ impl Relay {
         let asked = (at_src.is_some() || !msg.mac2_is_zero())
             .then(|| self.challenged.key(src))
             .flatten();
-        for key in self
-            .likely(asked, at_src.flatten(), initiator_endpoint)
-            .iter()
-        {
+        let likely = self.likely(asked, at_src.flatten(), initiator_endpoint);
+        for key in likely.iter() {
             let Some(macs) = keys.get(&key) else {
                 continue;
             };
