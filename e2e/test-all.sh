@@ -6,7 +6,8 @@
 # runs the fuzzer for a bounded time, the end-to-end tests with real WireGuard peers in network
 # namespaces, the operator against a real kube-apiserver, etcd and kube-controller-manager, and
 # the chart installed on a real single-node cluster (kubelet, containerd, kube-proxy) that the
-# test brings up and tears down.
+# test brings up and tears down, and the same chart suite on kind (a Docker engine started here,
+# kind's node image built here, our images as tarballs and from the Dockerfiles).
 #
 #   e2e/test-all.sh           everything (the rest under sudo when not root)
 #   e2e/test-all.sh --fast    the fast tier only, for the inner loop
@@ -83,3 +84,9 @@ export WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wp
 cargo test -p wpex-e2e --locked --test relay_attacks -- --ignored --test-threads=1 --nocapture
 cargo test -p wpex-e2e --locked -- --ignored --test-threads=1 \
     --skip flood_ --skip hijack_ --skip rebinding_
+
+step "the cluster suite on kind, with our images as tarballs: dockerd, kind's node image and the control-plane images built here, no registry (e2e/kind/run.sh --local)"
+e2e/kind/run.sh --local
+
+step "the cluster suite on kind, with our images built by relay/Dockerfile and operator/Dockerfile from a builder base assembled here (e2e/kind/run.sh --local --dockerfiles)"
+e2e/kind/run.sh --local --dockerfiles
