@@ -45,12 +45,9 @@ gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Go
     for c in "${components[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
     printf ')\n'
 } > "$src/tools.go"
-minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-ldflags=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
+# shellcheck source=ldflags.sh
+source "$here/ldflags.sh"
+ldflags=$(k8s_ldflags "$K8S_VERSION")
 (
     cd "$src"
     echo "install-k8s: resolving Kubernetes $K8S_VERSION modules"

@@ -113,12 +113,9 @@ if [ ! -x "$kubeadm" ]; then
     mkdir -p "$src"
     cp "$CACHE/k8s-$K8S_VERSION/src/go.mod" "$CACHE/k8s-$K8S_VERSION/src/go.sum" "$src/"
     printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubeadm"\n' >"$src/tools.go"
-    minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-    ldflags=""
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-        ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
+    # shellcheck source=e2e/k8s/ldflags.sh
+    source "$repo/e2e/k8s/ldflags.sh"
+    ldflags=$(k8s_ldflags "$K8S_VERSION")
     (cd "$src" && nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$kubeadm" k8s.io/kubernetes/cmd/kubeadm)
 fi
 
