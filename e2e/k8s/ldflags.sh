@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by install-k8s.sh and kind/build-node-image.sh. Kubernetes binaries built from the Go
 # module proxy carry their version only if the linker stamps it, as the release build does:
 # kubeadm and kubelet refuse to work with a version they cannot read.
