@@ -34,13 +34,18 @@ need() {
     command -v "$1" >/dev/null || { echo "install-deps: $1 not found: $2" >&2; exit 1; }
 }
 
+# cargo_install CRATE VERSION: builds the crate's binary once, into $CACHE/CRATE-VERSION/bin.
+cargo_install() {
+    local crate=$1 version=$2
+    if [ ! -x "$CACHE/$crate-$version/bin/$crate" ]; then
+        need cargo "install Rust (rustup) first"
+        echo "install-deps: building $crate $version"
+        cargo install "$crate" --locked --version "$version" --root "$CACHE/$crate-$version" --quiet
+    fi
+}
+
+cargo_install boringtun-cli "$BORINGTUN_VERSION"
 boringtun="$CACHE/boringtun-cli-$BORINGTUN_VERSION/bin/boringtun-cli"
-if [ ! -x "$boringtun" ]; then
-    need cargo "install Rust (rustup) first"
-    echo "install-deps: building boringtun-cli $BORINGTUN_VERSION"
-    cargo install boringtun-cli --locked --version "$BORINGTUN_VERSION" \
-        --root "$CACHE/boringtun-cli-$BORINGTUN_VERSION" --quiet
-fi
 
 wggo="$CACHE/wireguard-go-$WIREGUARD_GO_VERSION/bin/wireguard"
 if [ ! -x "$wggo" ]; then
@@ -49,13 +54,7 @@ if [ ! -x "$wggo" ]; then
     GOBIN="$(dirname "$wggo")" go install "golang.zx2c4.com/wireguard@$WIREGUARD_GO_VERSION"
 fi
 
-deny="$CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
-if [ ! -x "$deny" ]; then
-    need cargo "install Rust (rustup) first"
-    echo "install-deps: building cargo-deny $CARGO_DENY_VERSION"
-    cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION" \
-        --root "$CACHE/cargo-deny-$CARGO_DENY_VERSION" --quiet
-fi
+cargo_install cargo-deny "$CARGO_DENY_VERSION"
 
 echo "install-deps: boringtun-cli $("$boringtun" --version | awk '{print $2}') at $boringtun (WPEX_BORINGTUN)"
 echo "install-deps: wireguard-go $WIREGUARD_GO_VERSION at $wggo (WPEX_WIREGUARD_GO)"
