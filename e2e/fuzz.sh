@@ -78,7 +78,7 @@ main() {
         grep -a -A4 'invariant failed' "$log" | head -20 >&2 || true
         for crash in $(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log"); do
             echo "fuzz: input $crash (base64 below); replay: $binary $crash" >&2
-            echo "fuzz:   or WPEX_FUZZ_REPLAY=$crash cargo test -p wpex --test fuzz_corpus" >&2
+            echo "fuzz:   or WPEX_FUZZ_REPLAY=$crash cargo test -p wpex-proto --test fuzz_corpus" >&2
             base64 -w0 "$crash" >&2
             echo >&2
         done

@@ -1,12 +1,10 @@
 //! The real server on loopback UDP, with two boringtun peers exchanging a handshake and data.
 
-mod common;
-
-use common::{Endpoint, Identity, Peer, ipv4_packet};
 use wpex::server::{Server, lock};
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
 use wpex_proto::{Access, Config};
+use wpex_testkit::peer::{Endpoint, Identity, Peer, ipv4_packet};
 
 /// A relay on `bind` and two peers that completed a handshake through it.
 struct Established {

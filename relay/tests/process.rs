@@ -1,15 +1,14 @@
 //! The `wpex` binary as a process: startup errors, and the allow-list following `--allow-file`
 //! without a restart, observed through `/metrics`.
 
-mod common;
-
 use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Endpoint, Identity, Peer, http_get, ipv4_packet, sample, try_http_get};
+use wpex_testkit::peer::{Endpoint, Identity, Peer, ipv4_packet};
+use wpex_testkit::{http_get, sample, try_http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wpex");
 /// The bound for a key change to take effect.

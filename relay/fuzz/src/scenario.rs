@@ -3,7 +3,7 @@
 //!
 //! The format is our own (read through `arbitrary::Unstructured`, which yields zeros once the
 //! input runs out) so that [`encode`] can write seeds, including ones made of real handshakes.
-//! Shared with `relay/tests/fuzz_corpus.rs`, which replays the seed corpus under `cargo test`.
+//! Shared with `relay/proto/tests/fuzz_corpus.rs`, which replays the seed corpus under `cargo test`.
 //!
 //! Each datagram is first offered to the relay's lock-free routes, as the IO workers do, and only
 //! then to the core. A twin relay gets the same inputs and decides all of them in the core: where

@@ -13,9 +13,7 @@ use wpex_proto::Worker;
 use wpex_proto::message::Message;
 use wpex_proto::{Config, Output, Relay};
 
-#[path = "../../tests/common/fake.rs"]
-mod fake;
-use fake::{handshake, transport};
+use wpex_testkit::fake::{handshake, transport};
 
 /// Peer `i`'s address: distinct for every session side.
 fn peer(i: u32, side: u8) -> SocketAddr {

@@ -2,23 +2,22 @@
 //! seed corpus replays with every invariant holding, seeds built from real boringtun handshakes
 //! reach forwarding, roaming and unicast, and random inputs (proptest) keep the invariants.
 //!
-//! `WPEX_WRITE_FUZZ_SEEDS=1 cargo test -p wpex --test fuzz_corpus` rewrites the seed corpus.
+//! `WPEX_WRITE_FUZZ_SEEDS=1 cargo test -p wpex-proto --test fuzz_corpus` rewrites the seed corpus.
 
-mod common;
-#[path = "../fuzz/src/scenario.rs"]
+#[path = "../../fuzz/src/scenario.rs"]
 mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Identity, Peer, ipv4_packet};
 use proptest::prelude::*;
 use scenario::{Header, Index, Step, Summary, advance_byte, encode, flags, run};
 use wpex_proto::DropReason;
 use wpex_proto::message::Kind;
+use wpex_testkit::peer::{Identity, Peer, ipv4_packet};
 
 fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/relay_core")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/relay_core")
 }
 
 fn run_ok(name: &str, input: &[u8]) -> Summary {

@@ -1,11 +1,8 @@
 //! The sans-IO core driven by real WireGuard messages from boringtun, with an injected clock.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Identity, Peer, ipv4_packet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wpex_proto::DropReason;
@@ -14,6 +11,7 @@ use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
 use wpex_proto::timers::{COOKIE_ROTATION, HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
 use wpex_proto::{Access, Config, Output, Relay};
+use wpex_testkit::peer::{Identity, Peer, ipv4_packet};
 
 const A: &str = "198.51.100.10:51820";
 const B: &str = "203.0.113.20:40001";

@@ -1,10 +1,7 @@
-//! Real WireGuard endpoints for tests: boringtun's `Tunn`, an independent implementation.
-#![allow(dead_code)] // each test crate uses a different part
+//! Real WireGuard peers for tests: boringtun's `Tunn`, an implementation independent of ours,
+//! driven by hand ([`Peer`]) or over a UDP socket ([`Endpoint`]).
 
-pub mod fake;
-
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +15,15 @@ use wpex_proto::keys::PublicKey;
 /// The address peers see the relay at; it feeds boringtun's own cookie computation.
 pub const RELAY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
+/// A static key pair.
 pub struct Identity {
     secret: StaticSecret,
+    /// The public half, as the relay's allow-list holds it.
     pub public: PublicKey,
 }
 
 impl Identity {
+    /// A fresh key pair from the OS's randomness.
     pub fn random() -> Self {
         let secret = StaticSecret::random_from_rng(OsRng);
         let public = PublicKey(X25519Public::from(&secret).to_bytes());
@@ -31,8 +31,11 @@ impl Identity {
     }
 }
 
+/// One side of a WireGuard session, driven by hand: datagrams in, datagrams out.
 pub struct Peer {
+    /// boringtun's state machine.
     pub tunn: Tunn,
+    /// This peer's own public key.
     pub public: PublicKey,
 }
 
@@ -58,6 +61,7 @@ impl Peer {
         }
     }
 
+    /// A fresh handshake initiation (with mac2 once the peer holds a cookie).
     pub fn initiation(&mut self) -> Vec<u8> {
         let mut buf = vec![0u8; 2048];
         match self.tunn.format_handshake_initiation(&mut buf, true) {
@@ -101,9 +105,13 @@ impl Peer {
 }
 
 #[derive(Debug, Default)]
+/// What a peer did with one datagram.
 pub struct Received {
+    /// Datagrams it sends back (responses, keepalives, queued data).
     pub network: Vec<Vec<u8>>,
+    /// IP packets it delivers to its tunnel.
     pub tunnel: Vec<Vec<u8>>,
+    /// boringtun's error, if it refused the datagram.
     pub error: Option<String>,
 }
 
@@ -132,8 +140,11 @@ pub fn ipv4_packet(payload: &[u8]) -> Vec<u8> {
 
 /// A peer with its own UDP socket, talking to the relay.
 pub struct Endpoint {
+    /// The peer's own socket.
     pub socket: UdpSocket,
+    /// The peer behind it.
     pub peer: Peer,
+    /// Where every datagram goes.
     pub relay: SocketAddr,
 }
 
@@ -156,6 +167,7 @@ impl Endpoint {
         }
     }
 
+    /// Sends one datagram to the relay.
     pub fn send(&self, datagram: &[u8]) {
         self.socket
             .send_to(datagram, self.relay)
@@ -175,6 +187,7 @@ impl Endpoint {
         got.map(|(n, _)| buf[..n].to_vec())
     }
 
+    /// The next datagram, which must come from the relay (within 3 s).
     pub fn recv(&self) -> Vec<u8> {
         let mut buf = vec![0u8; 65536];
         let (n, from) = self
@@ -209,39 +222,4 @@ impl Endpoint {
         }
         got.tunnel
     }
-}
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
-}
-
-/// [`http_get`], with connection errors returned: a server still starting may refuse or reset.
-pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: wpex\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// The value of one sample in a Prometheus text exposition, e.g. `wpex_sessions` or
-/// `wpex_dropped_packets_total{reason="mac1_invalid"}`.
-pub fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
 }

@@ -2,10 +2,9 @@
 //! the core would,
 //! while the core's lock is held elsewhere; heard times are shared, so roaming works as in the
 //! core and a forger still cannot join a busy peer; sessions cut or expired lose their routes at
-//! once; and what they forward shows in the metrics. That the routes agree with the core on any
-//! input is checked by the fuzz scenario's twin relay (tests/fuzz_corpus.rs).
-
-mod common;
+//! once (that what they forward shows in the metrics is relay/tests/metrics.rs). That the routes
+//! agree with the core on any input is checked by the fuzz scenario's twin relay
+//! (tests/fuzz_corpus.rs).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,16 +12,14 @@ use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake::{handshake, transport};
-use common::{Identity, Peer, ipv4_packet, sample};
-use wpex::metrics::{self, Reloads};
-use wpex::server::IoErrors;
 use wpex_proto::DropReason;
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
 use wpex_proto::timers::{ROAM_QUIET, SESSION_TTL};
 use wpex_proto::{Access, Config, Output, Relay};
 use wpex_proto::{Routes, Worker};
+use wpex_testkit::fake::{handshake, transport};
+use wpex_testkit::peer::{Identity, Peer, ipv4_packet};
 
 const A: &str = "198.51.100.10:51820";
 const A_REBOUND: &str = "198.51.100.10:60001";
@@ -401,43 +398,4 @@ fn expiry_withdraws_routes_at_once() {
         route(&mut worker, end, FORGER, &data(3)),
         Some(addr(A_REBOUND))
     );
-}
-
-#[test]
-fn metrics_count_transport_data_forwarded_through_the_routes() {
-    let t0 = Instant::now();
-    let relay = session(t0, 1, 2, true);
-    let routes = relay.routes().clone();
-    let shared = Arc::new(Mutex::new(relay));
-    let registry = metrics::registry(
-        shared.clone(),
-        Arc::new(IoErrors::default()),
-        Arc::new(Reloads::default()),
-    );
-    let scrape = || {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-        let series = |name: &str| {
-            sample(&text, &format!("{name}{{type=\"transport_data\"}}")).unwrap_or(-1.0)
-        };
-        (
-            series("wpex_forwarded_packets_total"),
-            series("wpex_forwarded_bytes_total"),
-        )
-    };
-    assert_eq!(
-        scrape(),
-        (1.0, 64.0),
-        "the confirming packet, through the core"
-    );
-    {
-        // Two workers, one of them gone before the scrape: its packets still count.
-        let mut gone = Worker::new(routes.clone());
-        assert_eq!(route(&mut gone, t0, A, &data(2)), Some(addr(B)));
-    }
-    let mut worker = Worker::new(routes);
-    for _ in 0..3 {
-        assert_eq!(route(&mut worker, t0, B, &data(1)), Some(addr(A)));
-    }
-    assert_eq!(scrape(), (5.0, 320.0));
 }
