@@ -5,15 +5,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
 use crate::cli::Args;
-use crate::metrics::{self, Reloads};
-use crate::server::{Server, ServerError, SharedRelay, lock};
+use crate::metrics;
+use crate::server::{Server, ServerError};
+use crate::shared::{Counters, SharedRelay, lock};
 use crate::watch::{self, KeyWatcher, Update, WatchError};
 use wpex_daemon::http::{HttpError, MetricsServer, Readiness};
 use wpex_daemon::shutdown_signal;
@@ -53,7 +53,7 @@ fn initial_access(args: &Args) -> Result<(Access, Option<Vec<u8>>), KeyFileError
 fn apply(
     relay: &SharedRelay,
     static_keys: &[PublicKey],
-    reloads: &Reloads,
+    counters: &Counters,
     path: &Path,
     update: Update,
 ) {
@@ -69,7 +69,7 @@ fn apply(
             let after: BTreeSet<PublicKey> = keys.iter().copied().collect();
             let cut = relay.set_allowed_keys(Instant::now(), keys);
             drop(relay);
-            reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+            counters.reload(true);
             tracing::info!(
                 path = %path.display(),
                 keys = count,
@@ -80,7 +80,7 @@ fn apply(
             );
         }
         Update::Rejected(error) => {
-            reloads.failed.fetch_add(1, Ordering::Relaxed);
+            counters.reload(false);
             let kept = lock(relay).allowed_keys().map_or(0, AllowedKeys::len);
             tracing::error!(%error, kept, "key file rejected; keeping the last good key set");
         }
@@ -126,15 +126,15 @@ fn watch_keys(
     args: &Args,
     file_content: Option<Vec<u8>>,
     relay: &SharedRelay,
-    reloads: &Arc<Reloads>,
+    counters: &Arc<Counters>,
 ) -> Result<Option<KeyWatcher>, WatchError> {
     let Some(path) = args.allow_file.clone() else {
         return Ok(None);
     };
-    let (relay, reloads, static_keys) = (relay.clone(), reloads.clone(), args.allow.clone());
+    let (relay, counters, static_keys) = (relay.clone(), counters.clone(), args.allow.clone());
     let shown = path.clone();
     let watcher = watch::watch(path, file_content, watch::DEFAULT_POLL, move |update| {
-        apply(&relay, &static_keys, &reloads, &shown, update)
+        apply(&relay, &static_keys, &counters, &shown, update)
     })?;
     Ok(Some(watcher))
 }
@@ -167,13 +167,13 @@ pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
     let server = Server::bind(config, &args.bind, args.port, workers)?;
     let relay = server.relay();
     let ready = Arc::new(Readiness::default());
-    let reloads = Arc::new(Reloads::default());
+    let counters = server.counters();
 
     if let Some(addr) = args.metrics_addr {
-        let registry = metrics::registry(relay.clone(), server.io_errors(), reloads.clone());
+        let registry = metrics::registry(relay.clone(), counters.clone());
         serve_metrics(addr, registry, ready.clone()).await?;
     }
-    let _watcher = watch_keys(&args, file_content, &relay, &reloads)?;
+    let _watcher = watch_keys(&args, file_content, &relay, &counters)?;
 
     ready.set_ready();
     tracing::info!(addr = ?server.local_addr().ok(), workers, "server listening");

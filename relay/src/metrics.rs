@@ -5,7 +5,6 @@
 //! nothing per packet beyond those increments.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -15,23 +14,15 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::server::{IoErrors, SharedRelay, lock};
+use crate::shared::{Counters, SharedRelay, lock};
 use wpex_proto::ScanClass;
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
 use wpex_proto::{DropReason, Stats};
 
-/// Outcomes of re-reading the key file, counted by the watcher.
-#[derive(Debug, Default)]
-pub struct Reloads {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-}
-
 struct RelayCollector {
     relay: SharedRelay,
-    io_errors: Arc<IoErrors>,
-    reloads: Arc<Reloads>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for RelayCollector {
@@ -169,11 +160,8 @@ impl RelayCollector {
         Snapshot {
             // The core's counters and the per-worker ones of the lock-free routes.
             stats: relay.stats_with_fast_path(),
-            io_errors: self.io_errors.total(),
-            reloads: [
-                ("success", self.reloads.succeeded.load(Ordering::Relaxed)),
-                ("failure", self.reloads.failed.load(Ordering::Relaxed)),
-            ],
+            io_errors: self.counters.io_errors(),
+            reloads: self.counters.reloads(),
             sessions: table.session_count(),
             endpoints: table.endpoint_count(),
             indices: table.index_count(),
@@ -238,13 +226,9 @@ impl Collector for RelayCollector {
 }
 
 /// A registry exposing the relay's metrics.
-pub fn registry(relay: SharedRelay, io_errors: Arc<IoErrors>, reloads: Arc<Reloads>) -> Registry {
+pub fn registry(relay: SharedRelay, counters: Arc<Counters>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(RelayCollector {
-        relay,
-        io_errors,
-        reloads,
-    }));
+    registry.register_collector(Box::new(RelayCollector { relay, counters }));
     registry
 }
 

@@ -13,7 +13,6 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::shared::{Counters, SharedRelay, lock};
 use wpex_proto::Worker;
 use wpex_proto::{Config, Output, Relay, ScanRequest};
 
@@ -38,16 +38,6 @@ pub enum ServerError {
         "UDP {addr} is already in use (another wpex relay?): stop it, or pick another --port or --bind"
     )]
     InUse { addr: SocketAddr },
-}
-
-/// The shared core. A panic inside it would poison the lock; the table is still consistent
-/// enough to keep relaying, so workers carry on rather than all dying.
-pub type SharedRelay = Arc<Mutex<Relay>>;
-
-pub fn lock(relay: &SharedRelay) -> MutexGuard<'_, Relay> {
-    relay
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Where to listen: `--bind` empty means dual-stack on every address.
@@ -169,34 +159,6 @@ fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Bound, ServerEr
     }))
 }
 
-/// Logs IO errors at most once per interval, counting the rest, so a dead peer cannot flood logs.
-#[derive(Debug, Default)]
-pub struct IoErrors {
-    count: AtomicU64,
-    last_logged: Mutex<Option<Instant>>,
-}
-
-const IO_WARN_EVERY: Duration = Duration::from_secs(10);
-
-impl IoErrors {
-    fn record(&self, what: &'static str, peer: Option<SocketAddr>, error: &io::Error) {
-        let total = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = Instant::now();
-        let mut last = self
-            .last_logged
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.is_none_or(|t| now.duration_since(t) >= IO_WARN_EVERY) {
-            *last = Some(now);
-            tracing::warn!(what, ?peer, %error, total, "UDP error (further ones are counted, logged at most every 10 s)");
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
 /// Scans waiting for the scan thread. The core's budget keeps this short; if it is full anyway,
 /// the scan is dropped and counted rather than queued without bound.
 const SCAN_QUEUE: usize = 64;
@@ -213,7 +175,7 @@ pub struct Server {
     relay: SharedRelay,
     sockets: Vec<Arc<UdpSocket>>,
     _claim: Option<std::os::unix::net::UnixDatagram>,
-    io_errors: Arc<IoErrors>,
+    counters: Arc<Counters>,
 }
 
 impl Server {
@@ -231,7 +193,7 @@ impl Server {
             relay: Arc::new(Mutex::new(Relay::new(config, Instant::now(), seed))),
             sockets: bound.sockets.into_iter().map(Arc::new).collect(),
             _claim: bound._claim,
-            io_errors: Arc::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -243,15 +205,16 @@ impl Server {
         self.relay.clone()
     }
 
-    pub fn io_errors(&self) -> Arc<IoErrors> {
-        self.io_errors.clone()
+    /// The counters kept outside the core, for the metrics and the key watcher.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// Relays until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (scans, jobs) = std::sync::mpsc::sync_channel(SCAN_QUEUE);
         let scanner = {
-            let (relay, errors) = (self.relay.clone(), self.io_errors.clone());
+            let (relay, errors) = (self.relay.clone(), self.counters.clone());
             std::thread::Builder::new()
                 .name("wpex-scan".into())
                 .spawn(move || scan_loop(&relay, &jobs, &errors))
@@ -264,7 +227,7 @@ impl Server {
             tasks.spawn(receive_loop(
                 socket.clone(),
                 self.relay.clone(),
-                self.io_errors.clone(),
+                self.counters.clone(),
                 scans.clone(),
             ));
         }
@@ -517,7 +480,7 @@ async fn send_outputs(
     state: Option<&quinn_udp::UdpSocketState>,
     outputs: &[(Range<usize>, Output)],
     storage: &[u8],
-    errors: &IoErrors,
+    errors: &Counters,
 ) {
     let gso = match state {
         Some(state) if send::gso_enabled() => state.max_gso_segments(),
@@ -525,13 +488,13 @@ async fn send_outputs(
     };
     let mut parts = Vec::new();
     let sends = plan_sends(outputs, storage, gso, &mut parts);
-    send::send_all(socket, &sends, |to, e| errors.record("send", Some(to), e)).await;
+    send::send_all(socket, &sends, |to, e| errors.io_error("send", Some(to), e)).await;
 }
 
 async fn receive_loop(
     socket: Arc<UdpSocket>,
     relay: SharedRelay,
-    errors: Arc<IoErrors>,
+    errors: Arc<Counters>,
     scans: SyncSender<ScanJob>,
 ) {
     // quinn-udp reads batches with recvmmsg and GRO where the kernel offers them; without it,
@@ -549,7 +512,7 @@ async fn receive_loop(
         let n = match receive(&socket, state.as_ref(), &mut storage, &mut meta).await {
             Ok(n) => n,
             Err(e) => {
-                errors.record("receive", None, &e);
+                errors.io_error("receive", None, &e);
                 continue;
             }
         };
@@ -570,7 +533,7 @@ async fn receive_loop(
 
 /// Runs the scans the core admitted, then hands each result back under the lock. Ends when
 /// every receive loop has gone.
-fn scan_loop(relay: &SharedRelay, jobs: &Receiver<ScanJob>, errors: &IoErrors) {
+fn scan_loop(relay: &SharedRelay, jobs: &Receiver<ScanJob>, errors: &Counters) {
     for mut job in jobs {
         let done = job.request.run(&job.datagram);
         let output = lock(relay).handle_scanned(Instant::now(), job.src, &mut job.datagram, done);
@@ -580,7 +543,7 @@ fn scan_loop(relay: &SharedRelay, jobs: &Receiver<ScanJob>, errors: &IoErrors) {
         let socket = socket2::SockRef::from(&*job.socket);
         for to in targets {
             if let Err(e) = socket.send_to(bytes, &(*to).into()) {
-                errors.record("send", Some(*to), &e);
+                errors.io_error("send", Some(*to), &e);
             }
         }
     }

@@ -1,15 +1,19 @@
 //! The real server on loopback UDP, with two boringtun peers exchanging a handshake and data.
 
-use wpex::server::{Server, lock};
+use std::time::Duration;
+
+use wpex::server::Server;
+use wpex::shared::{SharedRelay, lock};
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
 use wpex_proto::{Access, Config};
+use wpex_testkit::eventually;
 use wpex_testkit::peer::{Endpoint, Identity, Peer, ipv4_packet};
 
 /// A relay on `bind` and two peers that completed a handshake through it.
 struct Established {
     _runtime: tokio::runtime::Runtime,
-    core: wpex::server::SharedRelay,
+    core: SharedRelay,
     a: Endpoint,
     b: Endpoint,
     challenged: bool,
@@ -82,15 +86,15 @@ fn run_pair(bind: &str, access: impl FnOnce(&Identity, &Identity) -> Access) {
 }
 
 /// Polls the relay's table; panics if `endpoint` is not registered within a generous bound.
-fn wait_until_known(core: &wpex::server::SharedRelay, endpoint: &Endpoint) {
+fn wait_until_known(core: &SharedRelay, endpoint: &Endpoint) {
     let addr = endpoint.socket.local_addr().expect("peer address");
-    for _ in 0..500 {
-        if lock(core).table().is_known(addr) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("the relay never registered {addr}");
+    eventually(
+        format!("the relay registers {addr}"),
+        Duration::from_secs(5),
+    )
+    .every(Duration::from_millis(10))
+    .until_blocking(|| Ok(lock(core).table().is_known(addr).then_some(())))
+    .expect("registered");
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use wpex::metrics::{self, Reloads};
-use wpex::server::IoErrors;
+use wpex::metrics;
+use wpex::shared::Counters;
 use wpex_proto::{Config, Output, Relay, Worker};
 use wpex_testkit::fake::{handshake, transport};
 use wpex_testkit::sample;
@@ -45,11 +45,7 @@ fn metrics_count_transport_data_forwarded_through_the_routes() {
     let relay = session(t0);
     let routes = relay.routes().clone();
     let shared = Arc::new(Mutex::new(relay));
-    let registry = metrics::registry(
-        shared.clone(),
-        Arc::new(IoErrors::default()),
-        Arc::new(Reloads::default()),
-    );
+    let registry = metrics::registry(shared.clone(), Arc::new(Counters::default()));
     let scrape = || {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wpex_testkit::peer::{Endpoint, Identity, Peer, ipv4_packet};
-use wpex_testkit::{http_get, sample, try_http_get};
+use wpex_testkit::{abort, eventually, http_get, sample, try_http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wpex");
 /// The bound for a key change to take effect.
@@ -72,21 +72,22 @@ impl RelayProcess {
                 udp,
                 metrics,
             };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                // Until the server is up, connections may be refused or reset.
-                if try_http_get(relay.metrics, "/readyz").is_ok_and(|(status, _)| status == 200) {
-                    return relay;
-                }
-                if !relay.still_running() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            // Until the server is up, connections may be refused or reset.
+            let ready = eventually("/readyz answers 200", Duration::from_secs(10))
+                .every(Duration::from_millis(20))
+                .until_blocking(|| {
+                    if try_http_get(relay.metrics, "/readyz")?.0 == 200 {
+                        return Ok(Some(()));
+                    }
+                    match relay.still_running() {
+                        true => Ok(None),
+                        false => Err(abort("the relay exited")),
+                    }
+                });
+            match ready {
+                Ok(_) => return relay,
+                Err(e) => assert!(!relay.still_running(), "{e:#}"),
             }
-            assert!(
-                !relay.still_running(),
-                "/readyz answers 200: not within 10 s"
-            );
         }
         panic!("the relay exited before it was ready, three times");
     }
@@ -103,12 +104,11 @@ impl RelayProcess {
 
     /// Polls until `ok` holds; panics after `bound`. Returns how long it took.
     fn wait_until(&self, what: &str, bound: Duration, ok: impl Fn(&Self) -> bool) -> Duration {
-        let start = Instant::now();
-        while !ok(self) {
-            assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
+        eventually(what, bound)
+            .every(Duration::from_millis(20))
+            .until_blocking(|| Ok(ok(self).then_some(())))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .1
     }
 
     fn still_running(&mut self) -> bool {
