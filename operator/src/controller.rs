@@ -491,8 +491,8 @@ async fn scrape_handshakes(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::select! {
-        _ = crate::handshakes::run(ctx, pods) => {}
-        _ = shutdown => {}
+        () = crate::handshakes::run(ctx, pods) => {}
+        () = shutdown => {}
     }
 }
 

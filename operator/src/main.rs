@@ -83,7 +83,7 @@ const LEASE_SECONDS: u64 = 15;
 async fn shutdown_signal() {
     if let Err(e) = wpex_daemon::shutdown_signal().await {
         tracing::error!(%e, "cannot handle signals; stop with SIGKILL");
-        std::future::pending::<()>().await
+        std::future::pending::<()>().await;
     }
 }
 
@@ -194,7 +194,7 @@ async fn lead(
         changed = is_leader.wait_for(|is_leader| *is_leader) => {
             changed.context("leader election stopped")?;
         }
-        _ = shutdown => return Ok(None),
+        () = shutdown => return Ok(None),
     }
     tracing::info!(%identity, "became leader");
     Ok(Some(Leadership { is_leader, task }))
@@ -215,8 +215,8 @@ fn stop_reconciling(
             }
         };
         tokio::select! {
-            _ = shutdown => {}
-            _ = lost => tracing::error!("lost leadership; stopping"),
+            () = shutdown => {}
+            () = lost => tracing::error!("lost leadership; stopping"),
         }
     }
     .shared()

@@ -36,8 +36,10 @@ pub(crate) fn condition(
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(Timestamp::now()));
+        .map_or_else(
+            || Time(Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        );
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),

@@ -93,7 +93,7 @@ fn log_access(access: &Access) {
         Access::Open => {
             tracing::warn!(
                 "no --allow or --allow-file: the relay is open to anyone (see --broadcast-rate)"
-            )
+            );
         }
         Access::AllowList(keys) => {
             for key in keys.iter() {
@@ -134,7 +134,7 @@ fn watch_keys(
     let (relay, counters, static_keys) = (relay.clone(), counters.clone(), args.allow.clone());
     let shown = path.clone();
     let watcher = watch::watch(path, file_content, watch::DEFAULT_POLL, move |update| {
-        apply(&relay, &static_keys, &counters, &shown, update)
+        apply(&relay, &static_keys, &counters, &shown, update);
     })?;
     Ok(Some(watcher))
 }

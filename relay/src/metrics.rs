@@ -246,7 +246,7 @@ mod tests {
             .filter(|l| l.starts_with("| `wpex_"))
             .collect::<Vec<_>>()
             .join("\n");
-        for (name, ..) in FAMILIES.iter() {
+        for (name, ..) in FAMILIES {
             assert!(
                 table.contains(&format!("`{name}_total{{")),
                 "{name} is not in the README"

@@ -18,7 +18,7 @@ pub type SharedRelay = Arc<Mutex<Relay>>;
 pub fn lock(relay: &SharedRelay) -> MutexGuard<'_, Relay> {
     relay
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// UDP errors are logged at most this often; the rest are only counted.
@@ -42,7 +42,7 @@ impl Counters {
         let mut last = self
             .io_last_logged
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_none_or(|t| now.duration_since(t) >= IO_WARN_EVERY) {
             *last = Some(now);
             tracing::warn!(what, ?peer, %error, total, "UDP error (further ones are counted, logged at most every 10 s)");

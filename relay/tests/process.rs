@@ -79,9 +79,10 @@ impl RelayProcess {
                     if try_http_get(relay.metrics, "/readyz")?.0 == 200 {
                         return Ok(Some(()));
                     }
-                    match relay.still_running() {
-                        true => Ok(None),
-                        false => Err(abort("the relay exited")),
+                    if relay.still_running() {
+                        Ok(None)
+                    } else {
+                        Err(abort("the relay exited"))
                     }
                 });
             match ready {

@@ -191,7 +191,7 @@ fn ensure_file_limit(pairs: usize) -> Result<()> {
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid rlimit for the kernel to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
     }
     if lim.rlim_cur >= need {
@@ -206,7 +206,7 @@ fn ensure_file_limit(pairs: usize) -> Result<()> {
     }
     lim.rlim_cur = need;
     // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
         return Err(std::io::Error::last_os_error()).context("raising RLIMIT_NOFILE");
     }
     Ok(())
@@ -262,7 +262,7 @@ fn git_info(root: &Path) -> Option<Git> {
 
 fn machine() -> Machine {
     Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         cpu_model: procfs::cpu_model(),
         kernel: procfs::read_value("/proc/sys/kernel/osrelease"),
         loadavg_at_start: procfs::read_value("/proc/loadavg"),

@@ -99,7 +99,7 @@ pub fn send_train(fd: BorrowedFd<'_>, bytes: &[u8], segment: u16) -> io::Result<
     };
     // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
     let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-    hdr.msg_iov = &mut iov;
+    hdr.msg_iov = &raw mut iov;
     hdr.msg_iovlen = 1;
     // SAFETY: `cmsg` has room for CMSG_SPACE(2) bytes and is 8-aligned; the header points at it
     // before CMSG_FIRSTHDR reads it. The kernel only reads the iovec's buffer and the cmsg, both
@@ -107,12 +107,12 @@ pub fn send_train(fd: BorrowedFd<'_>, bytes: &[u8], segment: u16) -> io::Result<
     let sent = unsafe {
         hdr.msg_control = cmsg.0.as_mut_ptr().cast();
         hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-        let c = libc::CMSG_FIRSTHDR(&hdr);
+        let c = libc::CMSG_FIRSTHDR(&raw const hdr);
         (*c).cmsg_level = libc::SOL_UDP;
         (*c).cmsg_type = libc::UDP_SEGMENT;
         (*c).cmsg_len = libc::CMSG_LEN(2) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
-        libc::sendmsg(fd.as_raw_fd(), &hdr, 0)
+        libc::sendmsg(fd.as_raw_fd(), &raw const hdr, 0)
     };
     if sent < 0 {
         Err(io::Error::last_os_error())
@@ -286,7 +286,7 @@ impl Epoll {
                 self.fd.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
                 fd.as_raw_fd(),
-                &mut event,
+                &raw mut event,
             )
         };
         if r < 0 {
@@ -369,7 +369,7 @@ mod tests {
         let (c, _) = pair();
         let to = |s: &UdpSocket| match s.local_addr().expect("addr") {
             std::net::SocketAddr::V4(v4) => v4,
-            other => panic!("{other}"),
+            std::net::SocketAddr::V6(other) => panic!("{other}"),
         };
         let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let long = [7u8; 100];

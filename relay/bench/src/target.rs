@@ -126,7 +126,7 @@ fn tail(path: &Path) -> String {
     const TAIL: u64 = 2048;
     let mut text = String::new();
     if let Ok(mut f) = File::open(path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let len = f.metadata().map_or(0, |m| m.len());
         let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
         let mut bytes = Vec::new();
         let _ = f.read_to_end(&mut bytes);

@@ -12,6 +12,9 @@
 //! - [`Stats`]: what the core counted, by message kind and [`DropReason`].
 
 #![warn(unreachable_pub, missing_docs)]
+// A wire-format crate: a length or index silently cut short is a bug, so casts that may
+// truncate are refused unless allowed where they are meant.
+#![warn(clippy::cast_possible_truncation)]
 
 pub mod crypto;
 pub mod keyfile;

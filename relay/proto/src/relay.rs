@@ -229,6 +229,7 @@ impl Refused {
     fn slot(&self, src: SocketAddr) -> (usize, u32) {
         let h = self.hasher.hash_one(src);
         // Truncations on purpose: the low bits pick the slot, the high bits fingerprint.
+        #[allow(clippy::cast_possible_truncation)]
         ((h as usize) & (REFUSED_SLOTS - 1), ((h >> 32) as u32) | 1)
     }
 

@@ -816,7 +816,7 @@ mod tests {
         // The half-open timer no longer applies.
         t.expire(t0 + Duration::from_secs(10));
         assert!(t.contains_index(1) && t.contains_index(2));
-        t.expire(t1 + SESSION_TTL - Duration::from_millis(1));
+        t.expire(t1 + SESSION_TTL.saturating_sub(Duration::from_millis(1)));
         assert_eq!(t.session_count(), 1);
         assert_eq!(t.expire(t1 + SESSION_TTL).indices, 2);
         assert_eq!(t.session_count(), 0);

@@ -367,7 +367,7 @@ fn indices_expire_on_the_wpex_timers() {
     // A session lives 180 s from the response, not refreshed by traffic.
     let t1 = t0 + Duration::from_secs(10);
     let (from_a, _) = handshake_and_data(&mut relay, t1, &mut p);
-    let almost = t1 + SESSION_TTL - Duration::from_millis(1);
+    let almost = t1 + SESSION_TTL.saturating_sub(Duration::from_millis(1));
     relay.handle_timeout(almost);
     assert_eq!(
         feed(&mut relay, almost, A, &from_a).0,

@@ -379,7 +379,7 @@ fn expiry_withdraws_routes_at_once() {
     add_session(&mut relay, younger, 3, 4, true, (A_REBOUND, FORGER));
     let mut worker = Worker::new(relay.routes().clone());
     let end = t0 + SESSION_TTL;
-    relay.handle_timeout(end - Duration::from_millis(1));
+    relay.handle_timeout(t0 + SESSION_TTL.saturating_sub(Duration::from_millis(1)));
     assert_eq!(
         route(&mut worker, end, A, &data(2)),
         Some(addr(B)),
