@@ -44,12 +44,15 @@ fn relay_with(n: u32, now: Instant) -> Relay {
     relay
 }
 
-fn forward(c: &mut Criterion) {
+fn parse(c: &mut Criterion) {
     let datagram = transport(1, 1420);
     c.bench_function("parse_transport", |b| {
         b.iter(|| Message::parse(black_box(&datagram)).is_ok());
     });
+}
 
+/// The core's decision for one datagram, with the lock held.
+fn core_one(c: &mut Criterion) {
     let now = Instant::now();
     let mut group = c.benchmark_group("forward_one");
     for n in [1u32, 1_000, 100_000] {
@@ -62,7 +65,11 @@ fn forward(c: &mut Criterion) {
         });
     }
     group.finish();
+}
 
+/// 32 datagrams of different sessions, spread over the table, through the core.
+fn core_batch(c: &mut Criterion) {
+    let now = Instant::now();
     let mut group = c.benchmark_group("forward_batch_of_32");
     group.throughput(Throughput::Elements(32));
     for n in [32u32, 1_000, 100_000] {
@@ -83,7 +90,11 @@ fn forward(c: &mut Criterion) {
         });
     }
     group.finish();
+}
 
+/// One datagram through the lock-free routes, as an IO worker forwards transport data.
+fn routes_one(c: &mut Criterion) {
+    let now = Instant::now();
     let mut group = c.benchmark_group("routes_forward");
     for n in [1u32, 1_000, 100_000] {
         let mut relay = relay_with(n, now);
@@ -99,7 +110,11 @@ fn forward(c: &mut Criterion) {
         });
     }
     group.finish();
+}
 
+/// 32 datagrams of different sessions through the routes, one pinned batch.
+fn routes_batch(c: &mut Criterion) {
+    let now = Instant::now();
     let mut group = c.benchmark_group("routes_forward_batch_of_32");
     group.throughput(Throughput::Elements(32));
     for n in [32u32, 1_000, 100_000] {
@@ -126,5 +141,12 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward);
+criterion_group!(
+    benches,
+    parse,
+    core_one,
+    core_batch,
+    routes_one,
+    routes_batch
+);
 criterion_main!(benches);
