@@ -1,4 +1,4 @@
-# Developer tasks (https://github.com/casey/just: `cargo install just`, then `just --list`).
+# Developer tasks (https://github.com/casey/just, 1.59 here: `cargo install just`, then `just --list`).
 # Each recipe is a command the README documents; CI runs e2e/test-all.sh itself.
 
 # The fast tier: formatting, lints, docs, unit and integration tests. No root.
