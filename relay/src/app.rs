@@ -21,14 +21,19 @@ use wpex_proto::keyfile::{self, KeyFileError};
 use wpex_proto::keys::{AllowedKeys, PublicKey};
 use wpex_proto::{Access, Config};
 
+/// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// `--allow-file` could not be read or parsed.
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
+    /// The key file's directory could not be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The UDP sockets could not be bound.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The metrics and health server could not listen.
     #[error(transparent)]
     Http(#[from] HttpError),
 }

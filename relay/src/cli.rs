@@ -16,6 +16,7 @@ use wpex_proto::keys::PublicKey;
     version,
     about = "A relay for WireGuard peers behind NAT that cannot read or alter their traffic"
 )]
+/// The relay's command line: the original Go wpex's flags, in its spelling and GNU's.
 pub struct Args {
     /// Address to bind to. Empty: every address, IPv4 and IPv6.
     #[arg(long, default_value = "")]

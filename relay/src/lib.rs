@@ -9,6 +9,8 @@
 //! - [`app`]: the process, all of the above put together.
 //! - [`cli`]: the command line, compatible with the original Go wpex.
 
+#![warn(unreachable_pub, missing_docs)]
+
 pub mod app;
 pub mod cli;
 pub mod metrics;

@@ -28,12 +28,17 @@ use wpex_proto::{Config, Output, Relay, ScanRequest};
 
 mod send;
 
+/// Why the sockets could not be bound.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are named by the messages
 pub enum ServerError {
+    /// `--bind` names no address.
     #[error("cannot resolve bind address '{addr}': {source}")]
     Resolve { addr: String, source: io::Error },
+    /// Binding failed for another reason than the port being taken.
     #[error("failed to listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// Another process (usually another relay) holds the port.
     #[error(
         "UDP {addr} is already in use (another wpex relay?): stop it, or pick another --port or --bind"
     )]
@@ -171,6 +176,7 @@ struct ScanJob {
     socket: Arc<UdpSocket>,
 }
 
+/// The relay's sockets and the shared core, ready to serve.
 pub struct Server {
     relay: SharedRelay,
     sockets: Vec<Arc<UdpSocket>>,
@@ -197,10 +203,12 @@ impl Server {
         })
     }
 
+    /// The first socket's address (the port chosen, when `port` was 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sockets[0].local_addr()
     }
 
+    /// The core the workers share.
     pub fn relay(&self) -> SharedRelay {
         self.relay.clone()
     }

@@ -19,8 +19,11 @@ pub const SETTLE: Duration = Duration::from_millis(100);
 /// The safety net: re-read this often even without events.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
+/// Why the key file cannot be watched.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are named by the message
 pub enum WatchError {
+    /// notify refused to watch the file's directory.
     #[error("cannot watch directory {dir} of the key file: {source}")]
     Notify { dir: PathBuf, source: notify::Error },
 }
@@ -28,7 +31,9 @@ pub enum WatchError {
 /// What a re-read found, reported once per distinct file content.
 #[derive(Debug)]
 pub enum Update {
+    /// The file parsed; these are its keys.
     Loaded(Vec<PublicKey>),
+    /// The file did not parse; the relay keeps the keys it had.
     Rejected(KeyFileError),
 }
 

@@ -27,7 +27,7 @@ const CHUNK: usize = 64;
 const IOVS: usize = 4 * CHUNK;
 
 /// The most a GSO message may carry: an IPv4 datagram's payload limit.
-pub const GSO_MAX_BYTES: usize = 65_507;
+pub(crate) const GSO_MAX_BYTES: usize = 65_507;
 
 /// Whether `sendmmsg` still works here; cleared the first time the kernel says it does not.
 static BATCHED: AtomicBool = AtomicBool::new(cfg!(target_os = "linux"));
@@ -36,14 +36,14 @@ static BATCHED: AtomicBool = AtomicBool::new(cfg!(target_os = "linux"));
 static GSO: AtomicBool = AtomicBool::new(cfg!(target_os = "linux"));
 
 /// Whether trains may be built: false once a send showed that segmentation offload fails here.
-pub fn gso_enabled() -> bool {
+pub(crate) fn gso_enabled() -> bool {
     GSO.load(Ordering::Relaxed)
 }
 
 /// One message to send: a datagram, or a train of datagrams of `segment` bytes each (the last
 /// may be shorter) back to back in its parts, all for `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit<'a> {
+pub(crate) struct Transmit<'a> {
     pub to: SocketAddr,
     pub parts: Parts<'a>,
     pub segment: usize,
@@ -52,7 +52,7 @@ pub struct Transmit<'a> {
 /// A message's bytes: one slice, or several sent as one, in order. Every part but the last holds
 /// whole datagrams of the message's `segment` size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parts<'a> {
+pub(crate) enum Parts<'a> {
     One(&'a [u8]),
     Many(&'a [&'a [u8]]),
 }
@@ -67,7 +67,7 @@ impl<'a> Parts<'a> {
 }
 
 impl<'a> Transmit<'a> {
-    pub fn single(to: SocketAddr, bytes: &'a [u8]) -> Self {
+    pub(crate) fn single(to: SocketAddr, bytes: &'a [u8]) -> Self {
         Self {
             to,
             parts: Parts::One(bytes),
@@ -76,7 +76,7 @@ impl<'a> Transmit<'a> {
     }
 
     /// Its bytes in all.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.parts.as_slice().iter().map(|p| p.len()).sum()
     }
 
@@ -97,7 +97,7 @@ impl<'a> Transmit<'a> {
 
 /// Sends every message of `out` on `socket`. A datagram the kernel refuses is passed to
 /// `failed` and skipped, as the network would drop it; the others still go.
-pub async fn send_all(
+pub(crate) async fn send_all(
     socket: &UdpSocket,
     out: &[Transmit<'_>],
     mut failed: impl FnMut(SocketAddr, &io::Error),
