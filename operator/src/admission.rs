@@ -7,19 +7,26 @@ use wpex_proto::keys::PublicKey;
 /// A peer key as the relay controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The WireGuardPeerKey's name, unique within the relay's namespace.
     pub name: String,
+    /// `spec.publicKey` as written, not yet parsed.
     pub public_key: String,
+    /// `spec.disabled`.
     pub disabled: bool,
     /// Orders claims on the same key: the earlier resource keeps it.
     pub created: Option<i64>,
 }
 
+/// What a relay makes of one peer key; shown as the key's `Accepted` condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// In the allow-list, parsed.
     Accepted(PublicKey),
+    /// Valid, but `spec.disabled` keeps it out.
     Disabled,
     /// Another WireGuardPeerKey of the same relay already holds this key.
     Duplicate {
+        /// The name of the WireGuardPeerKey that holds it.
         of: String,
     },
     /// Not a WireGuard public key; the API server's rule should have refused it already.
@@ -37,6 +44,7 @@ impl Verdict {
         }
     }
 
+    /// The condition message shown in status, for people.
     pub fn message(&self) -> String {
         match self {
             Verdict::Accepted(_) => "the key is in the relay's allow-list".into(),

@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::resources::{self, Children, Relay};
 
+/// The field manager the operator writes as: relays' children, the reconcilers' status and
+/// its Lease.
 pub const FIELD_MANAGER: &str = "wpex-operator";
 
 /// The annotation on relay pods naming the version of the key ConfigMap they should mount.

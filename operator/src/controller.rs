@@ -46,9 +46,13 @@ const RETRY: Duration = Duration::from_secs(15);
 /// What the operator is started with, shared by every namespace it watches.
 #[derive(Clone)]
 pub struct Settings {
+    /// The API server connection every watch and write goes through.
     pub client: Client,
+    /// What the operator's flags add to every relay pod.
     pub pods: PodDefaults,
+    /// Publishes the Warning events of failed reconciles.
     pub recorder: Recorder,
+    /// The operator's own metrics.
     pub metrics: Metrics,
 }
 
@@ -63,12 +67,19 @@ pub enum Scope {
 
 /// One watched scope's context: the settings and the reflector stores of its resources.
 pub struct Context {
+    /// From [`Settings::client`].
     pub client: Client,
+    /// From [`Settings::pods`].
     pub pods: PodDefaults,
+    /// From [`Settings::recorder`].
     pub recorder: Recorder,
+    /// From [`Settings::metrics`].
     pub metrics: Metrics,
+    /// Scrapes the relay pods' metrics for the last handshakes.
     pub http: HttpClient,
+    /// Every WireGuardPeerKey in the scope.
     pub keys: Store<WireGuardPeerKey>,
+    /// Every WireGuardRelay in the scope.
     pub relays: Store<WireGuardRelay>,
     /// True once both stores have synced. A `Store` wakes only one of several concurrent
     /// `wait_until_ready` callers (its readiness is a oneshot), so everyone else waits here.

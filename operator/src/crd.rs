@@ -1,5 +1,15 @@
 //! The custom resources: `WireGuardRelay` and `WireGuardPeerKey` (group `wpex.io`).
 
+// `derive(KubeSchema)` copies each struct it is on, `pub` and spans included, into a
+// `…Validated` struct inside its `json_schema`; that function-local copy is what
+// `unreachable_pub` reports, at the original's span. The structs themselves are reachable (as
+// `wpex_operator::crd::…`, and as the `spec`/`status` of the `CustomResource` types) and must
+// stay public. `expect`, not `allow`: once kube-derive stops this, the lint says so.
+#![expect(
+    unreachable_pub,
+    reason = "derive(KubeSchema)'s function-local copies of the public spec and status structs"
+)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
@@ -8,6 +18,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The API group of both resources.
 pub const GROUP: &str = "wpex.io";
 
 /// A WireGuard relay: a Deployment running `wpex`, its key list and a UDP Service.
@@ -120,14 +131,18 @@ pub struct RelayService {
 /// How the relay's Service is exposed.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServiceType {
+    /// A load balancer, the default; peers use its ingress addresses.
     #[default]
     LoadBalancer,
+    /// A port on every node; peers use the node that runs the relay pod.
     NodePort,
+    /// Only the cluster IP, for peers inside the cluster.
     #[serde(rename = "ClusterIP")]
     ClusterIp,
 }
 
 impl ServiceType {
+    /// The Service `type` as Kubernetes spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceType::LoadBalancer => "LoadBalancer",
@@ -140,12 +155,15 @@ impl ServiceType {
 /// The Service's externalTrafficPolicy.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TrafficPolicy {
+    /// Only nodes running the relay pod take its traffic, keeping peers' source addresses.
     #[default]
     Local,
+    /// Any node takes its traffic and forwards it with SNAT, which may hide peers' addresses.
     Cluster,
 }
 
 impl TrafficPolicy {
+    /// The `externalTrafficPolicy` as Kubernetes spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             TrafficPolicy::Local => "Local",
@@ -157,8 +175,10 @@ impl TrafficPolicy {
 /// Who may use the relay.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AccessMode {
+    /// Only the relay's accepted WireGuardPeerKeys; no keys means nobody. The default.
     #[default]
     AllowList,
+    /// Anyone; the relay gets no key file.
     Open,
 }
 
@@ -166,8 +186,10 @@ pub enum AccessMode {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
+    /// The relay's usual logs; the default.
     #[default]
     Info,
+    /// Also the relay's debug logs (`--debug`).
     Debug,
 }
 

@@ -16,7 +16,9 @@ fn host_port(host: &str, port: i32) -> String {
 /// Where the relay pod runs: its node, if readable, and the pod's `hostIP`s as a fallback.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayNode<'a> {
+    /// The node, unless no pod is on one yet or the operator may not read Nodes.
     pub node: Option<&'a Node>,
+    /// The pod's host IPs (its node's InternalIPs), used when the node has no address to offer.
     pub host_ips: &'a [String],
 }
 

@@ -20,6 +20,7 @@ use crate::crd::{AccessMode, WireGuardPeerKey};
 use crate::http::HttpError;
 use crate::resources::{self, METRICS_PORT};
 
+/// The relay's gauge of each key's last handshake, labelled by the key in base64.
 pub const METRIC: &str = "wpex_key_last_handshake_timestamp_seconds";
 /// How often relay pods are scraped: the column lags a handshake by at most this.
 pub const POLL: Duration = Duration::from_secs(10);

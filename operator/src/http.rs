@@ -9,25 +9,32 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// Why a GET gave no body.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are named by the messages
 pub enum HttpError {
+    /// The URL does not parse.
     #[error("{url} is not a URL: {source}")]
     Url {
         url: String,
         source: http::uri::InvalidUri,
     },
+    /// The request could not be sent, or no response came back.
     #[error("GET {url}: {source}")]
     Request {
         url: String,
         source: hyper_util::client::legacy::Error,
     },
+    /// The body broke off, or was larger than [`MAX_BODY`].
     #[error("GET {url}: reading the answer: {source}")]
     Body {
         url: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The whole exchange took longer than the caller allowed.
     #[error("GET {url}: no answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+    /// The server answered with a status other than 2xx.
     #[error("GET {url}: HTTP {status}")]
     Status {
         url: String,
@@ -35,6 +42,7 @@ pub enum HttpError {
     },
 }
 
+/// A plain-HTTP client, cheap to clone; connections are pooled between clones.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: Client<HttpConnector, Empty<Bytes>>,

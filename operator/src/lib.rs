@@ -10,6 +10,8 @@
 //! - [`handshakes`]: each peer key's last handshake, scraped from its relay pod into status.
 //! - [`http`]: plain-HTTP GETs (relay metrics, `wpex-operator probe`).
 
+#![warn(unreachable_pub, missing_docs)]
+
 pub mod admission;
 pub mod apply;
 pub mod controller;

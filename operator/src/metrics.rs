@@ -8,22 +8,30 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The label of the per-controller metrics: reconciliations and their duration.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabel {
+    /// `wireguardrelay` or `wireguardpeerkey`.
     pub controller: &'static str,
 }
 
+/// The labels of `wpex_operator_reconcile_failures_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
+    /// `wireguardrelay` or `wireguardpeerkey`.
     pub controller: &'static str,
+    /// The error's [`metric_label`](crate::error::Error::metric_label): a bounded set.
     pub error: &'static str,
 }
 
+/// The label of `wpex_operator_relay_scrapes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
+    /// `ok` or `failed`.
     pub result: &'static str,
 }
 
+/// The operator's metrics; clones count into the same series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     scrapes: Family<ResultLabel, Counter>,
@@ -73,6 +81,7 @@ impl Metrics {
         self.scrapes.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Counts and times one reconcile of `controller`, and its failure if `error` is set.
     pub fn observe(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {
         let label = ControllerLabel { controller };
         self.reconciliations.get_or_create(&label).inc();

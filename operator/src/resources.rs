@@ -19,7 +19,10 @@ use crate::crd::{AccessMode, LogLevel, ServiceType, WireGuardRelaySpec};
 
 /// The file name inside the keys ConfigMap and the relay's mount.
 pub const KEY_FILE: &str = "allowed-keys";
+/// Where the relay container mounts the keys ConfigMap, whole; `--allow-file` is [`KEY_FILE`]
+/// in it.
 pub const KEYS_MOUNT: &str = "/etc/wpex/keys";
+/// The relay pod's metrics and health port: its probes, and the operator's handshake scrapes.
 pub const METRICS_PORT: i32 = 9090;
 const KEYS_VOLUME: &str = "keys";
 /// Non-root user of the distroless/static images.
@@ -28,16 +31,23 @@ const RUN_AS: i64 = 65532;
 /// A WireGuardRelay after dereferencing: the identity its children need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Relay {
+    /// The relay's name, also the name of its Deployment and Service.
     pub name: String,
+    /// The namespace the relay and its children live in.
     pub namespace: String,
+    /// The relay as its children's controller owner, so the garbage collector deletes them
+    /// with it.
     pub owner: OwnerReference,
+    /// The relay's spec, as read.
     pub spec: WireGuardRelaySpec,
 }
 
+/// The name of the ConfigMap holding `relay`'s accepted keys: `<relay>-keys`.
 pub fn keys_config_map_name(relay: &str) -> String {
     format!("{relay}-keys")
 }
 
+/// The label naming the relay a child or pod belongs to.
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 const NAME_LABEL: &str = "app.kubernetes.io/name";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -78,6 +88,8 @@ fn metadata(relay: &Relay, name: String) -> ObjectMeta {
     }
 }
 
+/// The ConfigMap of the relay's accepted keys, in the `--allow-file` format. The only child
+/// that depends on the keys.
 pub fn config_map(relay: &Relay, keys: &[PublicKey]) -> ConfigMap {
     let header = format!(
         "Allowed WireGuard public keys of relay {}/{}.\nManaged by wpex-operator from WireGuardPeerKeys: edits here are overwritten.",
@@ -141,8 +153,11 @@ pub struct PodDefaults {
 /// Everything a relay owns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// The accepted keys, mounted into the relay pod.
     pub config_map: ConfigMap,
+    /// The relay itself: one pod, never two at once.
     pub deployment: Deployment,
+    /// The UDP Service peers reach the relay through.
     pub service: Service,
 }
 
@@ -155,6 +170,7 @@ pub fn build(relay: &Relay, keys: &[PublicKey], defaults: &PodDefaults) -> Child
     }
 }
 
+/// The relay's Deployment: one replica, recreated rather than rolled, non-root and read-only.
 pub fn deployment(relay: &Relay, defaults: &PodDefaults) -> Deployment {
     Deployment {
         metadata: metadata(relay, relay.name.clone()),
@@ -291,6 +307,7 @@ fn pull_secrets(defaults: &PodDefaults) -> Option<Vec<LocalObjectReference>> {
     })
 }
 
+/// The relay's UDP Service, exposed as `spec.service` says.
 pub fn service(relay: &Relay) -> Service {
     let spec = &relay.spec;
     let exposed = spec.service.type_ != ServiceType::ClusterIp;
