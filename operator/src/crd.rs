@@ -18,9 +18,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The API group of both resources.
-pub const GROUP: &str = "wpex.io";
-
 /// A WireGuard relay: a Deployment running `wpex`, its key list and a UDP Service.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(

@@ -33,12 +33,6 @@ pub enum Error {
     /// A reflector store's writer is gone, so the store will never sync.
     #[error("the {0} cache stopped")]
     StoreClosed(&'static str),
-    /// An object could not be turned into JSON for a request.
-    #[error("serializing {what}: {source}")]
-    Serialize {
-        what: &'static str,
-        source: serde_json::Error,
-    },
 }
 
 impl Error {
@@ -49,7 +43,6 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Status { .. } => "status",
             Error::Read { .. } => "read",
-            Error::Serialize { .. } => "serialize",
             Error::StoreClosed(_) => "store_closed",
         }
     }
