@@ -14,15 +14,39 @@ pub fn binary(env: &str, default: impl Into<PathBuf>, hint: &str) -> Result<Path
     Ok(path)
 }
 
-/// A binary of this workspace's debug build (`cargo build -p <package>`), or `env`'s value.
-pub fn workspace_binary(env: &str, name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+/// `name` in the directory `env` names, else in `default_dir` (tools installed side by side);
+/// fails, saying how to get it, when it is not there.
+pub fn binary_in(
+    env: &str,
+    default_dir: impl Into<PathBuf>,
+    name: &str,
+    hint: &str,
+) -> Result<PathBuf> {
+    let path = std::env::var_os(env)
+        .map_or_else(|| default_dir.into(), PathBuf::from)
+        .join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; {hint} or set {env} to its directory",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Where this workspace's builds go: `CARGO_TARGET_DIR`, else `target` at its root.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")),
         PathBuf::from,
-    );
+    )
+}
+
+/// A binary of this workspace's debug build (`cargo build -p <package>`), or `env`'s value.
+pub fn workspace_binary(env: &str, name: &str) -> Result<PathBuf> {
     binary(
         env,
-        target.join("debug").join(name),
+        target_dir().join("debug").join(name),
         &format!("build it with cargo build --bin {name}"),
     )
 }

@@ -154,7 +154,7 @@ mod tests {
     #[tokio::test]
     async fn the_async_wait_polls_the_same_way() {
         let mut looks = 0;
-        let (_, took) = eventually("two looks", Duration::from_secs(5))
+        let ((), took) = eventually("two looks", Duration::from_secs(5))
             .every(Duration::from_millis(1))
             .until(|| {
                 looks += 1;
