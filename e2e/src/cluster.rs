@@ -7,16 +7,18 @@
 //! NodePorts there and pods reach the API server through the `kubernetes` Service. Everything it
 //! writes is under [`STATE_DIR`]; a run that died without cleaning up is swept by the next one.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
+use wpex_testkit::eventually;
 
-use crate::control_plane::{ControlPlane, bin_dir};
+use crate::control_plane::{ControlPlane, k8s_binary};
 use crate::netns::run;
 use crate::tools::{kubectl, run_tool};
 
@@ -30,6 +32,7 @@ const POD_CIDR: &str = "10.244.0.0/24";
 const CNI_BRIDGE: &str = "wpexcni0";
 const CNI_NETWORK: &str = "wpex-e2e";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
+const CONTAINERD: &str = "/usr/bin/containerd";
 
 pub struct LocalCluster {
     cp: ControlPlane,
@@ -38,6 +41,11 @@ pub struct LocalCluster {
 
 fn state(path: &str) -> PathBuf {
     Path::new(STATE_DIR).join(path)
+}
+
+/// A path under [`STATE_DIR`], as a command-line argument.
+fn state_arg(path: &str) -> String {
+    state(path).display().to_string()
 }
 
 fn containerd_socket() -> PathBuf {
@@ -132,126 +140,126 @@ impl LocalCluster {
     /// the image tarballs `images` (plus the pause image from `images_dir`), and returns once
     /// the node is Ready and kube-proxy serves the `kubernetes` Service.
     pub async fn start(node_ip: Ipv4Addr, images_dir: &Path, images: &[&str]) -> Result<Self> {
-        let bin = bin_dir();
-        for component in ["kube-scheduler", "kubelet", "kube-proxy", "kubectl"] {
-            require(&bin.join(component), "run e2e/k8s/install-k8s.sh")?;
-        }
-        for tool in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/bin/ctr"] {
-            require(Path::new(tool), "run e2e/install-deps.sh")?;
-        }
-        require(
-            &Path::new(CNI_BIN_DIR).join("bridge"),
-            "run e2e/install-deps.sh",
-        )?;
-        let pause = images_dir.join("pause.tar");
-        require(&pause, "run e2e/build-images.sh")?;
-        for image in images {
-            require(&images_dir.join(image), "run e2e/build-images.sh")?;
-        }
-
-        // The sweep kills whatever runs in kubelet's cgroups and flushes kube-proxy's rules:
-        // never on a machine that is a node of some other cluster.
-        if let Some(other) = foreign_kubelet() {
-            bail!(
-                "a kubelet not ours is running ({other}); the local cluster needs a machine \
-                 that is not already a Kubernetes node"
-            );
-        }
-        sweep();
-        for dir in ["cni/conf", "cni/ipam", "kubelet", "pod-logs", "containerd"] {
-            std::fs::create_dir_all(state(dir))?;
-        }
-        std::fs::write(state("cni/conf/10-wpex-e2e.conflist"), cni_config())?;
-        std::fs::write(state("containerd.toml"), containerd_config())?;
-        std::fs::write(state("kubelet.yaml"), kubelet_config())?;
-        // Pods' traffic to the API server and NodePort traffic to pods are routed by this host.
-        run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-
-        let mut cp = ControlPlane::start_at(IpAddr::V4(node_ip)).await?;
-        // Every component uses the admin credential, a test cluster's shortcut; the operator
-        // still runs under its own ServiceAccount and the chart's RBAC.
-        let kubeconfig = cp.kubeconfig_path().display().to_string();
-        let s = |p: &str| state(p).display().to_string();
-        cp.spawn(
-            "kube-scheduler",
-            &bin.join("kube-scheduler"),
-            &[
-                format!("--kubeconfig={kubeconfig}"),
-                "--leader-elect=false".into(),
-                "--secure-port=0".into(),
-            ],
-        )?;
-        cp.spawn(
-            "containerd",
-            Path::new("/usr/bin/containerd"),
-            &[format!("--config={}", s("containerd.toml"))],
-        )?;
+        let tarballs = check_prerequisites(images_dir, images)?;
+        prepare_host()?;
+        let cp = ControlPlane::start_at(IpAddr::V4(node_ip)).await?;
         // From here on, a failure tears down what was started.
         let mut cluster = Self { cp, node_ip };
-        wait_for(
-            &mut cluster.cp,
-            "containerd answers",
-            Duration::from_secs(30),
-            || std::future::ready(ctr(&["version"]).is_ok()),
-        )
+        cluster.start_scheduler()?;
+        cluster.start_containerd(&tarballs).await?;
+        cluster.start_kubelet()?;
+        cluster.start_kube_proxy()?;
+        cluster.wait_until_ready().await?;
+        Ok(cluster)
+    }
+
+    /// `--kubeconfig=...` for a component. Every component uses the admin credential, a test
+    /// cluster's shortcut; the operator still runs under its own ServiceAccount and the chart's
+    /// RBAC.
+    fn kubeconfig_flag(&self) -> String {
+        format!("--kubeconfig={}", self.cp.kubeconfig_path().display())
+    }
+
+    fn start_scheduler(&mut self) -> Result<()> {
+        let args = [
+            self.kubeconfig_flag(),
+            "--leader-elect=false".into(),
+            "--secure-port=0".into(),
+        ];
+        self.cp
+            .spawn("kube-scheduler", &k8s_binary("kube-scheduler")?, &args)
+    }
+
+    /// Starts containerd and imports the image tarballs into it.
+    async fn start_containerd(&mut self, tarballs: &[PathBuf]) -> Result<()> {
+        self.cp.spawn(
+            "containerd",
+            Path::new(CONTAINERD),
+            &[format!("--config={}", state_arg("containerd.toml"))],
+        )?;
+        self.wait_for("containerd answers", Duration::from_secs(30), || {
+            std::future::ready(ctr(&["version"]).map(|_| Some(())))
+        })
         .await?;
-        for image in std::iter::once(pause).chain(images.iter().map(|i| images_dir.join(i))) {
+        for image in tarballs {
             ctr(&["images", "import", image.to_str().context("utf-8 path")?])
                 .with_context(|| format!("importing {}", image.display()))?;
         }
-        cluster.cp.spawn(
-            "kubelet",
-            &bin.join("kubelet"),
-            &[
-                format!("--kubeconfig={kubeconfig}"),
-                format!("--config={}", s("kubelet.yaml")),
-                format!("--root-dir={}", s("kubelet")),
-                format!("--hostname-override={NODE_NAME}"),
-                format!("--node-ip={node_ip}"),
-            ],
-        )?;
-        cluster.cp.spawn(
-            "kube-proxy",
-            &bin.join("kube-proxy"),
-            &[
-                format!("--kubeconfig={kubeconfig}"),
-                format!("--hostname-override={NODE_NAME}"),
-                "--proxy-mode=iptables".into(),
-                "--cluster-cidr=10.244.0.0/16".into(),
-                // Leave the host's conntrack table size alone.
-                "--conntrack-max-per-core=0".into(),
-            ],
-        )?;
-        let nodes: Api<Node> = Api::all(cluster.client());
-        wait_for(
-            &mut cluster.cp,
-            "the node is Ready",
-            Duration::from_secs(120),
-            || async {
-                let Ok(Some(node)) = nodes.get_opt(NODE_NAME).await else {
-                    return false;
-                };
-                node.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            },
-        )
+        Ok(())
+    }
+
+    fn start_kubelet(&mut self) -> Result<()> {
+        let args = [
+            self.kubeconfig_flag(),
+            format!("--config={}", state_arg("kubelet.yaml")),
+            format!("--root-dir={}", state_arg("kubelet")),
+            format!("--hostname-override={NODE_NAME}"),
+            format!("--node-ip={}", self.node_ip),
+        ];
+        self.cp.spawn("kubelet", &k8s_binary("kubelet")?, &args)
+    }
+
+    fn start_kube_proxy(&mut self) -> Result<()> {
+        let args = [
+            self.kubeconfig_flag(),
+            format!("--hostname-override={NODE_NAME}"),
+            "--proxy-mode=iptables".into(),
+            "--cluster-cidr=10.244.0.0/16".into(),
+            // Leave the host's conntrack table size alone.
+            "--conntrack-max-per-core=0".into(),
+        ];
+        self.cp
+            .spawn("kube-proxy", &k8s_binary("kube-proxy")?, &args)
+    }
+
+    /// Waits until the node is Ready and kube-proxy serves the `kubernetes` Service.
+    async fn wait_until_ready(&self) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client());
+        self.wait_for("the node is Ready", Duration::from_secs(120), || async {
+            let node = nodes.get_opt(NODE_NAME).await?;
+            let ready = node
+                .and_then(|n| n.status)
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(ready.then_some(()))
+        })
         .await?;
-        wait_for(
-            &mut cluster.cp,
+        self.wait_for(
             "kube-proxy serves the kubernetes Service",
             Duration::from_secs(60),
             || {
+                let rules = run("iptables", &["-t", "nat", "-S", "KUBE-SERVICES"]);
                 std::future::ready(
-                    run("iptables", &["-t", "nat", "-S", "KUBE-SERVICES"])
-                        .is_ok_and(|rules| rules.contains("default/kubernetes:https")),
+                    rules.map(|r| r.contains("default/kubernetes:https").then_some(())),
                 )
             },
         )
-        .await?;
-        Ok(cluster)
+        .await
+    }
+
+    /// Polls `check` every 250 ms until it holds; fails, with the component logs, after `bound`
+    /// or as soon as a component has exited.
+    async fn wait_for<F, Fut>(&self, what: &str, bound: Duration, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<()>>>,
+    {
+        let waited = eventually(format!("local cluster: {what}"), bound)
+            .every(Duration::from_millis(250))
+            .until(|| {
+                let look = check();
+                async move {
+                    self.cp.children().ensure_running()?;
+                    look.await
+                }
+            })
+            .await;
+        if waited.is_err() {
+            self.print_logs();
+        }
+        waited.map(drop)
     }
 
     pub fn client(&self) -> Client {
@@ -277,49 +285,77 @@ impl LocalCluster {
         // No controller may recreate what is deleted here.
         self.cp.stop("kube-controller-manager");
         self.cp.stop("kube-scheduler");
-        let kubeconfig = self.kubeconfig_path().to_owned();
-        let _ = run_tool(
-            &kubectl(),
-            &[
-                "delete",
-                "pods",
-                "--all",
-                "--all-namespaces",
-                "--force",
-                "--grace-period=0",
-                "--wait=false",
-            ],
-            Some(&kubeconfig),
-        );
-        let start = Instant::now();
-        while ctr(&["tasks", "ls", "-q"]).is_ok_and(|t| !t.trim().is_empty())
-            && start.elapsed() < Duration::from_secs(60)
-        {
-            std::thread::sleep(Duration::from_millis(250));
+        if let Ok(kubectl) = kubectl() {
+            let _ = run_tool(
+                &kubectl,
+                &[
+                    "delete",
+                    "pods",
+                    "--all",
+                    "--all-namespaces",
+                    "--force",
+                    "--grace-period=0",
+                    "--wait=false",
+                ],
+                Some(self.kubeconfig_path()),
+            );
         }
+        // Best effort: kubelet is stopped next either way.
+        let _ = eventually("every container is gone", Duration::from_secs(60))
+            .every(Duration::from_millis(250))
+            .until_blocking(|| {
+                let running = ctr(&["tasks", "ls", "-q"]).is_ok_and(|t| !t.trim().is_empty());
+                Ok((!running).then_some(()))
+            });
         self.cp.stop("kubelet");
         self.cp.stop("kube-proxy");
     }
 }
 
-/// Polls `ok` until it holds; fails, with the component logs, after `bound` or when a component
-/// has exited.
-async fn wait_for<F, Fut>(cp: &mut ControlPlane, what: &str, bound: Duration, ok: F) -> Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if ok().await {
-            return Ok(());
-        }
-        if start.elapsed() > bound || !cp.all_running() {
-            cp.print_logs();
-            bail!("local cluster: {what}: not within {bound:?}, or a component exited");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+/// Fails, saying which installer to run, if a binary, tool or image is missing; returns the
+/// image tarballs to import, the pause image first.
+fn check_prerequisites(images_dir: &Path, images: &[&str]) -> Result<Vec<PathBuf>> {
+    for component in ["kube-scheduler", "kubelet", "kube-proxy"] {
+        k8s_binary(component)?;
     }
+    kubectl()?;
+    for tool in [CONTAINERD, "/usr/sbin/runc", "/usr/bin/ctr"] {
+        require(Path::new(tool), "run e2e/install-deps.sh")?;
+    }
+    require(
+        &Path::new(CNI_BIN_DIR).join("bridge"),
+        "run e2e/install-deps.sh",
+    )?;
+    let tarballs: Vec<PathBuf> = std::iter::once("pause.tar")
+        .chain(images.iter().copied())
+        .map(|image| images_dir.join(image))
+        .collect();
+    for tarball in &tarballs {
+        require(tarball, "run e2e/build-images.sh")?;
+    }
+    Ok(tarballs)
+}
+
+/// Sweeps what an earlier run left and writes the configuration of containerd, CNI and kubelet.
+fn prepare_host() -> Result<()> {
+    // The sweep kills whatever runs in kubelet's cgroups and flushes kube-proxy's rules:
+    // never on a machine that is a node of some other cluster.
+    if let Some(other) = foreign_kubelet() {
+        bail!(
+            "a kubelet not ours is running ({other}); the local cluster needs a machine \
+             that is not already a Kubernetes node"
+        );
+    }
+    sweep();
+    for dir in ["cni/conf", "cni/ipam", "kubelet", "pod-logs", "containerd"] {
+        std::fs::create_dir_all(state(dir))?;
+    }
+    std::fs::write(state("cni/conf/10-wpex-e2e.conflist"), cni_config())?;
+    std::fs::write(state("containerd.toml"), containerd_config())?;
+    std::fs::write(state("kubelet.yaml"), kubelet_config())?;
+    // Pods' traffic to the API server and NodePort traffic to pods are routed by this host.
+    run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
 }
 
 impl Drop for LocalCluster {
@@ -390,8 +426,7 @@ fn sweep() {
         }
     }
     let _ = run("ip", &["link", "del", CNI_BRIDGE]);
-    let kube_proxy = bin_dir().join("kube-proxy");
-    if kube_proxy.exists() {
+    if let Ok(kube_proxy) = k8s_binary("kube-proxy") {
         let _ = Command::new(kube_proxy).arg("--cleanup").output();
     }
     remove_cni_masquerade_rules();

@@ -2,15 +2,13 @@
 //! built from the Go module proxy by `e2e/k8s/install-k8s.sh`, on 127.0.0.1 (or, under a real
 //! node, on the node's address: pods reach the API server through the `kubernetes` Service).
 
-use std::fs::File;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -19,6 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+use wpex_testkit::{Children, binary_in, eventually, free_port, print_tail};
 
 const VERSIONS: &str = include_str!("../k8s/versions.env");
 
@@ -27,23 +26,29 @@ pub fn pinned(variable: &str) -> &'static str {
     crate::tools::pinned_in(VERSIONS, variable)
 }
 
-/// Where install-k8s.sh puts the binaries; `WPEX_K8S_BIN` overrides.
-pub fn bin_dir() -> PathBuf {
-    std::env::var_os("WPEX_K8S_BIN").map_or_else(
-        || PathBuf::from(format!("/var/cache/wpex/k8s-{}/bin", pinned("K8S_VERSION"))),
-        PathBuf::from,
+/// A Kubernetes binary (`etcd`, `kubelet`, ...) where install-k8s.sh puts them;
+/// `WPEX_K8S_BIN` names another directory.
+pub fn k8s_binary(name: &str) -> Result<PathBuf> {
+    binary_in(
+        "WPEX_K8S_BIN",
+        format!("/var/cache/wpex/k8s-{}/bin", pinned("K8S_VERSION")),
+        name,
+        "run e2e/k8s/install-k8s.sh",
     )
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 pub struct ControlPlane {
+    // Before `dir`: the components stop before their directory goes.
+    children: Children,
     dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
     kubeconfig: PathBuf,
     client: Client,
+}
+
+/// Where etcd listens for clients and for peers (there are none, but it needs the flag).
+struct EtcdUrls {
+    client: String,
+    peer: String,
 }
 
 /// Files of a small PKI: a CA, the API server's serving certificate, an admin client
@@ -121,7 +126,6 @@ fn make_pki(dir: &Path, address: IpAddr) -> Result<Pki> {
 }
 
 fn kubeconfig_text(server: &str, pki: &Pki) -> Result<String> {
-    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     Ok(format!(
         "apiVersion: v1
 kind: Config
@@ -155,97 +159,106 @@ impl ControlPlane {
 
     /// As [`ControlPlane::start`], with the API server serving and advertised on `address`.
     pub async fn start_at(address: IpAddr) -> Result<Self> {
-        let bin = bin_dir();
         for component in ["etcd", "kube-apiserver", "kube-controller-manager"] {
-            if !bin.join(component).exists() {
-                bail!(
-                    "{} is missing; run e2e/k8s/install-k8s.sh",
-                    bin.join(component).display()
-                );
-            }
+            k8s_binary(component)?;
         }
         let dir = tempfile::tempdir()?;
         let pki = make_pki(dir.path(), address)?;
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let server = format!("https://{}", std::net::SocketAddr::new(address, api_port));
+        let api = SocketAddr::new(address, free_port()?);
+        let server = format!("https://{api}");
         let kubeconfig = write(dir.path(), "kubeconfig", &kubeconfig_text(&server, &pki)?)?;
         let mut cp = Self {
+            children: Children::new(dir.path()),
             client: Client::try_from(Config::new("http://127.0.0.1:1".parse()?))?,
             dir,
-            children: Vec::new(),
             kubeconfig,
         };
-        let p = |p: &PathBuf| p.to_string_lossy().into_owned();
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let data = cp.dir.path().join("etcd");
-        cp.spawn(
+        let etcd = cp.start_etcd()?;
+        cp.start_apiserver(api, &etcd, &pki)?;
+        cp.client = cp.wait_for_api().await?;
+        cp.start_controller_manager(&pki)?;
+        Ok(cp)
+    }
+
+    fn start_etcd(&mut self) -> Result<EtcdUrls> {
+        let urls = EtcdUrls {
+            client: format!("http://127.0.0.1:{}", free_port()?),
+            peer: format!("http://127.0.0.1:{}", free_port()?),
+        };
+        let data = self.dir.path().join("etcd");
+        self.spawn(
             "etcd",
-            &bin.join("etcd"),
+            &k8s_binary("etcd")?,
             &[
                 "--name=e2e".into(),
                 format!("--data-dir={}", data.display()),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=e2e={peer_url}"),
+                format!("--listen-client-urls={}", urls.client),
+                format!("--advertise-client-urls={}", urls.client),
+                format!("--listen-peer-urls={}", urls.peer),
+                format!("--initial-advertise-peer-urls={}", urls.peer),
+                format!("--initial-cluster=e2e={}", urls.peer),
                 "--unsafe-no-fsync".into(),
                 "--log-level=warn".into(),
             ],
         )?;
-        cp.spawn(
+        Ok(urls)
+    }
+
+    fn start_apiserver(&mut self, api: SocketAddr, etcd: &EtcdUrls, pki: &Pki) -> Result<()> {
+        let address = api.ip();
+        self.spawn(
             "kube-apiserver",
-            &bin.join("kube-apiserver"),
+            &k8s_binary("kube-apiserver")?,
             &[
-                format!("--etcd-servers={etcd_url}"),
+                format!("--etcd-servers={}", etcd.client),
                 format!("--bind-address={address}"),
                 format!("--advertise-address={address}"),
-                format!("--secure-port={api_port}"),
-                format!("--tls-cert-file={}", p(&pki.serving.0)),
-                format!("--tls-private-key-file={}", p(&pki.serving.1)),
-                format!("--client-ca-file={}", p(&pki.ca)),
+                format!("--secure-port={}", api.port()),
+                format!("--tls-cert-file={}", path(&pki.serving.0)),
+                format!("--tls-private-key-file={}", path(&pki.serving.1)),
+                format!("--client-ca-file={}", path(&pki.ca)),
                 "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", p(&pki.sa.0)),
-                format!("--service-account-signing-key-file={}", p(&pki.sa.1)),
+                format!("--service-account-key-file={}", path(&pki.sa.0)),
+                format!("--service-account-signing-key-file={}", path(&pki.sa.1)),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
                 "--authorization-mode=Node,RBAC".into(),
                 "--allow-privileged=true".into(),
             ],
-        )?;
-        cp.client = cp.wait_for_api().await?;
-        let kubeconfig = p(&cp.kubeconfig);
-        cp.spawn(
+        )
+    }
+
+    fn start_controller_manager(&mut self, pki: &Pki) -> Result<()> {
+        let kubeconfig = path(&self.kubeconfig);
+        self.spawn(
             "kube-controller-manager",
-            &bin.join("kube-controller-manager"),
+            &k8s_binary("kube-controller-manager")?,
             &[
                 format!("--kubeconfig={kubeconfig}"),
                 "--leader-elect=false".into(),
                 "--controllers=*".into(),
                 "--secure-port=0".into(),
-                format!("--service-account-private-key-file={}", p(&pki.sa.1)),
-                format!("--root-ca-file={}", p(&pki.ca)),
+                format!("--service-account-private-key-file={}", path(&pki.sa.1)),
+                format!("--root-ca-file={}", path(&pki.ca)),
             ],
-        )?;
-        Ok(cp)
+        )
     }
 
-    async fn wait_for_api(&mut self) -> Result<Client> {
-        let start = Instant::now();
-        let bound = Duration::from_secs(90);
-        loop {
-            if let Ok(client) = self.try_client().await {
-                let namespaces: Api<Namespace> = Api::all(client.clone());
-                if namespaces.get("default").await.is_ok() {
-                    return Ok(client);
-                }
-            }
-            if start.elapsed() > bound || !self.all_running() {
-                self.print_logs();
-                bail!("the API server did not come up within {bound:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+    /// A client once the API server lists the default namespace; stops early if a component
+    /// exits, and prints the logs on failure.
+    async fn wait_for_api(&self) -> Result<Client> {
+        let answered = eventually("the API server answers", Duration::from_secs(90))
+            .every(Duration::from_millis(250))
+            .until(|| async {
+                self.children.ensure_running()?;
+                let client = self.try_client().await?;
+                Api::<Namespace>::all(client.clone()).get("default").await?;
+                Ok(Some(client))
+            })
+            .await;
+        if answered.is_err() {
+            self.print_logs();
         }
+        Ok(answered?.0)
     }
 
     async fn try_client(&self) -> Result<Client> {
@@ -258,53 +271,25 @@ impl ControlPlane {
     /// Starts a long-running component, its output going to `<name>.log` in the log directory.
     /// It is killed when the control plane is dropped, or when the test process dies.
     pub fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> Result<()> {
-        let log = File::create(self.log_dir().join(format!("{name}.log")))?;
         let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        // If the test process dies without running Drop, the components die with it.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        self.children.push((name.to_owned(), child));
+        command.args(args);
+        self.children.spawn(name, command)?;
         Ok(())
     }
 
     /// Stops one component started with [`ControlPlane::spawn`] (SIGTERM, then SIGKILL).
     pub fn stop(&mut self, name: &str) {
-        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.children.remove(i);
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let start = Instant::now();
-            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.children.stop(name);
     }
 
     /// Whether every component is still running.
-    pub fn all_running(&mut self) -> bool {
-        self.children
-            .iter_mut()
-            .all(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    pub fn all_running(&self) -> bool {
+        self.children.all_running()
+    }
+
+    /// The components, to ask whether they still run (e.g. in a check for `eventually`).
+    pub fn children(&self) -> &Children {
+        &self.children
     }
 
     pub fn client(&self) -> Client {
@@ -328,24 +313,14 @@ impl ControlPlane {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("----- {} (last {} lines)", path.display(), tail.len());
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
+                print_tail(&path, 30);
             }
         }
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
 }
 
 /// Runs `body` in a fresh namespace and deletes the namespace afterwards, pass or fail.

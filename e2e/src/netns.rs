@@ -5,16 +5,18 @@
 //! Addresses are documentation ranges and never leave the namespaces: the internet is
 //! 198.51.100.0/24, each NAT's LAN a /28 of 203.0.113.0/24 (tunnels use 192.0.2.0/24).
 //!
-//! Nothing here knows about the relay: anything reachable at an address on the internet segment
-//! (a relay host, a Kubernetes node plugged in with [`Lab::attach`]) can be the peers' endpoint.
+//! Nothing here knows about the relay or WireGuard: anything reachable at an address on the
+//! internet segment (a relay host, a Kubernetes node plugged in with [`Lab::attach`]) can be the
+//! peers' endpoint. Processes started in a namespace with [`Lab::spawn`] are the lab's and die
+//! with it; the peers and the relay ([`crate::wg`]) are such processes.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
+use wpex_testkit::Children;
 
 /// Starts every name a lab creates (namespaces, interfaces, UAPI sockets).
 const TAG: &str = "wx";
@@ -42,7 +44,7 @@ pub struct Lab {
     pub prefix: String,
     inet: String,
     namespaces: Vec<String>,
-    children: Vec<(String, Child)>,
+    children: Children,
     dir: Option<tempfile::TempDir>,
     hosts: u8,
     nats: u8,
@@ -65,6 +67,13 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command inside namespace `ns`, failing with its stderr.
+pub fn exec(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    run("ip", &full)
 }
 
 fn base36(mut n: u32) -> String {
@@ -158,12 +167,13 @@ impl Lab {
         );
         remove_stale(&prefix);
         let inet = format!("{prefix}-inet");
+        let dir = tempfile::tempdir()?;
         let mut lab = Self {
             prefix,
             inet: inet.clone(),
             namespaces: Vec::new(),
-            children: Vec::new(),
-            dir: Some(tempfile::tempdir()?),
+            children: Children::new(dir.path()),
+            dir: Some(dir),
             hosts: 0,
             nats: 0,
             passed: false,
@@ -201,9 +211,7 @@ impl Lab {
 
     /// Runs a command inside a namespace.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", ns];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        exec(ns, args)
     }
 
     /// A veth pair with `a` in namespace `ns_a` and `b` in `ns_b`, both with MTU 1500.
@@ -430,52 +438,40 @@ impl Lab {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<()> {
-        let log = File::create(self.log_path(name))?;
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", ns])
             .arg(program)
             .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("starting {} in {ns}", program.display()))?;
-        self.children.push((name.to_owned(), child));
+            .envs(env.iter().copied());
+        self.children
+            .spawn(name, command)
+            .with_context(|| format!("in {ns}"))?;
         Ok(())
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
-        self.dir().join(format!("{name}.log"))
+        self.children.log_path(name)
+    }
+
+    /// The processes started with [`Lab::spawn`], to ask whether one still runs.
+    pub fn children(&self) -> &Children {
+        &self.children
     }
 
     /// Whether a process started with [`Lab::spawn`] is still running.
-    pub fn is_running(&mut self, name: &str) -> bool {
-        self.children
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    pub fn is_running(&self, name: &str) -> bool {
+        self.children.is_running(name)
     }
 
     /// The PID of a process started with [`Lab::spawn`] (`ip netns exec` execs in place).
     pub fn pid(&self, name: &str) -> Option<u32> {
-        self.children
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.id())
+        self.children.pid(name)
     }
 
     /// Prints every process log and the failure diagnostics to stderr.
     pub fn dump_logs(&self) {
-        for (name, _) in &self.children {
-            let path = self.log_path(name);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("----- {} (last {} lines)", path.display(), tail.len());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        self.children.print_logs(60);
         for f in &self.on_failure {
             eprintln!("{}", f(self));
         }
@@ -491,10 +487,7 @@ impl Drop for Lab {
                 eprintln!("===== lab files kept in {}", dir.keep().display());
             }
         }
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.children.kill_all();
         for ns in self.namespaces.iter().rev() {
             kill_all_in(ns);
             let _ = run("ip", &["netns", "del", ns]);

@@ -6,7 +6,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::control_plane::bin_dir;
+use wpex_testkit::binary;
+
+use crate::control_plane::k8s_binary;
 
 const HELM_INSTALLER: &str = include_str!("../install-helm.sh");
 
@@ -20,17 +22,22 @@ pub fn pinned_in(script: &'static str, variable: &str) -> &'static str {
 }
 
 /// helm, pinned in `e2e/install-helm.sh`; `WPEX_HELM` overrides.
-pub fn helm() -> PathBuf {
+pub fn helm() -> Result<PathBuf> {
     let version = pinned_in(HELM_INSTALLER, "HELM_VERSION");
-    std::env::var_os("WPEX_HELM").map_or_else(
-        || PathBuf::from(format!("/var/cache/wpex/helm-{version}/bin/helm")),
-        PathBuf::from,
+    binary(
+        "WPEX_HELM",
+        format!("/var/cache/wpex/helm-{version}/bin/helm"),
+        "run e2e/install-helm.sh",
     )
 }
 
 /// kubectl of the pinned Kubernetes version; `WPEX_KUBECTL` overrides.
-pub fn kubectl() -> PathBuf {
-    std::env::var_os("WPEX_KUBECTL").map_or_else(|| bin_dir().join("kubectl"), PathBuf::from)
+pub fn kubectl() -> Result<PathBuf> {
+    // Without the override, kubectl is beside the other Kubernetes binaries (`WPEX_K8S_BIN`).
+    match std::env::var_os("WPEX_KUBECTL") {
+        Some(_) => binary("WPEX_KUBECTL", "", "run e2e/k8s/install-k8s.sh"),
+        None => k8s_binary("kubectl"),
+    }
 }
 
 /// The chart in this repository.

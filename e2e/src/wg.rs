@@ -1,58 +1,22 @@
-//! Real WireGuard peers (boringtun-cli and wireguard-go, configured with `wg`) and the relay
-//! binary, inside a [`Lab`].
+//! Real WireGuard peers (boringtun-cli and wireguard-go, configured with `wg`) on the hosts of a
+//! [`Lab`]. A [`Peer`] is a handle on one interface: everything done with it (configure, ping,
+//! read its handshakes) runs in its namespace and needs no lab; only starting one does, since
+//! its process is one of the lab's.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use wpex_testkit::{abort, binary, eventually};
 
-use crate::netns::{Host, Lab, UAPI_DIR, run};
+use crate::netns::{Host, Lab, UAPI_DIR, exec, run};
 
 /// The installer pins the versions; the paths it installs to are read from it, so they agree.
 const INSTALLER: &str = include_str!("../install-deps.sh");
 
 fn pinned(variable: &str) -> &'static str {
     crate::tools::pinned_in(INSTALLER, variable)
-}
-
-fn tool(env: &str, default: String) -> Result<PathBuf> {
-    let path = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);
-    if !path.exists() {
-        bail!(
-            "{} not found; run e2e/install-deps.sh or set {env}",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// The relay binary under test.
-pub fn relay_bin() -> Result<PathBuf> {
-    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/wpex");
-    let path = std::env::var_os("WPEX_BIN").map_or_else(|| PathBuf::from(default), PathBuf::from);
-    if !path.exists() {
-        bail!(
-            "{} not found; build it with cargo build -p wpex",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A release build of the relay, for tests that measure its CPU: `WPEX_RELEASE_BIN`, which
-/// `e2e/test-all.sh` sets. A debug build's figures would mean nothing, so there is no fallback.
-pub fn release_relay_bin() -> Result<PathBuf> {
-    let path = std::env::var_os("WPEX_RELEASE_BIN")
-        .map(PathBuf::from)
-        .context(
-            "WPEX_RELEASE_BIN is not set: this test measures CPU and needs a release relay \
-         (cargo build --release -p wpex, then WPEX_RELEASE_BIN=$PWD/target/release/wpex)",
-        )?;
-    if !path.exists() {
-        bail!("WPEX_RELEASE_BIN={} does not exist", path.display());
-    }
-    Ok(path)
 }
 
 /// The userspace WireGuard implementations the tests use.
@@ -91,7 +55,7 @@ pub struct PeerStatus {
 /// Parses `wg show <if> dump`: an interface line, then one tab-separated line per peer:
 /// public-key, preshared-key, endpoint, allowed-ips, latest-handshake, rx, tx, keepalive.
 /// `now` is the current UNIX time in seconds. The dump has whole seconds only, so a boringtun
-/// handshake less than a second old reads as none; [`Lab::wg_show`] corrects that.
+/// handshake less than a second old reads as none; [`Peer::wg_show`] corrects that.
 pub fn parse_dump(dump: &str, now: u64) -> Result<Vec<PeerStatus>> {
     let none = |f: &str| (f != "(none)" && f != "off").then(|| f.to_owned());
     dump.lines()
@@ -132,8 +96,7 @@ pub fn parse_dump(dump: &str, now: u64) -> Result<Vec<PeerStatus>> {
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A `get=1` on an interface's UAPI socket (it lives on the shared file system, so no namespace
@@ -206,7 +169,7 @@ fn handshake_ages(reply: &str, now: u64) -> Result<Vec<(String, Option<Duration>
     Ok(out)
 }
 
-/// Options for [`Lab::ping`]: `count` echo requests `interval` apart, waiting up to `wait` for
+/// Options for [`Peer::ping`]: `count` echo requests `interval` apart, waiting up to `wait` for
 /// the last reply, optionally `size` bytes of payload with don't-fragment (`-M do`).
 #[derive(Debug, Clone, Copy)]
 pub struct Ping {
@@ -242,13 +205,13 @@ impl Ping {
 
 /// A fresh key pair from `wg genkey` / `wg pubkey`: (private, public).
 pub fn keypair() -> Result<(String, String)> {
+    use std::io::Write;
     let private = run("wg", &["genkey"])?.trim().to_owned();
     let mut child = std::process::Command::new("wg")
         .arg("pubkey")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    use std::io::Write;
     child
         .stdin
         .take()
@@ -264,82 +227,52 @@ pub fn keypair() -> Result<(String, String)> {
     ))
 }
 
-impl Lab {
-    /// Starts a WireGuard interface on `host` with tunnel address 192.0.2.`last`/24.
-    pub fn wireguard(&mut self, host: &Host, kind: PeerKind, last: u8, mtu: u16) -> Result<Peer> {
-        let iface = format!("{}w{last}", self.prefix);
+impl Peer {
+    /// Starts a WireGuard interface of `kind` on `host` with tunnel address 192.0.2.`last`/24;
+    /// its process is one of `lab`'s.
+    pub fn start(lab: &mut Lab, host: &Host, kind: PeerKind, last: u8, mtu: u16) -> Result<Self> {
+        let iface = format!("{}w{last}", lab.prefix);
         let (private, public_key) = keypair()?;
-        let key_file = self.dir().join(format!("{iface}.key"));
+        let key_file = lab.dir().join(format!("{iface}.key"));
         std::fs::write(&key_file, &private)?;
         let started = Instant::now();
-        match kind {
-            PeerKind::BoringTun => {
-                let version = pinned("BORINGTUN_VERSION");
-                let default = format!("/var/cache/wpex/boringtun-cli-{version}/bin/boringtun-cli");
-                let bin = tool("WPEX_BORINGTUN", default)?;
-                // Connected sockets map one remote IP to one peer; behind a relay every peer has
-                // the relay's address, so boringtun must demultiplex by index instead.
-                let args = [
-                    "--foreground",
-                    "--disable-drop-privileges",
-                    "--disable-connected-udp",
-                    &iface,
-                ];
-                self.spawn(&host.ns, &iface, &bin, &args)?;
-            }
-            PeerKind::WireGuardGo => {
-                let version = pinned("WIREGUARD_GO_VERSION");
-                let default = format!("/var/cache/wpex/wireguard-go-{version}/bin/wireguard");
-                let bin = tool("WPEX_WIREGUARD_GO", default)?;
-                self.spawn(&host.ns, &iface, &bin, &["-f", &iface])?;
-            }
-        }
-        let socket = PathBuf::from(format!("{UAPI_DIR}/{iface}.sock"));
-        let start = Instant::now();
-        while !socket.exists() {
-            if start.elapsed() > Duration::from_secs(10) || !self.is_running(&iface) {
-                bail!("{iface} ({kind:?}) did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let key = key_file.to_string_lossy().into_owned();
-        self.exec(&host.ns, &["wg", "set", &iface, "private-key", &key])?;
-        let tunnel_ip = Ipv4Addr::new(192, 0, 2, last);
-        self.exec(
-            &host.ns,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{tunnel_ip}/24"),
-                "dev",
-                &iface,
-            ],
-        )?;
-        self.exec(
-            &host.ns,
-            &["ip", "link", "set", &iface, "mtu", &mtu.to_string(), "up"],
-        )?;
-        Ok(Peer {
+        spawn_interface(lab, &host.ns, kind, &iface)?;
+        wait_for_uapi(lab, kind, &iface)?;
+        let peer = Self {
             host: host.clone(),
             iface,
-            tunnel_ip,
+            tunnel_ip: Ipv4Addr::new(192, 0, 2, last),
             public_key,
             kind,
             started,
-        })
+        };
+        peer.configure(&key_file.to_string_lossy(), mtu)?;
+        Ok(peer)
     }
 
-    /// Configures `peer` to reach `other` through `endpoint`, with PersistentKeepalive = 25.
-    pub fn connect(&self, peer: &Peer, other: &Peer, endpoint: SocketAddrV4) -> Result<()> {
+    /// Gives the interface its private key and tunnel address, and sets it up.
+    fn configure(&self, key_file: &str, mtu: u16) -> Result<()> {
+        let (ns, iface) = (&self.host.ns, self.iface.as_str());
+        exec(ns, &["wg", "set", iface, "private-key", key_file])?;
+        let address = format!("{}/24", self.tunnel_ip);
+        exec(ns, &["ip", "addr", "add", &address, "dev", iface])?;
+        exec(
+            ns,
+            &["ip", "link", "set", iface, "mtu", &mtu.to_string(), "up"],
+        )?;
+        Ok(())
+    }
+
+    /// Configures this peer to reach `other` through `endpoint`, with PersistentKeepalive = 25.
+    pub fn connect(&self, other: &Peer, endpoint: SocketAddrV4) -> Result<()> {
         let allowed = format!("{}/32", other.tunnel_ip);
         let endpoint = endpoint.to_string();
-        self.exec(
-            &peer.host.ns,
+        exec(
+            &self.host.ns,
             &[
                 "wg",
                 "set",
-                &peer.iface,
+                &self.iface,
                 "peer",
                 &other.public_key,
                 "endpoint",
@@ -353,15 +286,15 @@ impl Lab {
         Ok(())
     }
 
-    /// Pings `to` from `from`'s tunnel interface; returns how many replies came back.
-    pub fn ping(&self, from: &Peer, to: Ipv4Addr, opts: Ping) -> Result<u32> {
+    /// Pings `to` from this peer's tunnel interface; returns how many replies came back.
+    pub fn ping(&self, to: Ipv4Addr, opts: Ping) -> Result<u32> {
         // Bounded without -w: count probes, then at most `wait` for the last reply.
         let (count, interval, wait) = (
             opts.count.max(1).to_string(),
             format!("{:.3}", opts.interval.as_secs_f64()),
             opts.wait.as_secs().max(1).to_string(),
         );
-        let mut args = vec!["netns", "exec", &from.host.ns, "ping", "-n", "-q"];
+        let mut args = vec!["netns", "exec", &self.host.ns, "ping", "-n", "-q"];
         args.extend([
             "-c",
             &count,
@@ -370,7 +303,7 @@ impl Lab {
             "-W",
             &wait,
             "-I",
-            &from.iface,
+            &self.iface,
         ]);
         if opts.dont_fragment {
             args.extend(["-M", "do"]);
@@ -399,38 +332,19 @@ impl Lab {
             })
     }
 
-    /// One ping from `from` to `to` across the tunnel. `size` with don't-fragment when given.
-    pub fn ping_once(&self, from: &Peer, to: Ipv4Addr, size: Option<u16>) -> bool {
+    /// One ping to `to` across the tunnel. `size` with don't-fragment when given.
+    pub fn ping_once(&self, to: Ipv4Addr, size: Option<u16>) -> bool {
         let opts = size.map_or_else(Ping::default, Ping::unfragmented);
-        matches!(self.ping(from, to, opts), Ok(n) if n > 0)
+        matches!(self.ping(to, opts), Ok(n) if n > 0)
     }
 
-    /// Pings both ways at once until both succeed (each side must send to register with the
-    /// relay). Returns how long it took; fails after `bound`.
-    pub fn wait_for_ping(&self, a: &Peer, b: &Peer, bound: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            let (ab, ba) = std::thread::scope(|s| {
-                let ab = s.spawn(|| self.ping_once(a, b.tunnel_ip, None));
-                let ba = s.spawn(|| self.ping_once(b, a.tunnel_ip, None));
-                (ab.join().unwrap_or(false), ba.join().unwrap_or(false))
-            });
-            if ab && ba {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > bound {
-                bail!("{} <-> {} did not ping within {bound:?}", a.iface, b.iface);
-            }
-        }
-    }
-
-    /// `wg show <if> dump` of `peer`'s interface, one entry per configured peer, with the
+    /// `wg show <if> dump` of this peer's interface, one entry per configured peer, with the
     /// handshake ages taken from the UAPI socket: `wg` prints whole seconds, so boringtun's age
     /// of 0 s (a handshake less than a second ago) would read as "never".
-    pub fn wg_show(&self, peer: &Peer) -> Result<Vec<PeerStatus>> {
-        let dump = self.exec(&peer.host.ns, &["wg", "show", &peer.iface, "dump"])?;
+    pub fn wg_show(&self) -> Result<Vec<PeerStatus>> {
+        let dump = exec(&self.host.ns, &["wg", "show", &self.iface, "dump"])?;
         let mut peers = parse_dump(&dump, unix_now())?;
-        let ages = handshake_ages(&uapi_get(&peer.iface)?, unix_now())?;
+        let ages = handshake_ages(&uapi_get(&self.iface)?, unix_now())?;
         for p in &mut peers {
             p.handshake_age = ages
                 .iter()
@@ -440,69 +354,74 @@ impl Lab {
         Ok(peers)
     }
 
-    /// Time since `peer`'s last handshake with `other`, if it ever had one.
-    pub fn handshake_age(&self, peer: &Peer, other: &Peer) -> Result<Option<Duration>> {
-        self.wg_show(peer)?
+    /// Time since this peer's last handshake with `other`, if it ever had one.
+    pub fn handshake_age(&self, other: &Peer) -> Result<Option<Duration>> {
+        self.wg_show()?
             .into_iter()
             .find(|p| p.public_key == other.public_key)
             .map(|p| p.handshake_age)
-            .with_context(|| format!("{} has no peer {}", peer.iface, other.public_key))
-    }
-
-    /// Runs the relay on `host`, port 40000, metrics on 127.0.0.1:9090 inside its namespace,
-    /// and waits until it is ready.
-    pub fn relay(&mut self, host: &Host, args: &[&str]) -> Result<SocketAddrV4> {
-        self.relay_with(&relay_bin()?, host, args)
-    }
-
-    /// [`Lab::relay`] with the relay binary `bin`.
-    pub fn relay_with(
-        &mut self,
-        bin: &std::path::Path,
-        host: &Host,
-        args: &[&str],
-    ) -> Result<SocketAddrV4> {
-        let mut all = vec!["--port", "40000", "--metrics-addr", "127.0.0.1:9090"];
-        all.extend_from_slice(args);
-        self.spawn(&host.ns, "relay", bin, &all)?;
-        let relay = host.clone();
-        self.on_failure(move |lab| match lab.relay_metrics(&relay) {
-            Ok(m) => {
-                let lines: Vec<&str> = m
-                    .lines()
-                    .filter(|l| l.starts_with("wpex_") && !l.ends_with(" 0"))
-                    .collect();
-                format!("----- relay metrics (non-zero)\n{}", lines.join("\n"))
-            }
-            Err(e) => format!("----- relay metrics unavailable: {e:#}"),
-        });
-        let start = Instant::now();
-        while self.metrics_path(host, "/readyz").is_err() {
-            if start.elapsed() > Duration::from_secs(10) || !self.is_running("relay") {
-                bail!("the relay did not become ready");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(SocketAddrV4::new(host.ip, 40000))
-    }
-
-    fn metrics_path(&self, relay: &Host, path: &str) -> Result<String> {
-        let url = format!("http://127.0.0.1:9090{path}");
-        self.exec(&relay.ns, &["curl", "-sSf", "--max-time", "2", &url])
-    }
-
-    /// The relay's /metrics text.
-    pub fn relay_metrics(&self, relay: &Host) -> Result<String> {
-        self.metrics_path(relay, "/metrics")
+            .with_context(|| format!("{} has no peer {}", self.iface, other.public_key))
     }
 }
 
-/// The value of one series in a Prometheus exposition, e.g. `wpex_sessions`.
-pub fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+/// Starts the userspace implementation `kind` for interface `iface` in namespace `ns`.
+fn spawn_interface(lab: &mut Lab, ns: &str, kind: PeerKind, iface: &str) -> Result<()> {
+    match kind {
+        PeerKind::BoringTun => {
+            let version = pinned("BORINGTUN_VERSION");
+            let default = format!("/var/cache/wpex/boringtun-cli-{version}/bin/boringtun-cli");
+            let bin = binary("WPEX_BORINGTUN", default, "run e2e/install-deps.sh")?;
+            // Connected sockets map one remote IP to one peer; behind a relay every peer has
+            // the relay's address, so boringtun must demultiplex by index instead.
+            let args = [
+                "--foreground",
+                "--disable-drop-privileges",
+                "--disable-connected-udp",
+                iface,
+            ];
+            lab.spawn(ns, iface, &bin, &args)
+        }
+        PeerKind::WireGuardGo => {
+            let version = pinned("WIREGUARD_GO_VERSION");
+            let default = format!("/var/cache/wpex/wireguard-go-{version}/bin/wireguard");
+            let bin = binary("WPEX_WIREGUARD_GO", default, "run e2e/install-deps.sh")?;
+            lab.spawn(ns, iface, &bin, &["-f", iface])
+        }
+    }
+}
+
+/// Waits until `iface`'s process has made its UAPI socket (the interface exists then).
+fn wait_for_uapi(lab: &Lab, kind: PeerKind, iface: &str) -> Result<()> {
+    let socket = PathBuf::from(format!("{UAPI_DIR}/{iface}.sock"));
+    eventually(
+        format!("{iface} ({kind:?}) comes up"),
+        Duration::from_secs(10),
+    )
+    .until_blocking(|| {
+        if !lab.is_running(iface) {
+            return Err(abort(format!("{iface} exited")));
+        }
+        Ok(socket.exists().then_some(()))
+    })?;
+    Ok(())
+}
+
+/// Pings both ways at once until both succeed (each side must send to register with the
+/// relay). Returns how long it took; fails after `bound`.
+pub fn wait_for_ping(a: &Peer, b: &Peer, bound: Duration) -> Result<Duration> {
+    let what = format!("{} <-> {} ping", a.iface, b.iface);
+    // Back to back: each try takes up to a second, and the time it took is reported.
+    let ((), took) = eventually(what, bound)
+        .every(Duration::ZERO)
+        .until_blocking(|| {
+            let (ab, ba) = std::thread::scope(|s| {
+                let ab = s.spawn(|| a.ping_once(b.tunnel_ip, None));
+                let ba = s.spawn(|| b.ping_once(a.tunnel_ip, None));
+                (ab.join().unwrap_or(false), ba.join().unwrap_or(false))
+            });
+            Ok((ab && ba).then_some(()))
+        })?;
+    Ok(took)
 }
 
 #[cfg(test)]

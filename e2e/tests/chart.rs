@@ -19,7 +19,7 @@ use wpex_operator::crd::{WireGuardPeerKey, WireGuardRelay};
 
 /// Runs helm, against `kubeconfig`'s cluster if given; returns (success, stdout + stderr).
 fn run_helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<(bool, String)> {
-    run_tool(&helm(), args, kubeconfig).context("install helm with e2e/install-helm.sh")
+    run_tool(&helm()?, args, kubeconfig).context("install helm with e2e/install-helm.sh")
 }
 
 /// The shell commands of the NOTES that `helm install` printed: each `kubectl` line, with its
@@ -806,11 +806,13 @@ async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
     let commands = notes_commands(&out);
     ensure!(commands.len() == 4, "4 commands in NOTES:\n{out}");
     let (_, key) = wpex_e2e::wg::keypair()?;
+    let kubectl = wpex_e2e::tools::kubectl()?;
+    let kubectl_dir = kubectl.parent().context("kubectl's directory")?;
     for command in commands {
         let command = command.replace("<base64 public key>", &key);
         let path = format!(
             "{}:{}",
-            wpex_e2e::control_plane::bin_dir().display(),
+            kubectl_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let out = std::process::Command::new("bash")

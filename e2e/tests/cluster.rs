@@ -23,8 +23,9 @@ use wpex_e2e::cluster::Cluster;
 use wpex_e2e::control_plane::with_temp_ns;
 use wpex_e2e::netns::Lab;
 use wpex_e2e::tools::{chart, helm, kubectl, run_tool};
-use wpex_e2e::wg::{Peer, PeerKind, sample};
+use wpex_e2e::wg::{Peer, PeerKind, wait_for_ping};
 use wpex_operator::crd::{WireGuardPeerKey, WireGuardRelay};
+use wpex_testkit::{eventually, sample};
 
 /// This machine on the peers' internet: 198.51.100.10.
 const NODE_LAST: u8 = 10;
@@ -36,6 +37,8 @@ const RELAY_SELECTOR: &str = "app.kubernetes.io/name=wpex-relay,app.kubernetes.i
 /// Tunnel MTU: 1500 minus WireGuard's 60 bytes over IPv4 (the relay adds nothing).
 const MTU: u16 = 1440;
 
+/// How often a wait on the cluster looks again.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// The relay's scrape period plus a handshake's round trip, with room for a loaded machine.
 const HANDSHAKE_STATUS_BOUND: Duration = Duration::from_secs(30);
 const GHOST_ADDRESS: &str = "203.0.113.77";
@@ -90,24 +93,6 @@ impl Drop for GhostNode {
     }
 }
 
-/// Polls `check` until it returns `Some`, or fails after `bound`.
-async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> Result<(T, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await? {
-            return Ok((value, start.elapsed()));
-        }
-        if start.elapsed() > bound {
-            bail!("{what}: not within {bound:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 struct Suite<'a> {
     cluster: &'a Cluster,
     client: Client,
@@ -130,7 +115,7 @@ impl Suite<'_> {
     fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["--namespace", &self.ns];
         all.extend_from_slice(args);
-        let (ok, out) = run_tool(&kubectl(), &all, self.kubeconfig())?;
+        let (ok, out) = run_tool(&kubectl()?, &all, self.kubeconfig())?;
         ensure!(ok, "kubectl {}: {out}", all.join(" "));
         Ok(out)
     }
@@ -138,7 +123,7 @@ impl Suite<'_> {
     fn helm(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["--namespace", &self.ns];
         all.extend_from_slice(args);
-        let (ok, out) = run_tool(&helm(), &all, self.kubeconfig())?;
+        let (ok, out) = run_tool(&helm()?, &all, self.kubeconfig())?;
         ensure!(ok, "helm {}: {out}", all.join(" "));
         Ok(out)
     }
@@ -204,16 +189,15 @@ impl Suite<'_> {
     /// the relay. Issue 9's bound, with kubelet's default sync period of a minute.
     async fn wait_for_keys(&self, n: u32) -> Result<Duration> {
         const KEY_CHANGE_BOUND: Duration = Duration::from_secs(5);
-        let start = Instant::now();
-        loop {
-            if self.metric("wpex_allowed_keys").await? == f64::from(n) {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > KEY_CHANGE_BOUND {
-                bail!("the relay does not allow {n} keys within {KEY_CHANGE_BOUND:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("the relay allows {n} keys");
+        let ((), took) = eventually(what, KEY_CHANGE_BOUND)
+            .every(Duration::from_millis(100))
+            .until(|| async {
+                let allowed = self.metric("wpex_allowed_keys").await?;
+                Ok((allowed == f64::from(n)).then_some(()))
+            })
+            .await?;
+        Ok(took)
     }
 
     /// What a person debugging a failure looks at first.
@@ -234,7 +218,7 @@ impl Suite<'_> {
         ] {
             let mut all = vec!["--namespace", &self.ns];
             all.extend_from_slice(&args);
-            match run_tool(&kubectl(), &all, self.kubeconfig()) {
+            match kubectl().and_then(|k| run_tool(&k, &all, self.kubeconfig())) {
                 Ok((_, out)) => eprintln!("----- kubectl {}\n{out}", all.join(" ")),
                 Err(e) => eprintln!("----- kubectl {}: {e:#}", all.join(" ")),
             }
@@ -284,24 +268,62 @@ spec:
 }
 
 /// Pings `from` -> `to` until it fails three times in a row; fails if that takes over `bound`.
-fn wait_until_cut(lab: &Lab, from: &Peer, to: &Peer, bound: Duration) -> Result<Duration> {
-    let start = Instant::now();
+fn wait_until_cut(from: &Peer, to: &Peer, bound: Duration) -> Result<Duration> {
+    let what = format!("{} cut off from {}", from.iface, to.iface);
     let mut failures = 0;
-    while failures < 3 {
-        failures = if lab.ping_once(from, to.tunnel_ip, None) {
-            0
-        } else {
-            failures + 1
-        };
-        if start.elapsed() > bound {
-            bail!("{} still reaches {} after {bound:?}", from.iface, to.iface);
-        }
+    // Back to back: each ping takes up to a second, and the time it took is reported.
+    let ((), took) = eventually(what, bound)
+        .every(Duration::ZERO)
+        .until_blocking(|| {
+            failures = if from.ping_once(to.tunnel_ip, None) {
+                0
+            } else {
+                failures + 1
+            };
+            Ok((failures >= 3).then_some(()))
+        })?;
+    Ok(took)
+}
+
+/// The three peers outside the cluster, each behind its own NAT. A and B get keys at once, C
+/// only later.
+struct Peers {
+    a: Peer,
+    b: Peer,
+    c: Peer,
+}
+
+impl Peers {
+    fn start(lab: &mut Lab) -> Result<Self> {
+        let a = lab.natted_host("a")?;
+        let b = lab.natted_host("b")?;
+        let c = lab.natted_host("c")?;
+        Ok(Self {
+            a: Peer::start(lab, &a, PeerKind::BoringTun, 1, MTU)?,
+            b: Peer::start(lab, &b, PeerKind::WireGuardGo, 2, MTU)?,
+            c: Peer::start(lab, &c, PeerKind::BoringTun, 3, MTU)?,
+        })
     }
-    Ok(start.elapsed())
 }
 
 async fn scenario(suite: &Suite<'_>, lab: &mut Lab, node: std::net::Ipv4Addr) -> Result<()> {
-    // 1. helm install; the operator becomes ready.
+    install(suite).await?;
+    helm_test(suite)?;
+    let peers = Peers::start(lab)?;
+    let relay_uid = relay_ready(suite, &peers, node).await?;
+    peers_ping(suite, &peers, SocketAddrV4::new(node, NODE_PORT)).await?;
+    handshakes_in_status(suite).await?;
+    peer_without_key_blocked(suite, &peers).await?;
+    operator_upgrade(suite).await?;
+    key_added(suite, &peers, relay_uid).await?;
+    key_deleted(suite, &peers).await?;
+    relay_image_upgrade(suite, &peers).await?;
+    relay_deleted(suite).await?;
+    uninstall(suite).await
+}
+
+/// Step 1: helm install; the operator becomes ready.
+async fn install(suite: &Suite<'_>) -> Result<()> {
     let chart = chart();
     let started = Instant::now();
     suite.helm(&[
@@ -321,6 +343,11 @@ async fn scenario(suite: &Suite<'_>, lab: &mut Lab, node: std::net::Ipv4Addr) ->
         "1. helm install: operator ready in {:.1?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// Step 1b: helm test: the chart's test pod reaches the operator's /readyz.
+fn helm_test(suite: &Suite<'_>) -> Result<()> {
     let tested = Instant::now();
     let out = suite.helm(&["test", RELEASE, "--timeout=2m"])?;
     ensure!(out.contains("Succeeded"), "helm test: {out}");
@@ -328,17 +355,18 @@ async fn scenario(suite: &Suite<'_>, lab: &mut Lab, node: std::net::Ipv4Addr) ->
         "1b. helm test: the operator answers /readyz ({:.1?})",
         tested.elapsed()
     );
+    Ok(())
+}
 
-    // 2. A NodePort relay and the keys of peers A and B; `kubectl get wgr` shows the endpoint.
-    // A second Node object, with no kubelet and a name that sorts first, must not be taken for
-    // the relay pod's node.
+/// Step 2: A NodePort relay and the keys of peers A and B; `kubectl get wgr` shows the endpoint.
+/// A second Node object, with no kubelet and a name that sorts first, must not be taken for
+/// the relay pod's node. Returns the relay pod's UID.
+async fn relay_ready(
+    suite: &Suite<'_>,
+    peers: &Peers,
+    node: std::net::Ipv4Addr,
+) -> Result<Option<String>> {
     let ghost = GhostNode::create(&suite.client, &format!("aaa-{}", suite.ns)).await?;
-    let a = lab.natted_host("a")?;
-    let b = lab.natted_host("b")?;
-    let c = lab.natted_host("c")?;
-    let pa = lab.wireguard(&a, PeerKind::BoringTun, 1, MTU)?;
-    let pb = lab.wireguard(&b, PeerKind::WireGuardGo, 2, MTU)?;
-    let pc = lab.wireguard(&c, PeerKind::BoringTun, 3, MTU)?;
     suite.apply(&format!(
         "apiVersion: wpex.io/v1alpha1
 kind: WireGuardRelay
@@ -351,23 +379,24 @@ spec:
 ---
 {}---
 {}",
-        peer_key("peer-a", &pa.public_key),
-        peer_key("peer-b", &pb.public_key),
+        peer_key("peer-a", &peers.a.public_key),
+        peer_key("peer-b", &peers.b.public_key),
     ))?;
     let relays: Api<WireGuardRelay> = suite.api();
     let (endpoint, took) = eventually(
         "the relay reports an endpoint and is Ready",
         Duration::from_secs(120),
-        || async {
-            let relay = relays.get(RELAY).await?;
-            let status = relay.status.unwrap_or_default();
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(status.endpoint.filter(|_| ready && status.keys == 2))
-        },
     )
+    .every(LOOK_EVERY)
+    .until(|| async {
+        let relay = relays.get(RELAY).await?;
+        let status = relay.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(status.endpoint.filter(|_| ready && status.keys == 2))
+    })
     .await?;
     let table = suite.kubectl(&["get", "wgr", RELAY])?;
     ensure!(table.contains(&endpoint), "kubectl get wgr:\n{table}");
@@ -389,41 +418,45 @@ spec:
     eprintln!(
         "2. relay Ready with endpoint {endpoint} (the relay pod's node, not the other of 2) in {took:.1?}:\n{table}"
     );
-    let relay_uid = suite.relay_pod().await?.metadata.uid;
+    Ok(suite.relay_pod().await?.metadata.uid)
+}
 
-    // 3. A and B ping each other through the relay pod.
-    let relay_addr = SocketAddrV4::new(node, NODE_PORT);
-    lab.connect(&pa, &pb, relay_addr)?;
-    lab.connect(&pb, &pa, relay_addr)?;
-    lab.connect(&pa, &pc, relay_addr)?;
-    lab.connect(&pc, &pa, relay_addr)?;
-    // Lab calls block (ping, wg); the runtime has a second worker for the kube client.
-    let took = lab.wait_for_ping(&pa, &pb, Duration::from_secs(60))?;
+/// Step 3: A and B ping each other through the relay pod.
+async fn peers_ping(suite: &Suite<'_>, peers: &Peers, relay: SocketAddrV4) -> Result<()> {
+    let Peers { a, b, c } = peers;
+    a.connect(b, relay)?;
+    b.connect(a, relay)?;
+    a.connect(c, relay)?;
+    c.connect(a, relay)?;
+    // Pings block; the runtime has a second worker for the kube client.
+    let took = wait_for_ping(a, b, Duration::from_secs(60))?;
     let forwarded = suite
         .metric(r#"wpex_forwarded_packets_total{type="transport_data"}"#)
         .await?;
     ensure!(forwarded > 0.0, "the relay pod forwarded the pings");
     eprintln!("3. A <-> B through the relay pod in {took:.1?} ({forwarded} data packets relayed)");
+    Ok(())
+}
 
-    // 3b. "Is my peer connected?": each key's last handshake reaches its status.
+/// Step 3b: "Is my peer connected?": each key's last handshake reaches its status.
+async fn handshakes_in_status(suite: &Suite<'_>) -> Result<()> {
     let keys: Api<WireGuardPeerKey> = suite.api();
+    let last_handshake = |name: &'static str| {
+        let keys = keys.clone();
+        async move {
+            Ok::<_, anyhow::Error>(keys.get(name).await?.status.and_then(|s| s.last_handshake))
+        }
+    };
     let (at, took) = eventually(
         "peer-a's status shows its last handshake",
         HANDSHAKE_STATUS_BOUND,
-        || async {
-            let a = keys
-                .get("peer-a")
-                .await?
-                .status
-                .and_then(|s| s.last_handshake);
-            let b = keys
-                .get("peer-b")
-                .await?
-                .status
-                .and_then(|s| s.last_handshake);
-            Ok(a.zip(b))
-        },
     )
+    .every(LOOK_EVERY)
+    .until(|| async {
+        let a = last_handshake("peer-a").await?;
+        let b = last_handshake("peer-b").await?;
+        Ok(a.zip(b))
+    })
     .await?;
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(at.0.0);
     ensure!(
@@ -439,14 +472,18 @@ spec:
         "kubectl get wgpk has a Handshake column:\n{table}"
     );
     eprintln!("3b. last handshakes in the keys' status {took:.1?} after the first ping:\n{table}");
+    Ok(())
+}
 
-    // 4. C has no WireGuardPeerKey: its handshakes are dropped and it never reaches A.
+/// Step 4: C has no WireGuardPeerKey: its handshakes are dropped and it never reaches A.
+async fn peer_without_key_blocked(suite: &Suite<'_>, peers: &Peers) -> Result<()> {
+    let Peers { a, c, .. } = peers;
     let dropped = r#"wpex_dropped_packets_total{reason="mac1_invalid"}"#;
     let before = suite.metric(dropped).await?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(12) {
         ensure!(
-            !lab.ping_once(&pc, pa.tunnel_ip, None),
+            !c.ping_once(a.tunnel_ip, None),
             "C got through without a key"
         );
     }
@@ -456,55 +493,68 @@ spec:
         "the relay dropped C's initiations as mac1_invalid"
     );
     ensure!(
-        lab.handshake_age(&pc, &pa)?.is_none(),
+        c.handshake_age(a)?.is_none(),
         "C never completed a handshake"
     );
     eprintln!("4. C blocked: {} initiations dropped", after - before);
+    Ok(())
+}
 
-    // 4b. helm upgrade rolls the operator and finishes under --wait; the new pod takes the Lease.
+/// Step 4b: helm upgrade rolls the operator and finishes under --wait; the new pod takes the Lease.
+async fn operator_upgrade(suite: &Suite<'_>) -> Result<()> {
     let started = Instant::now();
     suite.upgrade(&[])?;
     let rolled = started.elapsed();
     let (holder, took) = eventually(
         "the upgraded operator pod holds the Lease",
         Duration::from_secs(120),
-        || async {
-            let holder = suite
-                .api::<Lease>()
-                .get("wpex-operator")
-                .await?
-                .spec
-                .and_then(|s| s.holder_identity);
-            let pods = suite
-                .api::<Pod>()
-                .list(&ListParams::default().labels("app.kubernetes.io/name=wpex-operator"))
-                .await?;
-            let upgraded = pods.items.iter().any(|p| {
-                p.metadata.name == holder
-                    && p.metadata.deletion_timestamp.is_none()
-                    && p.spec.as_ref().is_some_and(|s| {
-                        s.containers.iter().any(|c| {
-                            c.resources
-                                .as_ref()
-                                .and_then(|r| r.limits.as_ref())
-                                .and_then(|l| l.get("memory"))
-                                .is_some_and(|m| m.0 == "192Mi")
-                        })
-                    })
-            });
-            Ok(holder.filter(|_| upgraded))
-        },
     )
+    .every(LOOK_EVERY)
+    .until(|| async {
+        let holder = suite
+            .api::<Lease>()
+            .get("wpex-operator")
+            .await?
+            .spec
+            .and_then(|s| s.holder_identity);
+        let pods = suite
+            .api::<Pod>()
+            .list(&ListParams::default().labels("app.kubernetes.io/name=wpex-operator"))
+            .await?;
+        let upgraded = pods
+            .items
+            .iter()
+            .any(|p| p.metadata.name == holder && is_upgraded_operator(p));
+        Ok(holder.filter(|_| upgraded))
+    })
     .await?;
     eprintln!(
         "4b. helm upgrade --wait: finished in {rolled:.1?}; the new operator pod {holder} led {took:.1?} later"
     );
+    Ok(())
+}
 
-    // 5. C's key: in the relay within seconds on a default kubelet, then C gets through after
-    // one cookie round; same relay pod.
-    suite.apply(&peer_key("peer-c", &pc.public_key))?;
+/// Whether `pod` is a live operator pod with the memory limit [`Suite::upgrade`] sets.
+fn is_upgraded_operator(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.spec.as_ref().is_some_and(|s| {
+            s.containers.iter().any(|c| {
+                c.resources
+                    .as_ref()
+                    .and_then(|r| r.limits.as_ref())
+                    .and_then(|l| l.get("memory"))
+                    .is_some_and(|m| m.0 == "192Mi")
+            })
+        })
+}
+
+/// Step 5: C's key: in the relay within seconds on a default kubelet, then C gets through after
+/// one cookie round; same relay pod.
+async fn key_added(suite: &Suite<'_>, peers: &Peers, relay_uid: Option<String>) -> Result<()> {
+    let Peers { a, c, .. } = peers;
+    suite.apply(&peer_key("peer-c", &c.public_key))?;
     let in_relay = suite.wait_for_keys(3).await?;
-    let took = lab.wait_for_ping(&pc, &pa, Duration::from_secs(120))?;
+    let took = wait_for_ping(c, a, Duration::from_secs(120))?;
     let pod = suite.relay_pod().await?;
     ensure!(
         pod.metadata.uid == relay_uid,
@@ -522,82 +572,98 @@ spec:
     eprintln!(
         "5. C's key applied: in the relay after {in_relay:.1?}, C <-> A in {took:.1?}, same relay pod, 0 restarts"
     );
+    Ok(())
+}
 
-    // 6. Delete C's key: C is cut off while A and B keep talking.
+/// Step 6: Delete C's key: C is cut off while A and B keep talking.
+async fn key_deleted(suite: &Suite<'_>, peers: &Peers) -> Result<()> {
+    let Peers { a, b, c } = peers;
+    let keys: Api<WireGuardPeerKey> = suite.api();
     keys.delete("peer-c", &DeleteParams::default()).await?;
     let out_of_relay = suite.wait_for_keys(2).await?;
-    let took = wait_until_cut(lab, &pc, &pa, Duration::from_secs(120))?;
-    lab.wait_for_ping(&pa, &pb, Duration::from_secs(10))?;
-    ensure!(!lab.ping_once(&pc, pa.tunnel_ip, None), "C stays cut off");
+    let took = wait_until_cut(c, a, Duration::from_secs(120))?;
+    wait_for_ping(a, b, Duration::from_secs(10))?;
+    ensure!(!c.ping_once(a.tunnel_ip, None), "C stays cut off");
     eprintln!(
         "6. C's key deleted: out of the relay after {out_of_relay:.1?}, C cut off within {took:.1?}; A <-> B still ping"
     );
+    Ok(())
+}
 
-    // 6b. helm upgrade with another relay image: the relay pod is replaced and the peers
-    // reconnect on their own.
+/// Step 6b: helm upgrade with another relay image: the relay pod is replaced and the peers
+/// reconnect on their own.
+async fn relay_image_upgrade(suite: &Suite<'_>, peers: &Peers) -> Result<()> {
     let old_uid = suite.relay_pod().await?.metadata.uid;
     let started = Instant::now();
     // build-images.sh tags each image with the version and with `dev`.
     suite.upgrade(&["relayImage.tag=dev"])?;
     let rolled = started.elapsed();
-    let (_, replaced) = eventually(
+    let ((), replaced) = eventually(
         "a relay pod with the new image is ready",
         Duration::from_secs(120),
-        || async {
-            let pod = match suite.relay_pod().await {
-                Ok(pod) => pod,
-                Err(_) => return Ok(None),
-            };
-            let image = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default();
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            Ok((pod.metadata.uid != old_uid && image.ends_with(":dev") && ready).then_some(()))
-        },
     )
+    .every(LOOK_EVERY)
+    .until(|| async {
+        let Ok(pod) = suite.relay_pod().await else {
+            return Ok(None);
+        };
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        Ok((pod.metadata.uid != old_uid && image.ends_with(":dev") && ready).then_some(()))
+    })
     .await?;
-    let reconnected = lab.wait_for_ping(&pa, &pb, Duration::from_secs(180))?;
+    let reconnected = wait_for_ping(&peers.a, &peers.b, Duration::from_secs(180))?;
     eprintln!(
         "6b. helm upgrade to relay image :dev: --wait finished in {rolled:.1?}, new relay pod ready {replaced:.1?} later, A <-> B pinging again {reconnected:.1?} after that ({:.1?} in all)",
         started.elapsed()
     );
+    Ok(())
+}
 
-    // 7. Delete the relay: everything it owned goes with it.
+/// Step 7: Delete the relay: everything it owned goes with it.
+async fn relay_deleted(suite: &Suite<'_>) -> Result<()> {
+    let relays: Api<WireGuardRelay> = suite.api();
     relays.delete(RELAY, &DeleteParams::default()).await?;
     let deployments: Api<Deployment> = suite.api();
     let services: Api<Service> = suite.api();
     let config_maps: Api<ConfigMap> = suite.api();
-    let (_, took) = eventually(
+    let ((), took) = eventually(
         "the relay's Deployment, Service, ConfigMap and pod are gone",
         Duration::from_secs(120),
-        || async {
-            let pods = suite
-                .api::<Pod>()
-                .list(&ListParams::default().labels(RELAY_SELECTOR))
-                .await?;
-            Ok((gone(&deployments, RELAY).await?.is_some()
-                && gone(&services, RELAY).await?.is_some()
-                && gone(&config_maps, &format!("{RELAY}-keys"))
-                    .await?
-                    .is_some()
-                && pods.items.is_empty())
-            .then_some(()))
-        },
     )
+    .every(LOOK_EVERY)
+    .until(|| async {
+        let pods = suite
+            .api::<Pod>()
+            .list(&ListParams::default().labels(RELAY_SELECTOR))
+            .await?;
+        Ok((gone(&deployments, RELAY).await?.is_some()
+            && gone(&services, RELAY).await?.is_some()
+            && gone(&config_maps, &format!("{RELAY}-keys"))
+                .await?
+                .is_some()
+            && pods.items.is_empty())
+        .then_some(()))
+    })
     .await?;
     eprintln!("7. relay deleted: its objects garbage-collected in {took:.1?}");
+    Ok(())
+}
 
-    // 8. helm uninstall leaves nothing of the release (CRDs stay, as Helm does with crds/).
+/// Step 8: helm uninstall leaves nothing of the release (CRDs stay, as Helm does with crds/).
+async fn uninstall(suite: &Suite<'_>) -> Result<()> {
     suite.helm(&["uninstall", RELEASE, "--wait", "--timeout=2m"])?;
     let release = format!("app.kubernetes.io/instance={RELEASE}");
-    none_left(deployments, &release).await?;
+    none_left(suite.api::<Deployment>(), &release).await?;
     none_left(suite.api::<ServiceAccount>(), &release).await?;
     none_left(suite.api::<Role>(), &release).await?;
     none_left(suite.api::<RoleBinding>(), &release).await?;
@@ -607,18 +673,16 @@ spec:
         &release,
     )
     .await?;
-    let (_, pods_gone) = eventually(
-        "the operator pod is gone",
-        Duration::from_secs(60),
-        || async {
+    let ((), pods_gone) = eventually("the operator pod is gone", Duration::from_secs(60))
+        .every(LOOK_EVERY)
+        .until(|| async {
             let pods = suite
                 .api::<Pod>()
                 .list(&ListParams::default().labels("app.kubernetes.io/name=wpex-operator"))
                 .await?;
             Ok(pods.items.is_empty().then_some(()))
-        },
-    )
-    .await?;
+        })
+        .await?;
     let list = suite.helm(&["list", "--short"])?;
     ensure!(list.trim().is_empty(), "no release left: {list}");
     eprintln!("8. helm uninstall: nothing left ({pods_gone:.1?} for the operator pod)");

@@ -3,8 +3,7 @@
 //! Run with `cargo test -p wpex-e2e --test operator_api -- --ignored --test-threads=1` after
 //! `e2e/k8s/install-k8s.sh`; `e2e/test-all.sh` does both.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -13,10 +12,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeAddress, NodeStatus, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use wpex_e2e::control_plane::{ControlPlane, with_temp_ns};
 use wpex_operator::crd::{WireGuardPeerKey, WireGuardPeerKeySpec, WireGuardRelay};
+use wpex_testkit::{Children, binary, eventually, free_port, target_dir};
 
 const K1: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
 const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
@@ -27,43 +28,38 @@ const SOON: Duration = Duration::from_secs(20);
 /// must change well within that, leaving time for kubelet (the cluster suite measures that leg).
 const MOVE_BOUND: Duration = Duration::from_secs(2);
 
-fn operator_bin() -> PathBuf {
-    std::env::var_os("WPEX_OPERATOR_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wpex-operator"),
-        PathBuf::from,
-    )
-}
+/// How often a wait looks again: an API round trip or two.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 
-/// The operator process, killed on drop.
+/// The operator process, killed on drop; its log is beside the control plane's.
 struct Operator {
-    child: Child,
+    process: Children,
     metrics: String,
 }
 
 impl Operator {
+    const NAME: &str = "wpex-operator";
+
     fn start(cp: &ControlPlane) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let metrics = format!("127.0.0.1:{port}");
-        let bin = operator_bin();
-        if !bin.exists() {
-            bail!(
-                "{} is missing; build it with cargo build -p wpex-operator",
-                bin.display()
-            );
-        }
-        let log = std::fs::File::create(cp.log_dir().join("wpex-operator.log"))?;
-        let child = Command::new(bin)
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let bin = binary(
+            "WPEX_OPERATOR_BIN",
+            target_dir().join("debug/wpex-operator"),
+            "build it with cargo build -p wpex-operator",
+        )?;
+        let mut command = Command::new(bin);
+        command
             .env("KUBECONFIG", cp.kubeconfig_path())
             .env("RUST_LOG", "info,wpex_operator=debug")
             .args(["--metrics-addr", &metrics, "--relay-image", "wpex:e2e"])
-            .args(["--lease-namespace", "default", "--identity", "e2e-operator"])
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("starting wpex-operator")?;
-        Ok(Self { child, metrics })
+            .args(["--lease-namespace", "default", "--identity", "e2e-operator"]);
+        let mut process = Children::new(cp.log_dir());
+        process.spawn(Self::NAME, command)?;
+        Ok(Self { process, metrics })
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.process.pid(Self::NAME).context("the operator's PID")
     }
 
     /// GETs a path of the operator's HTTP endpoint with curl.
@@ -79,13 +75,6 @@ impl Operator {
     }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn install_crds(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [WireGuardRelay::crd(), WireGuardPeerKey::crd()] {
@@ -96,37 +85,12 @@ async fn install_crds(client: &Client) -> Result<()> {
             &Patch::Apply(&crd),
         )
         .await?;
-        poll("CRD established", SOON, || async {
-            let crd = crds.get(&name).await?;
-            Ok(crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True"))
-        })
-        .await?;
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(SOON, established)
+            .await
+            .with_context(|| format!("CRD {name} established: not within {SOON:?}"))??;
     }
     Ok(())
-}
-
-/// Polls `check` until it returns true; fails after `bound`. Returns the time it took.
-async fn poll<F, Fut>(what: &str, bound: Duration, check: F) -> Result<Duration>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(true) => return Ok(start.elapsed()),
-            Ok(false) | Err(_) if start.elapsed() < bound => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Ok(false) => bail!("{what}: not within {bound:?}"),
-            Err(e) => return Err(e.context(format!("{what}: not within {bound:?}"))),
-        }
-    }
 }
 
 async fn apply_json<K>(api: &Api<K>, name: &str, body: serde_json::Value) -> Result<K>
@@ -272,12 +236,15 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     .await?;
 
     // The three children appear, owned by the relay, with the right contents.
-    let took = poll("children created", SOON, || async {
-        Ok(cms.get_opt("edge-keys").await?.is_some()
-            && deploys.get_opt("edge").await?.is_some()
-            && services.get_opt("edge").await?.is_some())
-    })
-    .await?;
+    let ((), took) = eventually("children created", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((cms.get_opt("edge-keys").await?.is_some()
+                && deploys.get_opt("edge").await?.is_some()
+                && services.get_opt("edge").await?.is_some())
+            .then_some(()))
+        })
+        .await?;
     println!("relay applied -> children created in {took:?}");
     assert_eq!(key_file(&cms, "edge-keys").await?, vec![K1.to_owned()]);
     let deploy = deploys.get("edge").await?;
@@ -312,36 +279,45 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     );
 
     // kube-controller-manager turns the Deployment into one ReplicaSet.
-    poll("ReplicaSet created", SOON, || async {
-        Ok(template_hashes(&replicasets, "edge").await?.len() == 1)
-    })
-    .await?;
+    eventually("ReplicaSet created", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((template_hashes(&replicasets, "edge").await?.len() == 1).then_some(()))
+        })
+        .await?;
     let hashes = template_hashes(&replicasets, "edge").await?;
     let generation = deploys.get("edge").await?.metadata.generation;
 
     // Add, disable, delete: the ConfigMap follows; the pod template never changes.
     apply_json(&keys, "bob", key_json("bob", "edge", K2, false)).await?;
-    let took = poll("added key in ConfigMap", SOON, || async {
-        Ok(key_file(&cms, "edge-keys").await?.len() == 2)
-    })
-    .await?;
+    let ((), took) = eventually("added key in ConfigMap", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async { Ok((key_file(&cms, "edge-keys").await?.len() == 2).then_some(())) })
+        .await?;
     println!("WireGuardPeerKey applied -> ConfigMap updated in {took:?}");
     apply_json(&keys, "bob", key_json("bob", "edge", K2, true)).await?;
-    let took = poll("disabled key out of ConfigMap", SOON, || async {
-        Ok(key_file(&cms, "edge-keys").await? == vec![K1.to_owned()])
-    })
-    .await?;
+    let ((), took) = eventually("disabled key out of ConfigMap", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((key_file(&cms, "edge-keys").await? == vec![K1.to_owned()]).then_some(()))
+        })
+        .await?;
     println!("WireGuardPeerKey disabled -> ConfigMap updated in {took:?}");
     // The status follows in the same reconcile, after the children are applied.
-    poll("disabled key's status", SOON, || async {
-        Ok(condition(&keys, "bob").await? == Some(("False".into(), "Disabled".into())))
-    })
-    .await?;
+    eventually("disabled key's status", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok(
+                (condition(&keys, "bob").await? == Some(("False".into(), "Disabled".into())))
+                    .then_some(()),
+            )
+        })
+        .await?;
     keys.delete("alice", &DeleteParams::default()).await?;
-    let took = poll("deleted key out of ConfigMap", SOON, || async {
-        Ok(key_file(&cms, "edge-keys").await?.is_empty())
-    })
-    .await?;
+    let ((), took) = eventually("deleted key out of ConfigMap", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async { Ok((key_file(&cms, "edge-keys").await?.is_empty()).then_some(())) })
+        .await?;
     println!("WireGuardPeerKey deleted -> ConfigMap updated in {took:?}");
     assert_eq!(
         template_hashes(&replicasets, "edge").await?,
@@ -363,19 +339,24 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     )
     .await?;
     apply_json(&keys, "carol", key_json("carol", "edge", K3, false)).await?;
-    poll("carol in edge's ConfigMap", SOON, || async {
-        Ok(key_file(&cms, "edge-keys").await? == vec![K3.to_owned()])
-    })
-    .await?;
+    eventually("carol in edge's ConfigMap", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((key_file(&cms, "edge-keys").await? == vec![K3.to_owned()]).then_some(()))
+        })
+        .await?;
     let moved = Instant::now();
     keys.delete("carol", &DeleteParams::default()).await?;
     apply_json(&keys, "carol", key_json("carol", "edge2", K3, false)).await?;
-    poll("carol moved from edge to edge2", MOVE_BOUND, || async {
-        Ok(key_file(&cms, "edge-keys").await?.is_empty()
-            && cms.get_opt("edge2-keys").await?.is_some()
-            && key_file(&cms, "edge2-keys").await? == vec![K3.to_owned()])
-    })
-    .await?;
+    eventually("carol moved from edge to edge2", MOVE_BOUND)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((key_file(&cms, "edge-keys").await?.is_empty()
+                && cms.get_opt("edge2-keys").await?.is_some()
+                && key_file(&cms, "edge2-keys").await? == vec![K3.to_owned()])
+            .then_some(()))
+        })
+        .await?;
     println!(
         "WireGuardPeerKey moved (delete + create) -> out of the old relay's ConfigMap, in the new one's, in {:?}",
         moved.elapsed()
@@ -384,24 +365,30 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     relays.delete("edge2", &DeleteParams::default()).await?;
 
     // The relay reports its key count.
-    poll("relay status keys", SOON, || async {
-        Ok(relays
-            .get("edge")
-            .await?
-            .status
-            .is_some_and(|s| s.keys == 0 && s.endpoint.is_some()))
-    })
-    .await?;
+    eventually("relay status keys", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((relays
+                .get("edge")
+                .await?
+                .status
+                .is_some_and(|s| s.keys == 0 && s.endpoint.is_some()))
+            .then_some(()))
+        })
+        .await?;
 
     // Deleting the relay garbage-collects everything it owned.
     relays.delete("edge", &DeleteParams::foreground()).await?;
-    let took = poll("children collected", SOON, || async {
-        Ok(cms.get_opt("edge-keys").await?.is_none()
-            && deploys.get_opt("edge").await?.is_none()
-            && services.get_opt("edge").await?.is_none()
-            && template_hashes(&replicasets, "edge").await?.is_empty())
-    })
-    .await?;
+    let ((), took) = eventually("children collected", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((cms.get_opt("edge-keys").await?.is_none()
+                && deploys.get_opt("edge").await?.is_none()
+                && services.get_opt("edge").await?.is_none()
+                && template_hashes(&replicasets, "edge").await?.is_empty())
+            .then_some(()))
+        })
+        .await?;
     println!("relay deleted -> children collected in {took:?}");
     Ok(())
 }
@@ -439,10 +426,14 @@ async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
 
     // A key whose relay does not exist says so.
     apply_json(&keys, "orphan", key_json("orphan", "nowhere", K3, false)).await?;
-    poll("orphan status", SOON, || async {
-        Ok(condition(&keys, "orphan").await? == Some(("False".into(), "RelayNotFound".into())))
-    })
-    .await?;
+    eventually("orphan status", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((condition(&keys, "orphan").await?
+                == Some(("False".into(), "RelayNotFound".into())))
+            .then_some(()))
+        })
+        .await?;
     // A key cannot move to another relay: the old one would keep allowing it until a resync.
     match apply_json(&keys, "orphan", key_json("orphan", "elsewhere", K3, false)).await {
         Err(e) => {
@@ -462,13 +453,18 @@ async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
     apply_json(&keys, "first", key_json("first", "edge", K1, false)).await?;
     tokio::time::sleep(Duration::from_millis(1100)).await; // distinct creation seconds
     apply_json(&keys, "second", key_json("second", "edge", K1, false)).await?;
-    poll("duplicate status", SOON, || async {
-        Ok(
-            condition(&keys, "second").await? == Some(("False".into(), "DuplicateKey".into()))
-                && condition(&keys, "first").await? == Some(("True".into(), "Accepted".into())),
-        )
-    })
-    .await?;
+    eventually("duplicate status", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok(
+                (condition(&keys, "second").await?
+                    == Some(("False".into(), "DuplicateKey".into()))
+                    && condition(&keys, "first").await?
+                        == Some(("True".into(), "Accepted".into())))
+                .then_some(()),
+            )
+        })
+        .await?;
     let first = keys.get("first").await?.status.context("status")?;
     let hint = first.peer_config.context("peer config hint")?;
     assert!(
@@ -502,15 +498,18 @@ async fn fake_node(nodes: &Api<Node>, name: &str, addresses: &[(&str, &str)]) ->
 async fn schedule_relay_pod(pods: &Api<Pod>, relay: &str, node: &str) -> Result<String> {
     let selector = format!("app.kubernetes.io/instance={relay}");
     let mut name = None;
-    poll("the relay pod exists", SOON, || async {
-        Ok(pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
-            .iter()
-            .any(|p| p.metadata.deletion_timestamp.is_none()))
-    })
-    .await?;
+    eventually("the relay pod exists", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((pods
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items
+                .iter()
+                .any(|p| p.metadata.deletion_timestamp.is_none()))
+            .then_some(()))
+        })
+        .await?;
     for pod in pods
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -579,12 +578,14 @@ async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
         ensure!(pending.is_none(), "an endpoint before the pod has a node: {pending:?}");
 
         let first = schedule_relay_pod(&pods, "np", &node_b).await?;
-        let took = poll("the endpoint is node b's external address", SOON, || async {
-            Ok(relay_endpoints(&relays, "np").await?
+        let ((), took) = eventually("the endpoint is node b's external address", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((relay_endpoints(&relays, "np").await?
                 == (
                     Some("198.51.100.20:31820".into()),
                     vec!["198.51.100.20:31820".into()],
-                ))
+                )).then_some(()))
         })
         .await?;
         println!("NodePort relay pod bound to node b (of 2) -> endpoint in status in {took:?}");
@@ -599,8 +600,10 @@ async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
         )
         .await?;
         schedule_relay_pod(&pods, "np", &node_a).await?;
-        let took = poll("the endpoint follows the pod to node a", SOON, || async {
-            Ok(relay_endpoints(&relays, "np").await?.0.as_deref() == Some("192.0.2.10:31820"))
+        let ((), took) = eventually("the endpoint follows the pod to node a", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((relay_endpoints(&relays, "np").await?.0.as_deref() == Some("192.0.2.10:31820")).then_some(()))
         })
         .await?;
         println!("relay pod moved to node a -> endpoint followed in {took:?}");
@@ -615,12 +618,14 @@ async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
             ),
         )
         .await?;
-        poll("spec.endpoint overrides status and hints", SOON, || async {
+        eventually("spec.endpoint overrides status and hints", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
             let key = keys.get("np-peer").await?.status.unwrap_or_default();
-            Ok(relay_endpoints(&relays, "np").await?.0.as_deref() == Some("vpn.example.com:51820")
+            Ok((relay_endpoints(&relays, "np").await?.0.as_deref() == Some("vpn.example.com:51820")
                 && key
                     .peer_config
-                    .is_some_and(|h| h.contains("Endpoint = vpn.example.com:51820\n")))
+                    .is_some_and(|h| h.contains("Endpoint = vpn.example.com:51820\n"))).then_some(()))
         })
         .await?;
         for bad in ["vpn.example.com", "vpn.example.com:0", "2001:db8::1:51820", "a b:1"] {
@@ -689,7 +694,7 @@ async fn unrelated_config_maps(client: &Client, ns: &str, operator: &Operator) -
     use futures::StreamExt;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = operator.child.id();
+    let pid = operator.pid()?;
     // What the idle operator uses (Lease renewals, scrapes) over as long as the test takes.
     let idle_from = (Instant::now(), cpu_time(pid)?);
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use rand::RngCore;
-use wpex_e2e::measure::{PingStream, counter_deltas, cpu_time, udp_counter, unix_time};
+use wpex_e2e::measure::{PingStream, cpu_time, udp_counter, unix_time};
 use wpex_e2e::netns::{Host, Lab};
-use wpex_e2e::wg::{Peer, PeerKind, Ping, release_relay_bin};
+use wpex_e2e::relay::{Relay, release_relay_bin};
+use wpex_e2e::wg::{Peer, PeerKind, Ping, wait_for_ping};
+use wpex_testkit::{counter_deltas, eventually};
 
 use PeerKind::{BoringTun, WireGuardGo};
 
@@ -73,17 +75,11 @@ fn count_arrivals(lab: &Lab, relay: &Host, source: &str) -> Result<String> {
 }
 
 /// The relay's metrics, retried for a while: a flooded relay may answer slowly.
-fn metrics_within(lab: &Lab, relay: &Host, bound: Duration) -> Result<String> {
-    let start = Instant::now();
-    loop {
-        match lab.relay_metrics(relay) {
-            Ok(m) => return Ok(m),
-            Err(e) if start.elapsed() >= bound => {
-                return Err(e).context(format!("no metrics within {bound:?}"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+fn metrics_within(relay: &Relay, bound: Duration) -> Result<String> {
+    let (m, _) = eventually("the relay's metrics", bound)
+        .every(Duration::from_millis(200))
+        .until_blocking(|| relay.metrics().map(Some))?;
+    Ok(m)
 }
 
 /// Fails with every missed target at once, after the figures were printed.
@@ -147,20 +143,17 @@ const C_REPORTED_WITHIN: Duration = Duration::from_secs(25);
 
 /// C configures A and pings it until the first reply, for at most `window`.
 fn first_contact(
-    lab: &Lab,
     c: &Peer,
     a: &Peer,
     relay: SocketAddrV4,
     window: Duration,
 ) -> Result<Option<Duration>> {
-    lab.connect(c, a, relay)?;
-    let start = Instant::now();
-    while start.elapsed() < window {
-        if lab.ping_once(c, a.tunnel_ip, None) {
-            return Ok(Some(start.elapsed()));
-        }
-    }
-    Ok(None)
+    c.connect(a, relay)?;
+    // Pings back to back; running out of time is a figure to report, not an error.
+    let reached = eventually("C's first reply from A", window)
+        .every(Duration::ZERO)
+        .until_blocking(|| Ok(c.ping_once(a.tunnel_ip, None).then_some(())));
+    Ok(reached.ok().map(|((), took)| took))
 }
 
 fn flood(run: &Flood) -> Result<()> {
@@ -174,9 +167,9 @@ fn flood(run: &Flood) -> Result<()> {
         lab.natted_host("c")?,
     );
     // A talks to two peers through one relay; boringtun would need --disable-connected-udp.
-    let pa = lab.wireguard(&ha, WireGuardGo, 1, MTU)?;
-    let pb = lab.wireguard(&hb, BoringTun, 2, MTU)?;
-    let pc = lab.wireguard(&hc, BoringTun, 3, MTU)?;
+    let pa = Peer::start(&mut lab, &ha, WireGuardGo, 1, MTU)?;
+    let pb = Peer::start(&mut lab, &hb, BoringTun, 2, MTU)?;
+    let pc = Peer::start(&mut lab, &hc, BoringTun, 3, MTU)?;
     let mut keys = random_keys(run.keys);
     keys.extend([&pa, &pb, &pc].map(|p| p.public_key.clone()));
     let key_file = lab.dir().join("allowed-keys");
@@ -186,23 +179,24 @@ fn flood(run: &Flood) -> Result<()> {
         let setting = format!("net.ipv4.conf.{conf}.rp_filter=0");
         lab.exec(&relay_host.ns, &["sysctl", "-qw", &setting])?;
     }
-    let relay = lab.relay_with(
+    let relay = Relay::start_with(
+        &mut lab,
         &bin,
         &relay_host,
         &["--allow-file", &key_file.to_string_lossy()],
     )?;
     let spoofed = count_arrivals(&lab, &relay_host, SPOOF)?;
-    lab.connect(&pa, &pb, relay)?;
-    lab.connect(&pb, &pa, relay)?;
-    lab.connect(&pa, &pc, relay)?;
-    lab.wait_for_ping(&pa, &pb, CONNECT)?;
+    pa.connect(&pb, relay.addr)?;
+    pb.connect(&pa, relay.addr)?;
+    pa.connect(&pc, relay.addr)?;
+    wait_for_ping(&pa, &pb, CONNECT)?;
     let pid = lab.pid("relay").context("relay pid")?;
-    let before = lab.relay_metrics(&relay_host)?;
+    let before = relay.metrics()?;
     // Datagrams the kernel dropped because the relay's socket buffer was full.
     let overflowed = || udp_counter(pid, "RcvbufErrors");
     let overflowed0 = overflowed()?;
 
-    let relay_arg = relay.to_string();
+    let relay_arg = relay.addr.to_string();
     let seconds = (run.c_window() + FLOOD_MARGIN).as_secs().to_string();
     let rate = run.rate.map(|r| r.to_string());
     let mut flood_args = vec!["flood", "--relay", &relay_arg, "--seconds", &seconds];
@@ -222,9 +216,9 @@ fn flood(run: &Flood) -> Result<()> {
         let flooding = s.spawn(|| attack(&lab, &attacker, &flood_args));
         std::thread::sleep(Duration::from_secs(1));
         let (cpu0, t0) = (cpu_time(pid)?, Instant::now());
-        let ab = s.spawn(|| lab.ping(&pa, pb.tunnel_ip, pings));
-        let ba = s.spawn(|| lab.ping(&pb, pa.tunnel_ip, pings));
-        let c = s.spawn(|| first_contact(&lab, &pc, &pa, relay, run.c_window()));
+        let ab = s.spawn(|| pa.ping(pb.tunnel_ip, pings));
+        let ba = s.spawn(|| pb.ping(pa.tunnel_ip, pings));
+        let c = s.spawn(|| first_contact(&pc, &pa, relay.addr, run.c_window()));
         let joined = |h: std::thread::ScopedJoinHandle<'_, Result<u32>>| {
             h.join().map_err(|_| anyhow::anyhow!("ping panicked"))?
         };
@@ -234,7 +228,7 @@ fn flood(run: &Flood) -> Result<()> {
         let sent = flooding
             .join()
             .map_err(|_| anyhow::anyhow!("flood panicked"))??;
-        Ok((sent, ab, ba, cpu1 - cpu0, t1 - t0, c_took))
+        Ok((sent, ab, ba, cpu1.saturating_sub(cpu0), t1 - t0, c_took))
     })?;
     let arrived = rule_packets(&lab, &relay_host.ns, "INPUT", &spoofed)?;
     let running = lab.is_running("relay");
@@ -243,7 +237,7 @@ fn flood(run: &Flood) -> Result<()> {
         |n| n.saturating_sub(overflowed0).to_string(),
     );
     // A relay still working through its socket backlog may take a while to answer.
-    let deltas = metrics_within(&lab, &relay_host, Duration::from_secs(10)).map_or_else(
+    let deltas = metrics_within(&relay, Duration::from_secs(10)).map_or_else(
         |e| format!("metrics unavailable ({e:#})"),
         |after| counter_deltas(&before, &after),
     );
@@ -380,8 +374,7 @@ const RECOVER_WITHIN: Duration = Duration::from_secs(2);
 
 struct Pair {
     lab: Lab,
-    relay_host: Host,
-    relay: SocketAddrV4,
+    relay: Relay,
     a: Peer,
     b: Peer,
 }
@@ -394,26 +387,20 @@ fn pair(a: PeerKind, b: PeerKind, allow_list: bool) -> Result<Pair> {
     let ha = lab.natted_host("a")?;
     let hb = lab.natted_host("b")?;
     lab.set_nat_ports(&ha, Some(OLD_PORTS.0))?;
-    let a = lab.wireguard(&ha, a, 1, MTU)?;
-    let b = lab.wireguard(&hb, b, 2, MTU)?;
+    let a = Peer::start(&mut lab, &ha, a, 1, MTU)?;
+    let b = Peer::start(&mut lab, &hb, b, 2, MTU)?;
     let allow = ["--allow", &a.public_key, "--allow", &b.public_key];
-    let relay = lab.relay(&relay_host, if allow_list { &allow } else { &[] })?;
-    lab.connect(&a, &b, relay)?;
-    lab.connect(&b, &a, relay)?;
-    lab.wait_for_ping(&a, &b, CONNECT)?;
+    let relay = Relay::start(&mut lab, &relay_host, if allow_list { &allow } else { &[] })?;
+    a.connect(&b, relay.addr)?;
+    b.connect(&a, relay.addr)?;
+    wait_for_ping(&a, &b, CONNECT)?;
     let ports = lab.nat_public_ports(&ha)?;
     ensure!(
         ports.iter().any(|p| OLD_PORTS.1.contains(p)),
         "A's NAT maps to {ports:?}, not {}",
         OLD_PORTS.0
     );
-    Ok(Pair {
-        lab,
-        relay_host,
-        relay,
-        a,
-        b,
-    })
+    Ok(Pair { lab, relay, a, b })
 }
 
 /// Moves A's NAT to [`NEW_PORTS`]; returns the UNIX time it happened.
@@ -448,7 +435,7 @@ fn rebinding_busy(name: &str, kinds: (PeerKind, PeerKind), allow_list: bool) -> 
     const BOUND: Duration = Duration::from_secs(25);
     let mut p = pair(kinds.0, kinds.1, allow_list)?;
     let mode = if allow_list { "allow-list" } else { "open" };
-    let before = p.lab.relay_metrics(&p.relay_host)?;
+    let before = p.relay.metrics()?;
     let every = Duration::from_millis(100);
     let deadline = BOUND + Duration::from_secs(5);
     let ab = PingStream::start(&p.a.host.ns, &p.a.iface, p.b.tunnel_ip, every, deadline)?;
@@ -460,15 +447,14 @@ fn rebinding_busy(name: &str, kinds: (PeerKind, PeerKind), allow_list: bool) -> 
         "the tunnel did not carry pings both ways before the rebinding"
     );
     let t0 = rebind(&p)?;
-    let start = Instant::now();
     let back = |s: &PingStream| s.first_reply_after(t0).map(|r| r.at - t0);
-    while (back(&ab).is_none() || back(&ba).is_none()) && start.elapsed() < BOUND {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Running out of time is reported below as a missed target.
+    let _ = eventually("both directions answered again", BOUND)
+        .until_blocking(|| Ok((back(&ab).is_some() && back(&ba).is_some()).then_some(())));
     let (ab_back, ba_back) = (back(&ab), back(&ba));
     let (ab_replies, ba_replies) = (ab.stop(), ba.stop());
     let ports = rebound(&p)?;
-    let deltas = counter_deltas(&before, &p.lab.relay_metrics(&p.relay_host)?);
+    let deltas = counter_deltas(&before, &p.relay.metrics()?);
     let figures = format!(
         "{name}: busy tunnel ({:?} <-> {:?}, {mode} relay, pings every 100 ms both ways), \
          A's NAT rebound \
@@ -503,12 +489,11 @@ fn rebinding_idle(name: &str, kind: PeerKind) -> Result<()> {
     let mut p = pair(kind, kind, false)?;
     std::thread::sleep(Duration::from_secs(1));
     rebind(&p)?;
-    let before = p.lab.relay_metrics(&p.relay_host)?;
+    let before = p.relay.metrics()?;
     std::thread::sleep(QUIET);
     // A's keepalive went out through the new mapping meanwhile: the relay could know.
     let ports = rebound(&p)?;
     let t1 = unix_time();
-    let start = Instant::now();
     let ba = PingStream::start(
         &p.b.host.ns,
         &p.b.iface,
@@ -516,12 +501,12 @@ fn rebinding_idle(name: &str, kind: PeerKind) -> Result<()> {
         Duration::from_millis(100),
         BOUND + Duration::from_secs(1),
     )?;
-    while ba.first_reply_after(t1).is_none() && start.elapsed() < BOUND {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Running out of time is reported below as a missed target.
+    let _ = eventually("B's first reply from A", BOUND)
+        .until_blocking(|| Ok(ba.first_reply_after(t1).map(drop)));
     let took = ba.first_reply_after(t1).map(|r| r.at - t1);
     drop(ba);
-    let deltas = counter_deltas(&before, &p.lab.relay_metrics(&p.relay_host)?);
+    let deltas = counter_deltas(&before, &p.relay.metrics()?);
     let figures = format!(
         "{name}: idle tunnel ({kind:?} pair, keepalive 25 s), A's NAT rebound to port \
          {ports:?}, {QUIET:?} later B pings A: first reply {}; counters since the \
@@ -591,27 +576,17 @@ const MIN_DELIVERY: f64 = 0.98;
 fn hijack_setup() -> Result<(Pair, Host, String)> {
     let mut lab = Lab::new()?;
     let relay_host = lab.public_host("relay", 1)?;
-    let relay = lab.relay(&relay_host, &[])?;
+    let relay = Relay::start(&mut lab, &relay_host, &[])?;
     let spy = lab.public_host("spy", 77)?;
     let ha = lab.natted_host("a")?;
     let hb = lab.natted_host("b")?;
-    let a = lab.wireguard(&ha, BoringTun, 1, MTU)?;
-    let b = lab.wireguard(&hb, WireGuardGo, 2, MTU)?;
-    lab.connect(&a, &b, relay)?;
-    lab.connect(&b, &a, relay)?;
-    lab.wait_for_ping(&a, &b, CONNECT)?;
+    let a = Peer::start(&mut lab, &ha, BoringTun, 1, MTU)?;
+    let b = Peer::start(&mut lab, &hb, WireGuardGo, 2, MTU)?;
+    a.connect(&b, relay.addr)?;
+    b.connect(&a, relay.addr)?;
+    wait_for_ping(&a, &b, CONNECT)?;
     let forged = count_arrivals(&lab, &relay_host, &format!("{}/32", spy.ip))?;
-    Ok((
-        Pair {
-            lab,
-            relay_host,
-            relay,
-            a,
-            b,
-        },
-        spy,
-        forged,
-    ))
+    Ok((Pair { lab, relay, a, b }, spy, forged))
 }
 
 /// Checks the forgeries reached the relay and named live indices, so that a pass means
@@ -651,7 +626,7 @@ fn forgeries_landed(p: &Pair, hijack: &str, arrived: u64, deltas: &str) -> Vec<S
     if stale > 0.1 * sent {
         missed.push(format!(
             "lab: {stale} forgeries named no live index (relay at {})",
-            p.relay
+            p.relay.addr
         ));
     }
     missed
@@ -664,8 +639,8 @@ fn forgeries_landed(p: &Pair, hijack: &str, arrived: u64, deltas: &str) -> Vec<S
 fn hijack_busy_tunnel() -> Result<()> {
     const PINGS: u32 = 240; // 12 s, covering the 10 s of forgery
     let (mut p, spy, forged) = hijack_setup()?;
-    let before = p.lab.relay_metrics(&p.relay_host)?;
-    let relay = p.relay.to_string();
+    let before = p.relay.metrics()?;
+    let relay = p.relay.addr.to_string();
     let (rate, secs) = (HIJACK_RATE.to_string(), HIJACK_SECONDS.to_string());
     let inet = p.lab.internet_ns().to_owned();
     let args = [
@@ -689,8 +664,8 @@ fn hijack_busy_tunnel() -> Result<()> {
         ..Ping::default()
     };
     let (hijack, ab, ba) = std::thread::scope(|s| -> Result<_> {
-        let ab = s.spawn(|| p.lab.ping(&p.a, p.b.tunnel_ip, pings));
-        let ba = s.spawn(|| p.lab.ping(&p.b, p.a.tunnel_ip, pings));
+        let ab = s.spawn(|| p.a.ping(p.b.tunnel_ip, pings));
+        let ba = s.spawn(|| p.b.ping(p.a.tunnel_ip, pings));
         std::thread::sleep(Duration::from_millis(500));
         let hijack = attack(&p.lab, &spy, &args);
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<u32>>| {
@@ -698,8 +673,8 @@ fn hijack_busy_tunnel() -> Result<()> {
         };
         Ok((hijack?, join(ab)?, join(ba)?))
     })?;
-    let arrived = rule_packets(&p.lab, &p.relay_host.ns, "INPUT", &forged)?;
-    let deltas = counter_deltas(&before, &p.lab.relay_metrics(&p.relay_host)?);
+    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", &forged)?;
+    let deltas = counter_deltas(&before, &p.relay.metrics()?);
     let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
     let figures = format!(
         "hijack_busy_tunnel: forger at {} ({hijack}), {arrived} forgeries reached the relay; \
@@ -725,7 +700,7 @@ fn hijack_busy_tunnel() -> Result<()> {
 fn hijack_idle_tunnel() -> Result<()> {
     const PINGS: u32 = 50;
     let (mut p, spy, forged) = hijack_setup()?;
-    let relay = p.relay.to_string();
+    let relay = p.relay.addr.to_string();
     let inet = p.lab.internet_ns().to_owned();
     let sniff_args = [
         "sniff",
@@ -745,8 +720,8 @@ fn hijack_idle_tunnel() -> Result<()> {
     let sniffed = std::thread::scope(|s| -> Result<String> {
         let sniffing = s.spawn(|| attack(&p.lab, &spy, &sniff_args));
         std::thread::sleep(Duration::from_millis(300));
-        let ab = s.spawn(|| p.lab.ping(&p.a, p.b.tunnel_ip, few));
-        p.lab.ping(&p.b, p.a.tunnel_ip, few)?;
+        let ab = s.spawn(|| p.a.ping(p.b.tunnel_ip, few));
+        p.b.ping(p.a.tunnel_ip, few)?;
         ab.join().map_err(|_| anyhow::anyhow!("ping panicked"))??;
         sniffing
             .join()
@@ -755,7 +730,7 @@ fn hijack_idle_tunnel() -> Result<()> {
     let indices = field(&sniffed, "indices")?.to_owned();
     // Idle: nothing but keepalives from here on.
     std::thread::sleep(Duration::from_secs(3));
-    let before = p.lab.relay_metrics(&p.relay_host)?;
+    let before = p.relay.metrics()?;
     let (rate, secs) = (HIJACK_RATE.to_string(), HIJACK_SECONDS.to_string());
     let mut args = vec![
         "hijack",
@@ -777,16 +752,16 @@ fn hijack_idle_tunnel() -> Result<()> {
     let (hijack, ab, ba) = std::thread::scope(|s| -> Result<_> {
         let hijacking = s.spawn(|| attack(&p.lab, &spy, &args));
         std::thread::sleep(Duration::from_secs(HIJACK_SECONDS / 2));
-        let ab = s.spawn(|| p.lab.ping(&p.a, p.b.tunnel_ip, pings));
-        let ba = p.lab.ping(&p.b, p.a.tunnel_ip, pings)?;
+        let ab = s.spawn(|| p.a.ping(p.b.tunnel_ip, pings));
+        let ba = p.b.ping(p.a.tunnel_ip, pings)?;
         let ab = ab.join().map_err(|_| anyhow::anyhow!("ping panicked"))??;
         let hijack = hijacking
             .join()
             .map_err(|_| anyhow::anyhow!("hijack panicked"))??;
         Ok((hijack, ab, ba))
     })?;
-    let arrived = rule_packets(&p.lab, &p.relay_host.ns, "INPUT", &forged)?;
-    let deltas = counter_deltas(&before, &p.lab.relay_metrics(&p.relay_host)?);
+    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", &forged)?;
+    let deltas = counter_deltas(&before, &p.relay.metrics()?);
     let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
     let figures = format!(
         "hijack_idle_tunnel: forger at {} ({hijack}) starting on an idle tunnel, {arrived} \
