@@ -8,7 +8,7 @@
 //! Nothing here knows about the relay or WireGuard: anything reachable at an address on the
 //! internet segment (a relay host, a Kubernetes node plugged in with [`Lab::attach`]) can be the
 //! peers' endpoint. Processes started in a namespace with [`Lab::spawn`] are the lab's and die
-//! with it; the peers and the relay ([`crate::wg`]) are such processes.
+//! with it; the peers ([`crate::wg`]) and the relay ([`crate::relay`]) are such processes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -452,11 +452,6 @@ impl Lab {
 
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.children.log_path(name)
-    }
-
-    /// The processes started with [`Lab::spawn`], to ask whether one still runs.
-    pub fn children(&self) -> &Children {
-        &self.children
     }
 
     /// Whether a process started with [`Lab::spawn`] is still running.

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-
 use wpex_testkit::binary;
 
 use crate::control_plane::k8s_binary;

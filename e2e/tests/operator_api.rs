@@ -216,17 +216,50 @@ async fn operator_process(client: &Client, operator: &Operator) -> Result<()> {
     Ok(())
 }
 
-async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
-    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
-    let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), ns);
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+/// The APIs of one namespace that the children scenario reads and writes.
+struct Namespaced {
+    relays: Api<WireGuardRelay>,
+    keys: Api<WireGuardPeerKey>,
+    cms: Api<ConfigMap>,
+    deploys: Api<Deployment>,
+    services: Api<Service>,
+    replicasets: Api<ReplicaSet>,
+}
 
-    apply_json(&keys, "alice", key_json("alice", "edge", K1, false)).await?;
+impl Namespaced {
+    fn new(client: &Client, ns: &str) -> Self {
+        Self {
+            relays: Api::namespaced(client.clone(), ns),
+            keys: Api::namespaced(client.clone(), ns),
+            cms: Api::namespaced(client.clone(), ns),
+            deploys: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client.clone(), ns),
+            replicasets: Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
+    let apis = Namespaced::new(client, ns);
+    children_created(&apis).await?;
+    config_map_follows_keys(&apis).await?;
+    key_moves_between_relays(&apis).await?;
+    relay_deletion_collects_children(&apis).await
+}
+
+/// A relay's three children appear, owned by the relay, with the right contents.
+async fn children_created(apis: &Namespaced) -> Result<()> {
+    let Namespaced {
+        relays,
+        keys,
+        cms,
+        deploys,
+        services,
+        ..
+    } = apis;
+    apply_json(keys, "alice", key_json("alice", "edge", K1, false)).await?;
     apply_json(
-        &relays,
+        relays,
         "edge",
         relay_json(
             "edge",
@@ -235,7 +268,6 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     )
     .await?;
 
-    // The three children appear, owned by the relay, with the right contents.
     let ((), took) = eventually("children created", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
@@ -246,7 +278,7 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
         })
         .await?;
     println!("relay applied -> children created in {took:?}");
-    assert_eq!(key_file(&cms, "edge-keys").await?, vec![K1.to_owned()]);
+    assert_eq!(key_file(cms, "edge-keys").await?, vec![K1.to_owned()]);
     let deploy = deploys.get("edge").await?;
     let relay_uid = relays.get("edge").await?.uid();
     assert_eq!(
@@ -277,29 +309,40 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
         svc.ports.unwrap_or_default()[0].protocol.as_deref(),
         Some("UDP")
     );
+    Ok(())
+}
 
+/// Adding, disabling and deleting keys changes the ConfigMap, never the pod template.
+async fn config_map_follows_keys(apis: &Namespaced) -> Result<()> {
+    let Namespaced {
+        keys,
+        cms,
+        deploys,
+        replicasets,
+        ..
+    } = apis;
     // kube-controller-manager turns the Deployment into one ReplicaSet.
     eventually("ReplicaSet created", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((template_hashes(&replicasets, "edge").await?.len() == 1).then_some(()))
+            Ok((template_hashes(replicasets, "edge").await?.len() == 1).then_some(()))
         })
         .await?;
-    let hashes = template_hashes(&replicasets, "edge").await?;
+    let hashes = template_hashes(replicasets, "edge").await?;
     let generation = deploys.get("edge").await?.metadata.generation;
 
     // Add, disable, delete: the ConfigMap follows; the pod template never changes.
-    apply_json(&keys, "bob", key_json("bob", "edge", K2, false)).await?;
+    apply_json(keys, "bob", key_json("bob", "edge", K2, false)).await?;
     let ((), took) = eventually("added key in ConfigMap", SOON)
         .every(LOOK_EVERY)
-        .until(|| async { Ok((key_file(&cms, "edge-keys").await?.len() == 2).then_some(())) })
+        .until(|| async { Ok((key_file(cms, "edge-keys").await?.len() == 2).then_some(())) })
         .await?;
     println!("WireGuardPeerKey applied -> ConfigMap updated in {took:?}");
-    apply_json(&keys, "bob", key_json("bob", "edge", K2, true)).await?;
+    apply_json(keys, "bob", key_json("bob", "edge", K2, true)).await?;
     let ((), took) = eventually("disabled key out of ConfigMap", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((key_file(&cms, "edge-keys").await? == vec![K1.to_owned()]).then_some(()))
+            Ok((key_file(cms, "edge-keys").await? == vec![K1.to_owned()]).then_some(()))
         })
         .await?;
     println!("WireGuardPeerKey disabled -> ConfigMap updated in {took:?}");
@@ -308,7 +351,7 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
         .every(LOOK_EVERY)
         .until(|| async {
             Ok(
-                (condition(&keys, "bob").await? == Some(("False".into(), "Disabled".into())))
+                (condition(keys, "bob").await? == Some(("False".into(), "Disabled".into())))
                     .then_some(()),
             )
         })
@@ -316,11 +359,11 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     keys.delete("alice", &DeleteParams::default()).await?;
     let ((), took) = eventually("deleted key out of ConfigMap", SOON)
         .every(LOOK_EVERY)
-        .until(|| async { Ok((key_file(&cms, "edge-keys").await?.is_empty()).then_some(())) })
+        .until(|| async { Ok(key_file(cms, "edge-keys").await?.is_empty().then_some(())) })
         .await?;
     println!("WireGuardPeerKey deleted -> ConfigMap updated in {took:?}");
     assert_eq!(
-        template_hashes(&replicasets, "edge").await?,
+        template_hashes(replicasets, "edge").await?,
         hashes,
         "no new ReplicaSet"
     );
@@ -329,31 +372,37 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
         generation,
         "Deployment untouched"
     );
+    Ok(())
+}
 
-    // Moving a key to another relay is a delete and a create (spec.relay is immutable): the old
-    // relay's allow-list drops it as the new one gains it.
+/// Moving a key to another relay is a delete and a create (spec.relay is immutable): the old
+/// relay's allow-list drops it as the new one gains it.
+async fn key_moves_between_relays(apis: &Namespaced) -> Result<()> {
+    let Namespaced {
+        relays, keys, cms, ..
+    } = apis;
     apply_json(
-        &relays,
+        relays,
         "edge2",
         relay_json("edge2", json!({"service": {"type": "ClusterIP"}})),
     )
     .await?;
-    apply_json(&keys, "carol", key_json("carol", "edge", K3, false)).await?;
+    apply_json(keys, "carol", key_json("carol", "edge", K3, false)).await?;
     eventually("carol in edge's ConfigMap", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((key_file(&cms, "edge-keys").await? == vec![K3.to_owned()]).then_some(()))
+            Ok((key_file(cms, "edge-keys").await? == vec![K3.to_owned()]).then_some(()))
         })
         .await?;
     let moved = Instant::now();
     keys.delete("carol", &DeleteParams::default()).await?;
-    apply_json(&keys, "carol", key_json("carol", "edge2", K3, false)).await?;
+    apply_json(keys, "carol", key_json("carol", "edge2", K3, false)).await?;
     eventually("carol moved from edge to edge2", MOVE_BOUND)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((key_file(&cms, "edge-keys").await?.is_empty()
+            Ok((key_file(cms, "edge-keys").await?.is_empty()
                 && cms.get_opt("edge2-keys").await?.is_some()
-                && key_file(&cms, "edge2-keys").await? == vec![K3.to_owned()])
+                && key_file(cms, "edge2-keys").await? == vec![K3.to_owned()])
             .then_some(()))
         })
         .await?;
@@ -363,7 +412,19 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
     );
     keys.delete("carol", &DeleteParams::default()).await?;
     relays.delete("edge2", &DeleteParams::default()).await?;
+    Ok(())
+}
 
+/// The relay reports its key count; deleting it garbage-collects everything it owned.
+async fn relay_deletion_collects_children(apis: &Namespaced) -> Result<()> {
+    let Namespaced {
+        relays,
+        cms,
+        deploys,
+        services,
+        replicasets,
+        ..
+    } = apis;
     // The relay reports its key count.
     eventually("relay status keys", SOON)
         .every(LOOK_EVERY)
@@ -385,7 +446,7 @@ async fn children_keys_and_gc(client: &Client, ns: &str) -> Result<()> {
             Ok((cms.get_opt("edge-keys").await?.is_none()
                 && deploys.get_opt("edge").await?.is_none()
                 && services.get_opt("edge").await?.is_none()
-                && template_hashes(&replicasets, "edge").await?.is_empty())
+                && template_hashes(replicasets, "edge").await?.is_empty())
             .then_some(()))
         })
         .await?;
