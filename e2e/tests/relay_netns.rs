@@ -5,10 +5,11 @@
 //! A failing test prints every process's log and the relay's metrics, and keeps its files.
 
 use std::net::SocketAddrV4;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use wpex_e2e::netns::{Host, Lab};
+use wpex_e2e::netns::{Host, Lab, exec};
 use wpex_e2e::relay::Relay;
 use wpex_e2e::wg::{Peer, PeerKind, wait_for_ping};
 use wpex_testkit::{eventually, sample};
@@ -455,80 +456,69 @@ fn stays_unreachable(from: &Peer, to: &Peer, span: Duration) -> Result<()> {
     Ok(())
 }
 
+/// A relay following a key file, and four peers: A, which would accept the other three, B
+/// (allowed from the start), C (allowed later) and D (never).
+struct KeyFileSetup {
+    relay: Relay,
+    key_file: PathBuf,
+    a: Peer,
+    b: Peer,
+    c: Peer,
+    d: Peer,
+}
+
+impl KeyFileSetup {
+    /// Starts the peers, then the relay allowing A and B; A <-> B ping, C stays out.
+    fn start(lab: &mut Lab) -> Result<Self> {
+        let relay_host = lab.public_host("relay", 1)?;
+        let hosts: Vec<Host> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| lab.natted_host(n))
+            .collect::<Result<_>>()?;
+        let a = Peer::start(lab, &hosts[0], BoringTun, 1, MTU)?;
+        let b = Peer::start(lab, &hosts[1], WireGuardGo, 2, MTU)?;
+        let c = Peer::start(lab, &hosts[2], WireGuardGo, 3, MTU)?;
+        let d = Peer::start(lab, &hosts[3], BoringTun, 4, MTU)?;
+        let key_file = lab.dir().join("allowed-keys");
+        publish_keys(&key_file, &[&a.public_key, &b.public_key])?;
+        let relay = Relay::start(
+            lab,
+            &relay_host,
+            &["--allow-file", &key_file.to_string_lossy()],
+        )?;
+        // A would accept B, C and D; each of them is configured with A.
+        for other in [&b, &c, &d] {
+            a.connect(other, relay.addr)?;
+            other.connect(&a, relay.addr)?;
+        }
+        wait_for_ping(&a, &b, CONNECT)?;
+        stays_unreachable(&c, &a, Duration::from_secs(8))?;
+        Ok(Self {
+            relay,
+            key_file,
+            a,
+            b,
+            c,
+            d,
+        })
+    }
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
 fn keys_follow_the_file_over_one_relay_process() -> Result<()> {
     let mut lab = Lab::new()?;
-    let relay_host = lab.public_host("relay", 1)?;
-    let hosts: Vec<Host> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| lab.natted_host(n))
-        .collect::<Result<_>>()?;
-    let pa = Peer::start(&mut lab, &hosts[0], BoringTun, 1, MTU)?;
-    let pb = Peer::start(&mut lab, &hosts[1], WireGuardGo, 2, MTU)?;
-    let pc = Peer::start(&mut lab, &hosts[2], WireGuardGo, 3, MTU)?;
-    let pd = Peer::start(&mut lab, &hosts[3], BoringTun, 4, MTU)?;
-    let key_file = lab.dir().join("allowed-keys");
-    publish_keys(&key_file, &[&pa.public_key, &pb.public_key])?;
-    let relay = Relay::start(
-        &mut lab,
-        &relay_host,
-        &["--allow-file", &key_file.to_string_lossy()],
-    )?;
+    let s = KeyFileSetup::start(&mut lab)?;
     let pid = lab.pid("relay").context("relay pid")?;
-    // A would accept B, C and D; each of them is configured with A.
-    for other in [&pb, &pc, &pd] {
-        pa.connect(other, relay.addr)?;
-        other.connect(&pa, relay.addr)?;
-    }
-    wait_for_ping(&pa, &pb, CONNECT)?;
-    stays_unreachable(&pc, &pa, Duration::from_secs(8))?;
-
-    // Adding C's key lets C in, without restarting the relay.
-    publish_keys(&key_file, &[&pa.public_key, &pb.public_key, &pc.public_key])?;
-    let loaded = wait_for_metric(&relay, "wpex_allowed_keys", 3.0, Duration::from_secs(2))?;
-    let connected = wait_for_ping(&pa, &pc, CONNECT).with_context(|| {
-        let show = |p: &Peer| {
-            lab.exec(&p.host.ns, &["wg", "show", &p.iface])
-                .unwrap_or_default()
-        };
-        format!("A:\n{}\nC:\n{}", show(&pa), show(&pc))
-    })?;
-    println!("key added: loaded after {loaded:?}, C <-> A pinging {connected:?} later");
-
-    // A garbage update is rejected whole: the last good set stays and D stays out.
-    std::fs::write(key_file.with_extension("tmp"), "not a key\n")?;
-    std::fs::rename(key_file.with_extension("tmp"), &key_file)?;
-    wait_for_metric(
-        &relay,
-        r#"wpex_key_reloads_total{result="failure"}"#,
-        1.0,
-        Duration::from_secs(2),
-    )?;
-    ensure!(sample(&relay.metrics()?, "wpex_allowed_keys") == Some(3.0));
-    stays_unreachable(&pd, &pa, Duration::from_secs(8))?;
-    ensure!(
-        pc.ping_once(pa.tunnel_ip, None),
-        "C lost A after a rejected update"
-    );
-
-    // Removing C's key cuts C's live session at once; A <-> B keeps pinging.
+    key_added(&s)?;
+    garbage_update_rejected(&s)?;
     let before = sample(
-        &relay.metrics()?,
+        &s.relay.metrics()?,
         r#"wpex_forwarded_packets_total{type="transport_data"}"#,
     );
-    publish_keys(&key_file, &[&pa.public_key, &pb.public_key])?;
-    let ((), stopped) = eventually("C's traffic stops after removal", Duration::from_secs(2))
-        .every(Duration::ZERO)
-        .until_blocking(|| Ok((!pc.ping_once(pa.tunnel_ip, None)).then_some(())))?;
-    println!("key removed: C's traffic stopped within {stopped:?}");
-    stays_unreachable(&pc, &pa, Duration::from_secs(5))?;
-    ensure!(
-        pa.ping_once(pb.tunnel_ip, None) && pb.ping_once(pa.tunnel_ip, None),
-        "A <-> B broke"
-    );
+    key_removed(&s)?;
 
-    let m = relay.metrics()?;
+    let m = s.relay.metrics()?;
     ensure!(
         sample(&m, r#"wpex_key_reloads_total{result="success"}"#) == Some(2.0),
         "{m}"
@@ -546,5 +536,53 @@ fn keys_follow_the_file_over_one_relay_process() -> Result<()> {
         "the relay was restarted"
     );
     lab.pass();
+    Ok(())
+}
+
+/// Adding C's key lets C in, without restarting the relay.
+fn key_added(s: &KeyFileSetup) -> Result<()> {
+    let (a, b, c) = (&s.a, &s.b, &s.c);
+    publish_keys(&s.key_file, &[&a.public_key, &b.public_key, &c.public_key])?;
+    let loaded = wait_for_metric(&s.relay, "wpex_allowed_keys", 3.0, Duration::from_secs(2))?;
+    let connected = wait_for_ping(a, c, CONNECT).with_context(|| {
+        let show = |p: &Peer| exec(&p.host.ns, &["wg", "show", &p.iface]).unwrap_or_default();
+        format!("A:\n{}\nC:\n{}", show(a), show(c))
+    })?;
+    println!("key added: loaded after {loaded:?}, C <-> A pinging {connected:?} later");
+    Ok(())
+}
+
+/// A garbage update is rejected whole: the last good set stays and D stays out.
+fn garbage_update_rejected(s: &KeyFileSetup) -> Result<()> {
+    std::fs::write(s.key_file.with_extension("tmp"), "not a key\n")?;
+    std::fs::rename(s.key_file.with_extension("tmp"), &s.key_file)?;
+    wait_for_metric(
+        &s.relay,
+        r#"wpex_key_reloads_total{result="failure"}"#,
+        1.0,
+        Duration::from_secs(2),
+    )?;
+    ensure!(sample(&s.relay.metrics()?, "wpex_allowed_keys") == Some(3.0));
+    stays_unreachable(&s.d, &s.a, Duration::from_secs(8))?;
+    ensure!(
+        s.c.ping_once(s.a.tunnel_ip, None),
+        "C lost A after a rejected update"
+    );
+    Ok(())
+}
+
+/// Removing C's key cuts C's live session at once; A <-> B keeps pinging.
+fn key_removed(s: &KeyFileSetup) -> Result<()> {
+    let (a, b, c) = (&s.a, &s.b, &s.c);
+    publish_keys(&s.key_file, &[&a.public_key, &b.public_key])?;
+    let ((), stopped) = eventually("C's traffic stops after removal", Duration::from_secs(2))
+        .every(Duration::ZERO)
+        .until_blocking(|| Ok((!c.ping_once(a.tunnel_ip, None)).then_some(())))?;
+    println!("key removed: C's traffic stopped within {stopped:?}");
+    stays_unreachable(c, a, Duration::from_secs(5))?;
+    ensure!(
+        a.ping_once(b.tunnel_ip, None) && b.ping_once(a.tunnel_ip, None),
+        "A <-> B broke"
+    );
     Ok(())
 }
