@@ -9,11 +9,11 @@
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::poll::{abort, eventually};
 
@@ -58,8 +58,10 @@ impl Children {
     }
 
     /// Starts `command` as `name` with no stdin and its output in [`Children::log_path`];
-    /// returns its PID.
+    /// returns its PID. A name may be used again once its child has exited (a retry): the old
+    /// child is forgotten and its log overwritten.
     pub fn spawn(&mut self, name: &str, mut command: Command) -> Result<u32> {
+        self.forget_exited(name)?;
         let log = File::create(self.log_path(name))
             .with_context(|| format!("creating {}", self.log_path(name).display()))?;
         command
@@ -83,6 +85,18 @@ impl Children {
         Ok(pid)
     }
 
+    /// Fails if `name` is still running; else forgets it, so that the name can be used again.
+    fn forget_exited(&self, name: &str) -> Result<()> {
+        let mut running = self.lock();
+        if let Some(i) = running.iter().position(|(n, _)| n == name) {
+            if matches!(running[i].1.try_wait(), Ok(None)) {
+                bail!("a child named {name} is already running");
+            }
+            running.remove(i);
+        }
+        Ok(())
+    }
+
     /// The PID of `name`, while it is one of these children (even if it has exited).
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.lock()
@@ -97,6 +111,14 @@ impl Children {
             .iter_mut()
             .find(|(n, _)| n == name)
             .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How `name` exited, once it has (`None` while it runs, or if there is no such child).
+    pub fn exit_status(&self, name: &str) -> Option<ExitStatus> {
+        self.lock()
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
     /// Whether every child is still running.
@@ -125,7 +147,7 @@ impl Children {
     }
 
     /// Stops `name` (SIGTERM, then SIGKILL after a grace period) and reaps it; its log stays.
-    pub fn stop(&mut self, name: &str) {
+    pub fn stop(&self, name: &str) {
         let taken = {
             let mut running = self.lock();
             let at = running.iter().position(|(n, _)| n == name);
@@ -134,7 +156,8 @@ impl Children {
         let Some(mut child) = taken else {
             return;
         };
-        if let Ok(pid) = i32::try_from(child.id()) {
+        // Only while it runs: once reaped, its PID may belong to someone else.
+        if let (Ok(None), Ok(pid)) = (child.try_wait(), i32::try_from(child.id())) {
             // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
@@ -142,6 +165,14 @@ impl Children {
             .until_blocking(|| Ok(child.try_wait()?.map(drop)));
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Kills `name` at once (SIGKILL) and reaps it; its exit status stays readable.
+    pub fn kill(&self, name: &str) {
+        if let Some((_, child)) = self.lock().iter_mut().find(|(n, _)| n == name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Kills and reaps every child, the last started first.
@@ -213,6 +244,31 @@ mod tests {
         assert!(!children.is_running("talker") && children.pid("talker").is_none());
         // Reaped: the PID is no longer a child of ours.
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn exit_status_kill_and_a_name_used_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut children = Children::new(dir.path());
+        children.spawn("once", sh("exit 3")).expect("spawn");
+        let (status, _) = eventually("once exits", Duration::from_secs(10))
+            .until_blocking(|| Ok(children.exit_status("once")))
+            .expect("exits");
+        assert_eq!(status.code(), Some(3));
+        let pid = children.spawn("once", sh("exec sleep 60")).expect("again");
+        assert_eq!(children.pid("once"), Some(pid));
+        assert!(children.exit_status("once").is_none());
+        let error = children
+            .spawn("once", sh("true"))
+            .expect_err("still running");
+        assert!(format!("{error}").contains("already running"), "{error}");
+        children.kill("once");
+        assert!(!children.is_running("once"));
+        assert!(
+            children
+                .exit_status("once")
+                .is_some_and(|s| s.code().is_none())
+        );
     }
 
     #[test]
