@@ -272,13 +272,29 @@ fn bound(binding: &Value) -> String {
 #[ignore = "needs helm from e2e/install-helm.sh"]
 fn chart_lints_renders_and_validates_values() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let chart = chart();
-    let chart = chart.to_str().context("utf-8 path")?;
     let with_relay = values_file(dir.path(), "relay.yaml", WITH_RELAY)?;
     let with_relay = with_relay.to_str().context("utf-8 path")?;
     let everything = values_file(dir.path(), "everything.yaml", EVERYTHING)?;
     let everything = everything.to_str().context("utf-8 path")?;
+    lints(with_relay, everything)?;
+    default_render()?;
+    default_rbac()?;
+    rbac_cluster_scope()?;
+    rbac_other_namespaces(with_relay)?;
+    names()?;
+    service_account_not_created()?;
+    every_optional_value(everything)?;
+    monitors(everything)?;
+    helm_test_hook()?;
+    relays_and_keys_from_values(with_relay)?;
+    operator_replicas()?;
+    values_schema(dir.path())
+}
 
+/// `helm lint` with the defaults, with relays, with every value, and cluster-wide.
+fn lints(with_relay: &str, everything: &str) -> Result<()> {
+    let chart = chart();
+    let chart = chart.to_str().context("utf-8 path")?;
     let kube = pinned("K8S_VERSION");
     for args in [
         vec!["lint", chart, "--kube-version", kube],
@@ -296,8 +312,11 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         let (ok, out) = run_helm(&args, None)?;
         ensure!(ok, "helm {args:?} failed:\n{out}");
     }
+    Ok(())
+}
 
-    // The defaults: namespaced RBAC for the release's namespace, named as before for "wpex".
+/// The defaults: the operator's objects in the release's namespace, named as before for "wpex".
+fn default_render() -> Result<()> {
     let plain = render(&[])?;
     let expected = [
         "ClusterRole",
@@ -348,6 +367,12 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         text(deployment, "/spec/template/spec/containers/0/image") == "wpex/wpex-operator:0.1.0",
         "{deployment:#}"
     );
+    Ok(())
+}
+
+/// The default RBAC: namespaced for the release's namespace; cluster-wide, only `get` on Nodes.
+fn default_rbac() -> Result<()> {
+    let plain = render(&[])?;
     let role = plain.get("Role", Some(NS), "wpex-operator")?;
     ensure!(
         role["rules"] == operator_rules(),
@@ -385,7 +410,12 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
                        "verbs": ["get", "create", "update", "patch"]}]),
         "{election:#}"
     );
+    Ok(())
+}
 
+/// rbac.readNodes=false grants nothing cluster-wide; rbac.scope=cluster grants one ClusterRole
+/// with the same rules and Nodes, and every namespace is watched.
+fn rbac_cluster_scope() -> Result<()> {
     // rbac.readNodes=false: no cluster-wide grant at all.
     let no_nodes = render(&["--set", "rbac.readNodes=false"])?;
     ensure!(
@@ -440,8 +470,11 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         "rbac.scope=cluster ignores rbac.watchNamespaces: {}",
         both.text
     );
+    Ok(())
+}
 
-    // Other namespaces: a Role and RoleBinding in each, and a --namespace for each.
+/// rbac.watchNamespaces: a Role and RoleBinding in each other namespace, a --namespace for each.
+fn rbac_other_namespaces(with_relay: &str) -> Result<()> {
     let watched = render(&["--set", "rbac.watchNamespaces={a,b}"])?;
     for ns in ["a", "b"] {
         let role = watched.get("Role", Some(ns), "wpex-operator")?;
@@ -471,8 +504,11 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
     // Relays of the release go to its namespace, which must then be watched.
     let out = render_fails(&["--set", "rbac.watchNamespaces={a}", "-f", with_relay])?;
     ensure!(out.contains("rbac.watchNamespaces"), "{out}");
+    Ok(())
+}
 
-    // Names: fullnameOverride, nameOverride, and a release without the chart's name.
+/// Names: fullnameOverride, nameOverride, and a release without the chart's name.
+fn names() -> Result<()> {
     let full = render(&["--set", "fullnameOverride=tunnel"])?;
     ensure!(
         full.names("Deployment") == ["tunnel-operator"]
@@ -521,8 +557,11 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
     for service in trimmed.names("Service") {
         ensure!(service.len() <= 63, "Service {service} is no DNS label");
     }
+    Ok(())
+}
 
-    // serviceAccount.create=false: no ServiceAccount; the RBAC binds the one named.
+/// serviceAccount.create=false: no ServiceAccount; the RBAC binds the one named.
+fn service_account_not_created() -> Result<()> {
     let existing = render(&[
         "--set",
         "serviceAccount.create=false",
@@ -554,8 +593,11 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         "{}",
         default_account.text
     );
+    Ok(())
+}
 
-    // Everything else in one render.
+/// Every other optional value, in one render: the operator pod and its ServiceAccount.
+fn every_optional_value(everything: &str) -> Result<()> {
     let all = render(&["-f", everything])?;
     let deployment = all.deployment()?;
     let pod = &deployment["spec"]["template"];
@@ -591,6 +633,14 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         text(account, "/metadata/annotations/example.com~1role") == "wpex",
         "{account:#}"
     );
+    Ok(())
+}
+
+/// The monitors (opt-in) and the test pod, with every optional value set.
+fn monitors(everything: &str) -> Result<()> {
+    let all = render(&["-f", everything])?;
+    let pod = &all.deployment()?["spec"]["template"];
+    let plain = render(&[])?;
     let monitor = all.get("ServiceMonitor", Some(NS), "wpex-operator")?;
     ensure!(
         text(monitor, "/metadata/labels/release") == "prometheus"
@@ -634,9 +684,13 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         plain.all("PodMonitor").is_empty() && plain.all("ServiceMonitor").is_empty(),
         "monitors are opt-in"
     );
+    Ok(())
+}
 
-    // `helm test`: the operator's image probes /readyz through the metrics Service, found by the
-    // Service's environment variables (no cluster DNS needed).
+/// `helm test`: the operator's image probes /readyz through the metrics Service, found by the
+/// Service's environment variables (no cluster DNS needed).
+fn helm_test_hook() -> Result<()> {
+    let plain = render(&[])?;
     let test = plain.test_pod()?;
     let service = plain.get("Service", Some(NS), "wpex-operator-metrics")?;
     ensure!(
@@ -669,7 +723,11 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         text(test, "/metadata/labels/app.kubernetes.io~1name") != "wpex-operator",
         "the operator's Service and selectors must not pick the test pod: {test:#}"
     );
+    Ok(())
+}
 
+/// Relays and keys given as values become WireGuardRelay and WireGuardPeerKey objects.
+fn relays_and_keys_from_values(with_relay: &str) -> Result<()> {
     let full = render(&["-f", with_relay])?;
     let k = full.kinds();
     let count = |kind: &str| k.iter().filter(|x| **x == kind).count();
@@ -683,8 +741,12 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         "{}",
         full.text
     );
+    Ok(())
+}
 
-    // More than one operator replica: spread over nodes, and kept through a drain.
+/// More than one operator replica: spread over nodes, and kept through a drain.
+fn operator_replicas() -> Result<()> {
+    let plain = render(&[])?;
     let ha = render(&["--set", "replicaCount=2"])?;
     let pdb = ha.get("PodDisruptionBudget", Some(NS), "wpex-operator")?;
     let spec = &ha.deployment()?["spec"];
@@ -701,7 +763,12 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         "one replica needs neither: {}",
         plain.text
     );
+    Ok(())
+}
 
+/// The values schema: `global` is allowed (as a subchart), an unknown value or a malformed key
+/// is refused before anything reaches the cluster.
+fn values_schema(dir: &Path) -> Result<()> {
     // The values schema: `global` is allowed (as a subchart), an unknown value is not.
     render(&["--set", "global.foo=bar"])?;
     let out = render_fails(&["--set", "bogus=1"])?;
@@ -711,7 +778,7 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
 
     // The values schema refuses a malformed key before anything reaches the cluster.
     let bad = values_file(
-        dir.path(),
+        dir,
         "bad.yaml",
         "peerKeys: [{name: x, relay: edge, publicKey: AAAA}]\n",
     )?;
@@ -721,12 +788,12 @@ fn chart_lints_renders_and_validates_values() -> Result<()> {
         "the error names the field:\n{out}"
     );
     // A relay name is a Service name: the schema refuses what the CRD would, before install.
-    let digit = values_file(dir.path(), "digit.yaml", "relays: [{name: 1edge}]\n")?;
+    let digit = values_file(dir, "digit.yaml", "relays: [{name: 1edge}]\n")?;
     let out = render_fails(&["-f", digit.to_str().context("utf-8")?])?;
     ensure!(out.contains("name"), "the error names the field:\n{out}");
     // Names YAML would read as booleans stay strings.
     let yes = values_file(
-        dir.path(),
+        dir,
         "yes.yaml",
         "relays: [{name: \"on\"}]\npeerKeys: [{name: \"y\", relay: \"on\", publicKey: HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=}]\n",
     )?;
