@@ -832,164 +832,210 @@ async fn operator_args(deployments: &Api<Deployment>) -> Result<Vec<String>> {
 #[ignore = "needs helm from e2e/install-helm.sh and the Kubernetes binaries"]
 async fn helm_install_and_uninstall_on_a_real_api_server() -> Result<()> {
     let cp = ControlPlane::start().await?;
-    let kubeconfig = cp.kubeconfig_path().to_owned();
-    let on_cluster = Some(kubeconfig.as_path());
-    let chart = chart();
-    let chart = chart.to_str().context("utf-8 path")?;
-    let (ok, out) = run_helm(
-        &[
-            "install",
-            "wpex",
-            chart,
-            "--namespace",
-            "wpex-system",
-            "--create-namespace",
-        ],
-        on_cluster,
-    )?;
-    if !ok {
-        cp.print_logs();
-        bail!("helm install failed:\n{out}");
-    }
-    ensure!(
-        out.contains("kubectl get wgr") && out.contains("helm test wpex -n wpex-system"),
-        "NOTES.txt is shown:\n{out}"
-    );
+    let release = Release {
+        client: cp.client(),
+        kubeconfig: cp.kubeconfig_path(),
+        chart: chart(),
+    };
+    let out = release.install().await.inspect_err(|_| cp.print_logs())?;
+    release.notes_commands_work(&out).await?;
+    release.default_rbac().await?;
+    release.readme_upgrades().await?;
+    release.uninstall().await
+}
 
-    let client = cp.client();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["wireguardrelays.wpex.io", "wireguardpeerkeys.wpex.io"] {
-        crds.get(name)
-            .await
-            .with_context(|| format!("CRD {name} installed"))?;
-    }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "wpex-system");
-    deployments
-        .get("wpex-operator")
-        .await
-        .context("operator Deployment")?;
+/// The chart installed as release `wpex` in `wpex-system` on a bare API server.
+struct Release<'a> {
+    client: kube::Client,
+    kubeconfig: &'a Path,
+    chart: PathBuf,
+}
 
-    // The NOTES commands work as pasted (with a real key for the placeholder).
-    let commands = notes_commands(&out);
-    ensure!(commands.len() == 4, "4 commands in NOTES:\n{out}");
-    let (_, key) = wpex_e2e::wg::keypair()?;
-    let kubectl = wpex_e2e::tools::kubectl()?;
-    let kubectl_dir = kubectl.parent().context("kubectl's directory")?;
-    for command in commands {
-        let command = command.replace("<base64 public key>", &key);
-        let path = format!(
-            "{}:{}",
-            kubectl_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let out = std::process::Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &command])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("PATH", path)
-            .output()?;
+impl Release<'_> {
+    fn on_cluster(&self) -> Option<&Path> {
+        Some(self.kubeconfig)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), "wpex-system")
+    }
+
+    /// `helm install`, which shows the NOTES and creates the CRDs and the operator's
+    /// Deployment; returns helm's output.
+    async fn install(&self) -> Result<String> {
+        let chart = self.chart.to_str().context("utf-8 path")?;
+        let on_cluster = self.on_cluster();
+        let (ok, out) = run_helm(
+            &[
+                "install",
+                "wpex",
+                chart,
+                "--namespace",
+                "wpex-system",
+                "--create-namespace",
+            ],
+            on_cluster,
+        )?;
+        ensure!(ok, "helm install failed:\n{out}");
         ensure!(
-            out.status.success(),
-            "NOTES command failed:\n{command}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            out.contains("kubectl get wgr") && out.contains("helm test wpex -n wpex-system"),
+            "NOTES.txt is shown:\n{out}"
         );
-    }
-    let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), "wpex-system");
-    relays.get("edge").await.context("the NOTES relay")?;
-    let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), "wpex-system");
-    let alice = keys.get("alice-laptop").await.context("the NOTES key")?;
-    ensure!(alice.spec.public_key == key, "the NOTES key holds our key");
 
-    // The API server takes the RBAC: by default a Role in the release's namespace, and only
-    // Nodes cluster-wide.
-    let roles: Api<Role> = Api::namespaced(client.clone(), "wpex-system");
-    for name in ["wpex-operator", "wpex-operator-leader-election"] {
-        roles
-            .get(name)
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for name in ["wireguardrelays.wpex.io", "wireguardpeerkeys.wpex.io"] {
+            crds.get(name)
+                .await
+                .with_context(|| format!("CRD {name} installed"))?;
+        }
+        self.deployments()
+            .get("wpex-operator")
             .await
-            .with_context(|| format!("Role {name}"))?;
+            .context("operator Deployment")?;
+        Ok(out)
     }
-    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    cluster_roles
-        .get("wpex-operator-nodes")
-        .await
-        .context("the Nodes ClusterRole")?;
-    ensure!(
-        cluster_roles.get_opt("wpex-operator").await?.is_none(),
-        "no cluster-wide ClusterRole by default"
-    );
 
-    // The README's upgrades: watch one more namespace, then every namespace.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let team_a = Namespace {
-        metadata: ObjectMeta {
-            name: Some("team-a".into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    namespaces.create(&PostParams::default(), &team_a).await?;
-    // `helm upgrade --reuse-values --set VALUE`, as the README writes it.
-    let upgrade = |value: &str| -> Result<()> {
-        let args = [
-            "upgrade",
-            "wpex",
-            chart,
-            "--namespace",
-            "wpex-system",
-            "--reuse-values",
-            "--set",
-            value,
-        ];
-        let (ok, out) = run_helm(&args, on_cluster)?;
-        ensure!(ok, "helm upgrade --set {value} failed:\n{out}");
+    /// The NOTES commands work as pasted (with a real key for the placeholder).
+    async fn notes_commands_work(&self, out: &str) -> Result<()> {
+        let (client, kubeconfig) = (&self.client, self.kubeconfig);
+        let commands = notes_commands(out);
+        ensure!(commands.len() == 4, "4 commands in NOTES:\n{out}");
+        let (_, key) = wpex_e2e::wg::keypair()?;
+        let kubectl = wpex_e2e::tools::kubectl()?;
+        let kubectl_dir = kubectl.parent().context("kubectl's directory")?;
+        for command in commands {
+            let command = command.replace("<base64 public key>", &key);
+            let path = format!(
+                "{}:{}",
+                kubectl_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            let out = std::process::Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &command])
+                .env("KUBECONFIG", kubeconfig)
+                .env("PATH", path)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "NOTES command failed:\n{command}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), "wpex-system");
+        relays.get("edge").await.context("the NOTES relay")?;
+        let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), "wpex-system");
+        let alice = keys.get("alice-laptop").await.context("the NOTES key")?;
+        ensure!(alice.spec.public_key == key, "the NOTES key holds our key");
         Ok(())
-    };
-    upgrade("rbac.watchNamespaces={wpex-system,team-a}")?;
-    let team_roles: Api<Role> = Api::namespaced(client.clone(), "team-a");
-    team_roles
-        .get("wpex-operator")
-        .await
-        .context("the Role in team-a")?;
-    let args = operator_args(&deployments).await?;
-    ensure!(
-        args.contains(&"--namespace=wpex-system".to_owned())
-            && args.contains(&"--namespace=team-a".to_owned()),
-        "{args:?}"
-    );
-    upgrade("rbac.scope=cluster")?;
-    cluster_roles
-        .get("wpex-operator")
-        .await
-        .context("the cluster-wide ClusterRole")?;
-    ensure!(
-        cluster_roles
-            .get_opt("wpex-operator-nodes")
-            .await?
-            .is_none()
-            && team_roles.get_opt("wpex-operator").await?.is_none()
-            && roles.get_opt("wpex-operator").await?.is_none(),
-        "the namespaced RBAC is gone in cluster mode"
-    );
-    let args = operator_args(&deployments).await?;
-    ensure!(
-        !args.iter().any(|a| a.starts_with("--namespace")),
-        "{args:?}"
-    );
+    }
 
-    let (ok, out) = run_helm(
-        &["uninstall", "wpex", "--namespace", "wpex-system", "--wait"],
-        on_cluster,
-    )?;
-    ensure!(ok, "helm uninstall failed:\n{out}");
-    ensure!(
-        deployments.get_opt("wpex-operator").await?.is_none(),
-        "the operator Deployment is gone"
-    );
-    ensure!(
-        cluster_roles.get_opt("wpex-operator").await?.is_none(),
-        "the ClusterRole is gone"
-    );
-    let (_, list) = run_helm(&["list", "--all-namespaces", "--short"], on_cluster)?;
-    ensure!(list.trim().is_empty(), "no release left: {list}");
-    Ok(())
+    /// The API server takes the RBAC: by default a Role in the release's namespace, and only
+    /// Nodes cluster-wide.
+    async fn default_rbac(&self) -> Result<()> {
+        let client = &self.client;
+        let roles: Api<Role> = Api::namespaced(client.clone(), "wpex-system");
+        for name in ["wpex-operator", "wpex-operator-leader-election"] {
+            roles
+                .get(name)
+                .await
+                .with_context(|| format!("Role {name}"))?;
+        }
+        let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+        cluster_roles
+            .get("wpex-operator-nodes")
+            .await
+            .context("the Nodes ClusterRole")?;
+        ensure!(
+            cluster_roles.get_opt("wpex-operator").await?.is_none(),
+            "no cluster-wide ClusterRole by default"
+        );
+        Ok(())
+    }
+
+    /// The README's upgrades: watch one more namespace, then every namespace.
+    async fn readme_upgrades(&self) -> Result<()> {
+        let (client, deployments) = (&self.client, self.deployments());
+        let roles: Api<Role> = Api::namespaced(client.clone(), "wpex-system");
+        let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let team_a = Namespace {
+            metadata: ObjectMeta {
+                name: Some("team-a".into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        namespaces.create(&PostParams::default(), &team_a).await?;
+        // `helm upgrade --reuse-values --set VALUE`, as the README writes it.
+        let upgrade = |value: &str| -> Result<()> {
+            let chart = self.chart.to_str().context("utf-8 path")?;
+            let args = [
+                "upgrade",
+                "wpex",
+                chart,
+                "--namespace",
+                "wpex-system",
+                "--reuse-values",
+                "--set",
+                value,
+            ];
+            let (ok, out) = run_helm(&args, self.on_cluster())?;
+            ensure!(ok, "helm upgrade --set {value} failed:\n{out}");
+            Ok(())
+        };
+        upgrade("rbac.watchNamespaces={wpex-system,team-a}")?;
+        let team_roles: Api<Role> = Api::namespaced(client.clone(), "team-a");
+        team_roles
+            .get("wpex-operator")
+            .await
+            .context("the Role in team-a")?;
+        let args = operator_args(&deployments).await?;
+        ensure!(
+            args.contains(&"--namespace=wpex-system".to_owned())
+                && args.contains(&"--namespace=team-a".to_owned()),
+            "{args:?}"
+        );
+        upgrade("rbac.scope=cluster")?;
+        cluster_roles
+            .get("wpex-operator")
+            .await
+            .context("the cluster-wide ClusterRole")?;
+        ensure!(
+            cluster_roles
+                .get_opt("wpex-operator-nodes")
+                .await?
+                .is_none()
+                && team_roles.get_opt("wpex-operator").await?.is_none()
+                && roles.get_opt("wpex-operator").await?.is_none(),
+            "the namespaced RBAC is gone in cluster mode"
+        );
+        let args = operator_args(&deployments).await?;
+        ensure!(
+            !args.iter().any(|a| a.starts_with("--namespace")),
+            "{args:?}"
+        );
+        Ok(())
+    }
+
+    /// `helm uninstall` leaves no operator, no ClusterRole and no release.
+    async fn uninstall(&self) -> Result<()> {
+        let (on_cluster, deployments) = (self.on_cluster(), self.deployments());
+        let cluster_roles: Api<ClusterRole> = Api::all(self.client.clone());
+        let (ok, out) = run_helm(
+            &["uninstall", "wpex", "--namespace", "wpex-system", "--wait"],
+            on_cluster,
+        )?;
+        ensure!(ok, "helm uninstall failed:\n{out}");
+        ensure!(
+            deployments.get_opt("wpex-operator").await?.is_none(),
+            "the operator Deployment is gone"
+        );
+        ensure!(
+            cluster_roles.get_opt("wpex-operator").await?.is_none(),
+            "the ClusterRole is gone"
+        );
+        let (_, list) = run_helm(&["list", "--all-namespaces", "--short"], on_cluster)?;
+        ensure!(list.trim().is_empty(), "no release left: {list}");
+        Ok(())
+    }
 }
