@@ -156,7 +156,21 @@ fn first_contact(
     Ok(reached.ok().map(|((), took)| took))
 }
 
-fn flood(run: &Flood) -> Result<()> {
+/// The flood's lab: A, B and C behind their own NATs, the relay allowing their keys and
+/// `run.keys` random ones, and an attacker on the internet.
+struct FloodLab {
+    lab: Lab,
+    relay: Relay,
+    attacker: Host,
+    a: Peer,
+    b: Peer,
+    c: Peer,
+    /// The marker of the rule counting spoofed datagrams at the relay host.
+    spoofed: String,
+}
+
+/// Builds the lab; A <-> B ping through the relay, C is configured by A only.
+fn flood_lab(run: &Flood) -> Result<FloodLab> {
     let bin = release_relay_bin()?;
     let mut lab = Lab::new()?;
     let relay_host = lab.public_host("relay", 1)?;
@@ -190,35 +204,76 @@ fn flood(run: &Flood) -> Result<()> {
     pb.connect(&pa, relay.addr)?;
     pa.connect(&pc, relay.addr)?;
     wait_for_ping(&pa, &pb, CONNECT)?;
-    let pid = lab.pid("relay").context("relay pid")?;
-    let before = relay.metrics()?;
+    Ok(FloodLab {
+        lab,
+        relay,
+        attacker,
+        a: pa,
+        b: pb,
+        c: pc,
+        spoofed,
+    })
+}
+
+/// What one flood run measured.
+struct FloodFigures {
+    /// `wpex-attack`'s line of figures.
+    sent: String,
+    ab: u32,
+    ba: u32,
+    /// The relay's CPU time over `window`, while A and B pinged.
+    cpu: Duration,
+    window: Duration,
+    c_took: Option<Duration>,
+    arrived: u64,
+    running: bool,
+    overflowed: String,
+    deltas: String,
+}
+
+/// `wpex-attack flood` arguments for `run` against `relay`.
+fn flood_args(run: &Flood, relay: SocketAddrV4) -> Vec<String> {
+    let seconds = (run.c_window() + FLOOD_MARGIN).as_secs().to_string();
+    let mut args: Vec<String> = [
+        "flood",
+        "--relay",
+        &relay.to_string(),
+        "--seconds",
+        &seconds,
+    ]
+    .map(str::to_owned)
+    .into();
+    match run.rate {
+        Some(rate) => args.extend(["--rate".to_owned(), rate.to_string()]),
+        None => args.push("--flat-out".to_owned()),
+    }
+    if run.zero_mac2 {
+        args.push("--zero-mac2".to_owned());
+    }
+    args
+}
+
+/// Floods the relay while A and B ping each other and C makes first contact with A.
+fn measure_flood(f: &FloodLab, run: &Flood) -> Result<FloodFigures> {
+    let pid = f.lab.pid("relay").context("relay pid")?;
+    let before = f.relay.metrics()?;
     // Datagrams the kernel dropped because the relay's socket buffer was full.
     let overflowed = || udp_counter(pid, "RcvbufErrors");
     let overflowed0 = overflowed()?;
-
-    let relay_arg = relay.addr.to_string();
-    let seconds = (run.c_window() + FLOOD_MARGIN).as_secs().to_string();
-    let rate = run.rate.map(|r| r.to_string());
-    let mut flood_args = vec!["flood", "--relay", &relay_arg, "--seconds", &seconds];
-    match &rate {
-        Some(rate) => flood_args.extend(["--rate", rate]),
-        None => flood_args.push("--flat-out"),
-    }
-    if run.zero_mac2 {
-        flood_args.push("--zero-mac2");
-    }
+    let args = flood_args(run, f.relay.addr);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pings = Ping {
         count: PINGS,
         interval: PING_EVERY,
         ..Ping::default()
     };
     let (sent, ab, ba, cpu, window, c_took) = std::thread::scope(|s| -> Result<_> {
-        let flooding = s.spawn(|| attack(&lab, &attacker, &flood_args));
+        let flooding = s.spawn(|| attack(&f.lab, &f.attacker, &args));
         std::thread::sleep(Duration::from_secs(1));
         let (cpu0, t0) = (cpu_time(pid)?, Instant::now());
-        let ab = s.spawn(|| pa.ping(pb.tunnel_ip, pings));
-        let ba = s.spawn(|| pb.ping(pa.tunnel_ip, pings));
-        let c = s.spawn(|| first_contact(&pc, &pa, relay.addr, run.c_window()));
+        let ab = s.spawn(|| f.a.ping(f.b.tunnel_ip, pings));
+        let ba = s.spawn(|| f.b.ping(f.a.tunnel_ip, pings));
+        let c = s.spawn(|| first_contact(&f.c, &f.a, f.relay.addr, run.c_window()));
         let joined = |h: std::thread::ScopedJoinHandle<'_, Result<u32>>| {
             h.join().map_err(|_| anyhow::anyhow!("ping panicked"))?
         };
@@ -230,26 +285,46 @@ fn flood(run: &Flood) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("flood panicked"))??;
         Ok((sent, ab, ba, cpu1.saturating_sub(cpu0), t1 - t0, c_took))
     })?;
-    let arrived = rule_packets(&lab, &relay_host.ns, "INPUT", &spoofed)?;
-    let running = lab.is_running("relay");
+    let arrived = rule_packets(&f.lab, &f.relay.host.ns, "INPUT", &f.spoofed)?;
+    let running = f.lab.is_running("relay");
     let overflowed = overflowed().map_or_else(
         |e| format!("unknown ({e:#})"),
         |n| n.saturating_sub(overflowed0).to_string(),
     );
     // A relay still working through its socket backlog may take a while to answer.
-    let deltas = metrics_within(&relay, Duration::from_secs(10)).map_or_else(
+    let deltas = metrics_within(&f.relay, Duration::from_secs(10)).map_or_else(
         |e| format!("metrics unavailable ({e:#})"),
         |after| counter_deltas(&before, &after),
     );
+    Ok(FloodFigures {
+        sent,
+        ab,
+        ba,
+        cpu,
+        window,
+        c_took,
+        arrived,
+        running,
+        overflowed,
+        deltas,
+    })
+}
 
-    let (sent_n, sent_s) = (number(&sent, "sent")?, number(&sent, "seconds")?);
-    let cores = cpu.as_secs_f64() / window.as_secs_f64();
-    let loss = |got: u32| 1.0 - f64::from(got) / f64::from(PINGS);
-    let c_text = c_took.map_or_else(
+/// The share of [`PINGS`] that got no reply.
+fn loss(got: u32) -> f64 {
+    1.0 - f64::from(got) / f64::from(PINGS)
+}
+
+/// One line with every figure of a flood run.
+fn describe_flood(run: &Flood, m: &FloodFigures) -> Result<String> {
+    let (sent_n, sent_s) = (number(&m.sent, "sent")?, number(&m.sent, "seconds")?);
+    let cores = m.cpu.as_secs_f64() / m.window.as_secs_f64();
+    let c_text = m.c_took.map_or_else(
         || format!("none within {:?}", run.c_window()),
         |d| format!("{:.1} s", d.as_secs_f64()),
     );
-    let figures = format!(
+    let (arrived, overflowed, ab, ba, deltas) = (m.arrived, &m.overflowed, m.ab, m.ba, &m.deltas);
+    Ok(format!(
         "{}: {} allowed keys, junk initiations{} {:.0}/s ({sent_n:.0} in {sent_s:.1} s), \
          {arrived} ({:.1}%) reached the relay host, {overflowed} overflowed its socket; A->B {ab}/{PINGS}, B->A {ba}/{PINGS} \
          (loss {:.1}% / {:.1}%); relay CPU {cores:.3} cores over {:.1} s; C's first ping \
@@ -261,11 +336,15 @@ fn flood(run: &Flood) -> Result<()> {
         100.0 * arrived as f64 / sent_n.max(1.0),
         100.0 * loss(ab),
         100.0 * loss(ba),
-        window.as_secs_f64(),
-        if running { "running" } else { "EXITED" },
-    );
-    println!("{figures}");
+        m.window.as_secs_f64(),
+        if m.running { "running" } else { "EXITED" },
+    ))
+}
 
+/// The targets a flood run missed, the lab's own part first.
+fn flood_missed(run: &Flood, m: &FloodFigures) -> Result<Vec<String>> {
+    let (sent_n, sent_s) = (number(&m.sent, "sent")?, number(&m.sent, "seconds")?);
+    let (arrived, cores) = (m.arrived, m.cpu.as_secs_f64() / m.window.as_secs_f64());
     let mut missed = Vec::new();
     // First that the lab did its part: the junk reached the relay host.
     match run.rate {
@@ -281,10 +360,10 @@ fn flood(run: &Flood) -> Result<()> {
         }
         _ => {}
     }
-    if !running {
+    if !m.running {
         missed.push("the relay exited".to_owned());
     }
-    for (dir, got) in [("A->B", ab), ("B->A", ba)] {
+    for (dir, got) in [("A->B", m.ab), ("B->A", m.ba)] {
         if loss(got) > MAX_LOSS {
             missed.push(format!(
                 "{dir} lost {:.1}% (target <= {:.0}%)",
@@ -299,11 +378,19 @@ fn flood(run: &Flood) -> Result<()> {
             run.max_cores
         ));
     }
-    if run.c_is_target && c_took.is_none() {
+    if run.c_is_target && m.c_took.is_none() {
         missed.push(format!("C's first handshake: none within {C_WITHIN:?}"));
     }
-    check(&figures, missed)?;
-    lab.pass();
+    Ok(missed)
+}
+
+fn flood(run: &Flood) -> Result<()> {
+    let mut f = flood_lab(run)?;
+    let measured = measure_flood(&f, run)?;
+    let figures = describe_flood(run, &measured)?;
+    println!("{figures}");
+    check(&figures, flood_missed(run, &measured)?)?;
+    f.lab.pass();
     Ok(())
 }
 
