@@ -457,8 +457,13 @@ async fn relay_deletion_collects_children(apis: &Namespaced) -> Result<()> {
 async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
     let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
     let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), ns);
+    malformed_keys_refused(&keys).await?;
+    orphan_key(&keys).await?;
+    duplicate_keys(&relays, &keys).await
+}
 
-    // The API server itself refuses keys that are not base64 of 32 bytes.
+/// The API server itself refuses keys that are not base64 of 32 bytes.
+async fn malformed_keys_refused(keys: &Api<WireGuardPeerKey>) -> Result<()> {
     for bad in [
         "AAAA",
         "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykx=",
@@ -484,44 +489,50 @@ async fn validation_and_status(client: &Client, ns: &str) -> Result<()> {
             other => bail!("key {bad:?} was not refused: {other:?}"),
         }
     }
+    Ok(())
+}
 
-    // A key whose relay does not exist says so.
-    apply_json(&keys, "orphan", key_json("orphan", "nowhere", K3, false)).await?;
+/// A key whose relay does not exist says so; it cannot move to another relay either.
+async fn orphan_key(keys: &Api<WireGuardPeerKey>) -> Result<()> {
+    apply_json(keys, "orphan", key_json("orphan", "nowhere", K3, false)).await?;
     eventually("orphan status", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((condition(&keys, "orphan").await?
-                == Some(("False".into(), "RelayNotFound".into())))
-            .then_some(()))
+            Ok(
+                (condition(keys, "orphan").await?
+                    == Some(("False".into(), "RelayNotFound".into())))
+                .then_some(()),
+            )
         })
         .await?;
     // A key cannot move to another relay: the old one would keep allowing it until a resync.
-    match apply_json(&keys, "orphan", key_json("orphan", "elsewhere", K3, false)).await {
+    match apply_json(keys, "orphan", key_json("orphan", "elsewhere", K3, false)).await {
         Err(e) => {
             let text = format!("{e:#}");
             assert!(text.contains("relay is immutable"), "{text}");
         }
         Ok(_) => bail!("spec.relay of a WireGuardPeerKey was changed"),
     }
+    Ok(())
+}
 
-    // Of two keys claiming the same public key, the older wins; the other is a duplicate.
+/// Of two keys claiming the same public key, the older wins; the other is a duplicate.
+async fn duplicate_keys(relays: &Api<WireGuardRelay>, keys: &Api<WireGuardPeerKey>) -> Result<()> {
     apply_json(
-        &relays,
+        relays,
         "edge",
         relay_json("edge", json!({"service": {"type": "ClusterIP"}})),
     )
     .await?;
-    apply_json(&keys, "first", key_json("first", "edge", K1, false)).await?;
+    apply_json(keys, "first", key_json("first", "edge", K1, false)).await?;
     tokio::time::sleep(Duration::from_millis(1100)).await; // distinct creation seconds
-    apply_json(&keys, "second", key_json("second", "edge", K1, false)).await?;
+    apply_json(keys, "second", key_json("second", "edge", K1, false)).await?;
     eventually("duplicate status", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
             Ok(
-                (condition(&keys, "second").await?
-                    == Some(("False".into(), "DuplicateKey".into()))
-                    && condition(&keys, "first").await?
-                        == Some(("True".into(), "Accepted".into())))
+                (condition(keys, "second").await? == Some(("False".into(), "DuplicateKey".into()))
+                    && condition(keys, "first").await? == Some(("True".into(), "Accepted".into())))
                 .then_some(()),
             )
         })
@@ -619,103 +630,111 @@ async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
         ],
     )
     .await?;
+    let apis = Namespaced::new(client, ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let result = async {
-        let relays: Api<WireGuardRelay> = Api::namespaced(client.clone(), ns);
-        let keys: Api<WireGuardPeerKey> = Api::namespaced(client.clone(), ns);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        apply_json(
-            &relays,
-            "np",
-            relay_json(
-                "np",
-                json!({"service": {"type": "NodePort", "nodePort": 31820}}),
-            ),
-        )
-        .await?;
-        apply_json(&keys, "np-peer", key_json("np-peer", "np", K2, false)).await?;
-        // Not on a node yet: no endpoint rather than a guess.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (pending, _) = relay_endpoints(&relays, "np").await?;
-        ensure!(pending.is_none(), "an endpoint before the pod has a node: {pending:?}");
-
-        let first = schedule_relay_pod(&pods, "np", &node_b).await?;
-        let ((), took) = eventually("the endpoint is node b's external address", SOON)
-        .every(LOOK_EVERY)
-        .until(|| async {
-            Ok((relay_endpoints(&relays, "np").await?
-                == (
-                    Some("198.51.100.20:31820".into()),
-                    vec!["198.51.100.20:31820".into()],
-                )).then_some(()))
-        })
-        .await?;
-        println!("NodePort relay pod bound to node b (of 2) -> endpoint in status in {took:?}");
-
-        // The pod moves to node a: the endpoint follows.
-        pods.delete(
-            &first,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-        )
-        .await?;
-        schedule_relay_pod(&pods, "np", &node_a).await?;
-        let ((), took) = eventually("the endpoint follows the pod to node a", SOON)
-        .every(LOOK_EVERY)
-        .until(|| async {
-            Ok((relay_endpoints(&relays, "np").await?.0.as_deref() == Some("192.0.2.10:31820")).then_some(()))
-        })
-        .await?;
-        println!("relay pod moved to node a -> endpoint followed in {took:?}");
-
-        // An override is used verbatim, in status and in the keys' [Peer] hints.
-        apply_json(
-            &relays,
-            "np",
-            relay_json(
-                "np",
-                json!({"service": {"type": "NodePort", "nodePort": 31820}, "endpoint": "vpn.example.com:51820"}),
-            ),
-        )
-        .await?;
-        eventually("spec.endpoint overrides status and hints", SOON)
-        .every(LOOK_EVERY)
-        .until(|| async {
-            let key = keys.get("np-peer").await?.status.unwrap_or_default();
-            Ok((relay_endpoints(&relays, "np").await?.0.as_deref() == Some("vpn.example.com:51820")
-                && key
-                    .peer_config
-                    .is_some_and(|h| h.contains("Endpoint = vpn.example.com:51820\n"))).then_some(()))
-        })
-        .await?;
-        for bad in ["vpn.example.com", "vpn.example.com:0", "2001:db8::1:51820", "a b:1"] {
-            let refused = apply_json(
-                &relays,
-                "np",
-                relay_json("np", json!({"endpoint": bad})),
-            )
-            .await;
-            ensure!(refused.is_err(), "spec.endpoint {bad:?} was accepted");
-        }
-        apply_json(
-            &relays,
-            "np",
-            relay_json("np", json!({"endpoint": "[2001:db8::1]:51820"})),
-        )
-        .await?;
-        // A relay name is its Service's name: a DNS-1035 label.
-        for bad in ["1relay", &"r".repeat(64)] {
-            let refused = apply_json(&relays, bad, relay_json(bad, json!({}))).await;
-            ensure!(refused.is_err(), "relay name {bad:?} was accepted");
-        }
-        Ok(())
+        endpoint_follows_the_pod(&apis, &pods, &node_a, &node_b).await?;
+        endpoint_override(&apis).await?;
+        endpoints_and_names_refused(&apis.relays).await
     }
     .await;
     for node in [&node_a, &node_b] {
         nodes.delete(node, &DeleteParams::default()).await?;
     }
     result
+}
+
+/// A NodePort relay's endpoint is its pod's node's address: none before the pod has a node,
+/// then node b's external address, then node a's internal one once the pod moves there.
+async fn endpoint_follows_the_pod(
+    apis: &Namespaced,
+    pods: &Api<Pod>,
+    node_a: &str,
+    node_b: &str,
+) -> Result<()> {
+    let Namespaced { relays, keys, .. } = apis;
+    let node_port = json!({"service": {"type": "NodePort", "nodePort": 31820}});
+    apply_json(relays, "np", relay_json("np", node_port)).await?;
+    apply_json(keys, "np-peer", key_json("np-peer", "np", K2, false)).await?;
+    // Not on a node yet: no endpoint rather than a guess.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (pending, _) = relay_endpoints(relays, "np").await?;
+    ensure!(
+        pending.is_none(),
+        "an endpoint before the pod has a node: {pending:?}"
+    );
+
+    let first = schedule_relay_pod(pods, "np", node_b).await?;
+    let on_b = (
+        Some("198.51.100.20:31820".to_owned()),
+        vec!["198.51.100.20:31820".to_owned()],
+    );
+    let ((), took) = eventually("the endpoint is node b's external address", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async { Ok((relay_endpoints(relays, "np").await? == on_b).then_some(())) })
+        .await?;
+    println!("NodePort relay pod bound to node b (of 2) -> endpoint in status in {took:?}");
+
+    // The pod moves to node a: the endpoint follows.
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete(&first, &now).await?;
+    schedule_relay_pod(pods, "np", node_a).await?;
+    let ((), took) = eventually("the endpoint follows the pod to node a", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            let endpoint = relay_endpoints(relays, "np").await?.0;
+            Ok((endpoint.as_deref() == Some("192.0.2.10:31820")).then_some(()))
+        })
+        .await?;
+    println!("relay pod moved to node a -> endpoint followed in {took:?}");
+    Ok(())
+}
+
+/// An override is used verbatim, in status and in the keys' [Peer] hints.
+async fn endpoint_override(apis: &Namespaced) -> Result<()> {
+    let Namespaced { relays, keys, .. } = apis;
+    let spec = json!({"service": {"type": "NodePort", "nodePort": 31820}, "endpoint": "vpn.example.com:51820"});
+    apply_json(relays, "np", relay_json("np", spec)).await?;
+    eventually("spec.endpoint overrides status and hints", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            let key = keys.get("np-peer").await?.status.unwrap_or_default();
+            let endpoint = relay_endpoints(relays, "np").await?.0;
+            let hinted = key
+                .peer_config
+                .is_some_and(|h| h.contains("Endpoint = vpn.example.com:51820\n"));
+            Ok((endpoint.as_deref() == Some("vpn.example.com:51820") && hinted).then_some(()))
+        })
+        .await?;
+    Ok(())
+}
+
+/// The API server refuses an endpoint that is no host:port, and a relay name that is no
+/// DNS-1035 label (it is its Service's name); a bracketed IPv6 endpoint is fine.
+async fn endpoints_and_names_refused(relays: &Api<WireGuardRelay>) -> Result<()> {
+    for bad in [
+        "vpn.example.com",
+        "vpn.example.com:0",
+        "2001:db8::1:51820",
+        "a b:1",
+    ] {
+        let refused = apply_json(relays, "np", relay_json("np", json!({"endpoint": bad}))).await;
+        ensure!(refused.is_err(), "spec.endpoint {bad:?} was accepted");
+    }
+    apply_json(
+        relays,
+        "np",
+        relay_json("np", json!({"endpoint": "[2001:db8::1]:51820"})),
+    )
+    .await?;
+    for bad in ["1relay", &"r".repeat(64)] {
+        let refused = apply_json(relays, bad, relay_json(bad, json!({}))).await;
+        ensure!(refused.is_err(), "relay name {bad:?} was accepted");
+    }
+    Ok(())
 }
 
 /// The operator's resident memory, from /proc.
