@@ -316,37 +316,14 @@ fn rule_packets(lab: &Lab, ns: &str, chain: &str, marker: &str) -> Result<u64> {
 #[test]
 #[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
 fn the_relay_adds_zero_mtu_overhead() -> Result<()> {
-    const UNDERLAY_MTU: u32 = 1500;
-    const TUNNEL_MTU: u16 = 1440;
-    const FULL: u16 = TUNNEL_MTU - 28; // ICMP payload filling the tunnel MTU
     let mut s = setup(&[])?;
     let ha = s.lab.natted_host("a")?;
     let hb = s.lab.natted_host("b")?;
     let da = s.lab.public_host("da", 30)?;
     let db = s.lab.public_host("db", 31)?;
-    for ns in s.lab.namespaces().to_vec() {
-        for chain in ["INPUT", "OUTPUT", "FORWARD"] {
-            s.lab
-                .exec(&ns, &["iptables", "-A", chain, "-f", "-j", "DROP"])?;
-        }
-        // Every underlay link on the path, bridge included.
-        let links = s.lab.exec(&ns, &["ls", "/sys/class/net"])?;
-        for link in links.split_whitespace().filter(|l| *l != "lo") {
-            let mtu = s.lab.mtu(&ns, link)?;
-            ensure!(mtu == UNDERLAY_MTU, "{link} in {ns} has MTU {mtu}");
-        }
-    }
-    // Count full-size datagrams into and out of the relay (rules without a target only count).
+    drop_fragments_on_a_1500_byte_path(&s.lab)?;
     let relay_ns = s.relay.host.ns.clone();
-    for (chain, port) in [("INPUT", "--dport"), ("OUTPUT", "--sport")] {
-        s.lab.exec(
-            &relay_ns,
-            &[
-                "iptables", "-I", chain, "-p", "udp", port, "40000", "-m", "length", "--length",
-                "1500",
-            ],
-        )?;
-    }
+    count_full_size_datagrams(&s.lab, &relay_ns)?;
 
     let pa = Peer::start(&mut s.lab, &ha, BoringTun, 1, TUNNEL_MTU)?;
     let pb = Peer::start(&mut s.lab, &hb, WireGuardGo, 2, TUNNEL_MTU)?;
@@ -369,6 +346,60 @@ fn the_relay_adds_zero_mtu_overhead() -> Result<()> {
         since_start(&qa, &qb)
     );
 
+    full_size_pings_pass(&s.lab, &relay_ns, (&pa, &pb), (&qa, &qb))?;
+    one_byte_more_fails(&s.lab, (&pa, &pb), (&qa, &qb))?;
+    println!(
+        "largest ping payload, relay and direct: {FULL} bytes (tunnel MTU {TUNNEL_MTU} on a 1500-byte underlay)"
+    );
+    s.lab.pass();
+    Ok(())
+}
+
+/// The MTU test's underlay, on every link.
+const UNDERLAY_MTU: u32 = 1500;
+/// The MTU test's tunnels: the underlay's 1500 less WireGuard's 60 bytes over IPv4.
+const TUNNEL_MTU: u16 = 1440;
+/// ICMP payload filling [`TUNNEL_MTU`].
+const FULL: u16 = TUNNEL_MTU - 28;
+
+/// Drops IP fragments in every namespace of the lab, and checks that every underlay link on the
+/// path, bridge included, has an MTU of [`UNDERLAY_MTU`].
+fn drop_fragments_on_a_1500_byte_path(lab: &Lab) -> Result<()> {
+    for ns in lab.namespaces() {
+        for chain in ["INPUT", "OUTPUT", "FORWARD"] {
+            lab.exec(ns, &["iptables", "-A", chain, "-f", "-j", "DROP"])?;
+        }
+        let links = lab.exec(ns, &["ls", "/sys/class/net"])?;
+        for link in links.split_whitespace().filter(|l| *l != "lo") {
+            let mtu = lab.mtu(ns, link)?;
+            ensure!(mtu == UNDERLAY_MTU, "{link} in {ns} has MTU {mtu}");
+        }
+    }
+    Ok(())
+}
+
+/// Counts full-size datagrams into and out of the relay (rules without a target only count).
+fn count_full_size_datagrams(lab: &Lab, relay_ns: &str) -> Result<()> {
+    for (chain, port) in [("INPUT", "--dport"), ("OUTPUT", "--sport")] {
+        lab.exec(
+            relay_ns,
+            &[
+                "iptables", "-I", chain, "-p", "udp", port, "40000", "-m", "length", "--length",
+                "1500",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// A ping filling the tunnel passes through the relay both ways and over the direct link, and
+/// crosses the relay host at 1500 bytes in and out.
+fn full_size_pings_pass(
+    lab: &Lab,
+    relay_ns: &str,
+    (pa, pb): (&Peer, &Peer),
+    (qa, qb): (&Peer, &Peer),
+) -> Result<()> {
     ensure!(
         pa.ping_once(pb.tunnel_ip, Some(FULL)),
         "full-size ping through the relay"
@@ -381,28 +412,26 @@ fn the_relay_adds_zero_mtu_overhead() -> Result<()> {
         qa.ping_once(qb.tunnel_ip, Some(FULL)),
         "full-size ping over the direct link"
     );
-    let full_in = rule_packets(&s.lab, &relay_ns, "INPUT", "length 1500")?;
-    let full_out = rule_packets(&s.lab, &relay_ns, "OUTPUT", "length 1500")?;
+    let full_in = rule_packets(lab, relay_ns, "INPUT", "length 1500")?;
+    let full_out = rule_packets(lab, relay_ns, "OUTPUT", "length 1500")?;
     println!("1500-byte datagrams at the relay: {full_in} in, {full_out} out");
     // Two pings, each a request and a reply.
     ensure!(
         full_in >= 4 && full_out == full_in,
         "1500-byte datagrams: {full_in} into the relay, {full_out} out"
     );
+    Ok(())
+}
 
-    // One byte more than the underlay carries: must fail both ways, relay or not.
-    for p in [&pa, &qa] {
-        s.lab.exec(
-            &p.host.ns,
-            &[
-                "ip",
-                "link",
-                "set",
-                &p.iface,
-                "mtu",
-                &(TUNNEL_MTU + 1).to_string(),
-            ],
-        )?;
+/// One byte more than the underlay carries: must fail both ways, relay or not.
+fn one_byte_more_fails(
+    lab: &Lab,
+    (pa, pb): (&Peer, &Peer),
+    (qa, qb): (&Peer, &Peer),
+) -> Result<()> {
+    let bigger = (TUNNEL_MTU + 1).to_string();
+    for p in [pa, qa] {
+        lab.exec(&p.host.ns, &["ip", "link", "set", &p.iface, "mtu", &bigger])?;
     }
     ensure!(
         !pa.ping_once(pb.tunnel_ip, Some(FULL + 1)),
@@ -412,10 +441,6 @@ fn the_relay_adds_zero_mtu_overhead() -> Result<()> {
         !qa.ping_once(qb.tunnel_ip, Some(FULL + 1)),
         "an oversized packet crossed the direct link"
     );
-    println!(
-        "largest ping payload, relay and direct: {FULL} bytes (tunnel MTU {TUNNEL_MTU} on a 1500-byte underlay)"
-    );
-    s.lab.pass();
     Ok(())
 }
 
