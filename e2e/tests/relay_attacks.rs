@@ -787,6 +787,32 @@ fn hijack_busy_tunnel() -> Result<()> {
 fn hijack_idle_tunnel() -> Result<()> {
     const PINGS: u32 = 50;
     let (mut p, spy, forged) = hijack_setup()?;
+    let indices = sniff_indices(&p, &spy)?;
+    // Idle: nothing but keepalives from here on.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = p.relay.metrics()?;
+    let (hijack, ab, ba) = forge_then_ping(&p, &spy, &indices, PINGS)?;
+    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", &forged)?;
+    let deltas = counter_deltas(&before, &p.relay.metrics()?);
+    let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
+    let figures = format!(
+        "hijack_idle_tunnel: forger at {} ({hijack}) starting on an idle tunnel, {arrived} \
+         forgeries reached the relay; pings from 5 s into the forgery: A->B {ab}/{PINGS} \
+         ({:.1}%), B->A {ba}/{PINGS} ({:.1}%); counters: {deltas}",
+        spy.ip,
+        100.0 * delivery(ab),
+        100.0 * delivery(ba),
+    );
+    println!("{figures}");
+    let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
+    missed.extend(short_delivery(ab, ba, PINGS));
+    check(&figures, missed)?;
+    p.lab.pass();
+    Ok(())
+}
+
+/// The spy copies the receiver indices of both directions while A and B ping a few times.
+fn sniff_indices(p: &Pair, spy: &Host) -> Result<String> {
     let relay = p.relay.addr.to_string();
     let inet = p.lab.internet_ns().to_owned();
     let sniff_args = [
@@ -805,7 +831,7 @@ fn hijack_idle_tunnel() -> Result<()> {
         ..Ping::default()
     };
     let sniffed = std::thread::scope(|s| -> Result<String> {
-        let sniffing = s.spawn(|| attack(&p.lab, &spy, &sniff_args));
+        let sniffing = s.spawn(|| attack(&p.lab, spy, &sniff_args));
         std::thread::sleep(Duration::from_millis(300));
         let ab = s.spawn(|| p.a.ping(p.b.tunnel_ip, few));
         p.b.ping(p.a.tunnel_ip, few)?;
@@ -814,10 +840,13 @@ fn hijack_idle_tunnel() -> Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("sniff panicked"))?
     })?;
-    let indices = field(&sniffed, "indices")?.to_owned();
-    // Idle: nothing but keepalives from here on.
-    std::thread::sleep(Duration::from_secs(3));
-    let before = p.relay.metrics()?;
+    Ok(field(&sniffed, "indices")?.to_owned())
+}
+
+/// The spy forges with `indices` alone; halfway into the forgery A and B ping each other
+/// `pings` times, 100 ms apart. Returns the forger's figures and the replies each way.
+fn forge_then_ping(p: &Pair, spy: &Host, indices: &str, pings: u32) -> Result<(String, u32, u32)> {
+    let relay = p.relay.addr.to_string();
     let (rate, secs) = (HIJACK_RATE.to_string(), HIJACK_SECONDS.to_string());
     let mut args = vec![
         "hijack",
@@ -832,12 +861,12 @@ fn hijack_idle_tunnel() -> Result<()> {
         args.extend(["--index", index]);
     }
     let pings = Ping {
-        count: PINGS,
+        count: pings,
         interval: Duration::from_millis(100),
         ..Ping::default()
     };
-    let (hijack, ab, ba) = std::thread::scope(|s| -> Result<_> {
-        let hijacking = s.spawn(|| attack(&p.lab, &spy, &args));
+    std::thread::scope(|s| -> Result<_> {
+        let hijacking = s.spawn(|| attack(&p.lab, spy, &args));
         std::thread::sleep(Duration::from_secs(HIJACK_SECONDS / 2));
         let ab = s.spawn(|| p.a.ping(p.b.tunnel_ip, pings));
         let ba = p.b.ping(p.a.tunnel_ip, pings)?;
@@ -846,22 +875,5 @@ fn hijack_idle_tunnel() -> Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("hijack panicked"))??;
         Ok((hijack, ab, ba))
-    })?;
-    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", &forged)?;
-    let deltas = counter_deltas(&before, &p.relay.metrics()?);
-    let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
-    let figures = format!(
-        "hijack_idle_tunnel: forger at {} ({hijack}) starting on an idle tunnel, {arrived} \
-         forgeries reached the relay; pings from 5 s into the forgery: A->B {ab}/{PINGS} \
-         ({:.1}%), B->A {ba}/{PINGS} ({:.1}%); counters: {deltas}",
-        spy.ip,
-        100.0 * delivery(ab),
-        100.0 * delivery(ba),
-    );
-    println!("{figures}");
-    let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    missed.extend(short_delivery(ab, ba, PINGS));
-    check(&figures, missed)?;
-    p.lab.pass();
-    Ok(())
+    })
 }
