@@ -2,13 +2,13 @@
 //! without a restart, observed through `/metrics`.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use wpex_testkit::peer::{Endpoint, Identity, Peer, ipv4_packet};
-use wpex_testkit::{abort, eventually, http_get, sample, try_http_get};
+use wpex_testkit::{Children, eventually, free_port, http_get, sample, try_http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wpex");
 /// The bound for a key change to take effect.
@@ -22,9 +22,7 @@ fn free_udp_port() -> u16 {
 }
 
 fn free_tcp_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    SocketAddr::from(([127, 0, 0, 1], free_port().expect("free port")))
 }
 
 /// Runs the binary to completion and returns its exit code and everything it printed.
@@ -46,51 +44,56 @@ fn key_file(ids: &[&Identity]) -> String {
     ids.iter().map(|i| format!("{}\n", i.public)).collect()
 }
 
+/// The relay binary as a child process on free loopback ports; its log is shown when it fails.
 struct RelayProcess {
-    child: Child,
+    children: Children,
+    _logs: tempfile::TempDir,
     udp: SocketAddr,
     metrics: SocketAddr,
 }
 
 impl RelayProcess {
     fn start(extra: &[&str]) -> Self {
+        let logs = tempfile::tempdir().expect("log dir");
+        let mut children = Children::new(logs.path());
         // Free ports are picked by binding and letting go, so a test running beside this one
         // can take the same port first; the relay then exits, and a fresh pair is tried.
         for _ in 0..3 {
             let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
             let metrics = free_tcp_addr();
-            let child = Command::new(BIN)
+            let mut command = Command::new(BIN);
+            command
                 .args(["--bind", "127.0.0.1", "--port", &udp.port().to_string()])
                 .args(["--metrics-addr", &metrics.to_string()])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn wpex");
-            let mut relay = Self {
-                child,
-                udp,
-                metrics,
-            };
+                .args(extra);
+            children.spawn("wpex", command).expect("spawn wpex");
             // Until the server is up, connections may be refused or reset.
             let ready = eventually("/readyz answers 200", Duration::from_secs(10))
                 .every(Duration::from_millis(20))
                 .until_blocking(|| {
-                    if try_http_get(relay.metrics, "/readyz")?.0 == 200 {
-                        return Ok(Some(()));
-                    }
-                    if relay.still_running() {
-                        Ok(None)
-                    } else {
-                        Err(abort("the relay exited"))
-                    }
+                    children.ensure_running()?;
+                    Ok((try_http_get(metrics, "/readyz")?.0 == 200).then_some(()))
                 });
             match ready {
-                Ok(_) => return relay,
-                Err(e) => assert!(!relay.still_running(), "{e:#}"),
+                Ok(_) => {
+                    return Self {
+                        children,
+                        _logs: logs,
+                        udp,
+                        metrics,
+                    };
+                }
+                Err(e) => assert!(
+                    !children.is_running("wpex"),
+                    "{e:#}\n{}",
+                    children.log("wpex")
+                ),
             }
         }
-        panic!("the relay exited before it was ready, three times");
+        panic!(
+            "the relay exited before it was ready, three times:\n{}",
+            children.log("wpex")
+        );
     }
 
     fn metrics(&self) -> String {
@@ -103,24 +106,22 @@ impl RelayProcess {
         sample(&self.metrics(), series).unwrap_or_else(|| panic!("no sample {series}"))
     }
 
-    /// Polls until `ok` holds; panics after `bound`. Returns how long it took.
+    /// Polls until `ok` holds; panics, with the relay's log, after `bound`. Returns how long it
+    /// took.
     fn wait_until(&self, what: &str, bound: Duration, ok: impl Fn(&Self) -> bool) -> Duration {
         eventually(what, bound)
             .every(Duration::from_millis(20))
             .until_blocking(|| Ok(ok(self).then_some(())))
-            .unwrap_or_else(|e| panic!("{e:#}"))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.children.log("wpex")))
             .1
     }
 
-    fn still_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    fn still_running(&self) -> bool {
+        self.children.is_running("wpex")
     }
-}
 
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn pid(&self) -> Option<u32> {
+        self.children.pid("wpex")
     }
 }
 
@@ -152,32 +153,27 @@ fn startup_errors_name_the_problem() {
 /// Runs the binary until it exits or `bound` passes (then kills it); returns its exit code, if
 /// it exited on its own, and what it printed.
 fn run_with_bound(args: &[&str], bound: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wpex");
-    let start = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if start.elapsed() > bound {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().expect("output");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (code, text)
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut children = Children::new(logs.path());
+    let mut command = Command::new(BIN);
+    command.args(args);
+    children.spawn("wpex", command).expect("spawn wpex");
+    let code = eventually("wpex exits", bound)
+        .every(Duration::from_millis(20))
+        .until_blocking(|| Ok(children.exit_status("wpex").map(|s| s.code())))
+        .map_or_else(
+            |_| {
+                children.kill("wpex");
+                None
+            },
+            |(code, _)| code,
+        );
+    (code, children.log("wpex"))
 }
 
 #[test]
 fn a_second_relay_on_a_served_port_exits_with_address_in_use() {
-    let mut first = RelayProcess::start(&[]);
+    let first = RelayProcess::start(&[]);
     let port = first.udp.port().to_string();
     // The same address, and the dual-stack default that covers it.
     for bind in [&["--bind", "127.0.0.1"][..], &[]] {
@@ -256,8 +252,8 @@ fn keys_follow_the_file_without_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("allowed");
     fs::write(&path, key_file(&[&ia, &ic, &id])).expect("write");
-    let mut relay = RelayProcess::start(&["--allow-file", path.to_str().expect("utf-8 path")]);
-    let pid = relay.child.id();
+    let relay = RelayProcess::start(&["--allow-file", path.to_str().expect("utf-8 path")]);
+    let pid = relay.pid();
     assert_eq!(relay.sample("wpex_allowed_keys"), 3.0);
 
     // B is not allowed yet: A's initiation to B names no allowed key and goes nowhere.
@@ -337,6 +333,6 @@ fn keys_follow_the_file_without_a_restart() {
     );
 
     assert!(relay.still_running());
-    assert_eq!(relay.child.id(), pid, "same process throughout");
+    assert_eq!(relay.pid(), pid, "same process throughout");
     assert_eq!(http_get(relay.metrics, "/healthz").0, 200);
 }
