@@ -34,6 +34,8 @@ const CNI_NETWORK: &str = "wpex-e2e";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 const CONTAINERD: &str = "/usr/bin/containerd";
 
+/// A single-node cluster on this machine: the control plane plus scheduler, containerd, kubelet
+/// and kube-proxy, torn down (with everything it started on the host) on drop.
 pub struct LocalCluster {
     cp: ControlPlane,
     node_ip: Ipv4Addr,
@@ -262,14 +264,17 @@ impl LocalCluster {
         waited.map(drop)
     }
 
+    /// A client of its API server.
     pub fn client(&self) -> Client {
         self.cp.client()
     }
 
+    /// The kubeconfig for helm and kubectl.
     pub fn kubeconfig_path(&self) -> &Path {
         self.cp.kubeconfig_path()
     }
 
+    /// The node's InternalIP, where NodePorts answer.
     pub fn node_ip(&self) -> Ipv4Addr {
         self.node_ip
     }
@@ -504,7 +509,9 @@ fn remove_cni_masquerade_rules() {
 /// - `current`: the cluster of the current kubeconfig, e.g. kind from `e2e/kind/run.sh`, with
 ///   the images already loaded.
 pub enum Cluster {
+    /// The one this process brought up.
     Local(LocalCluster),
+    /// The current kubeconfig's.
     Current(Client),
 }
 
@@ -531,6 +538,7 @@ impl Cluster {
         }
     }
 
+    /// A client of its API server.
     pub fn client(&self) -> Client {
         match self {
             Self::Local(c) => c.client(),
@@ -552,6 +560,7 @@ impl Cluster {
         matches!(self, Self::Local(_))
     }
 
+    /// The component logs, for a failed test (the local cluster only).
     pub fn print_logs(&self) {
         if let Self::Local(c) = self {
             c.print_logs();

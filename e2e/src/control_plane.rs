@@ -37,6 +37,8 @@ pub fn k8s_binary(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// etcd, kube-apiserver and kube-controller-manager on this machine, with their own PKI, in a
+/// temporary directory; stopped on drop.
 pub struct ControlPlane {
     // Before `dir`: the components stop before their directory goes.
     children: Children,
@@ -292,10 +294,12 @@ impl ControlPlane {
         &self.children
     }
 
+    /// A client with the admin's credentials.
     pub fn client(&self) -> Client {
         self.client.clone()
     }
 
+    /// The admin kubeconfig, for helm and kubectl.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
     }

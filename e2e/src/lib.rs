@@ -4,6 +4,8 @@
 //! helm and kubectl ([`tools`]). Waiting, child processes, binaries and metric samples come from
 //! `wpex-testkit`.
 
+#![warn(unreachable_pub, missing_docs)]
+
 pub mod cluster;
 pub mod control_plane;
 pub mod measure;

@@ -61,7 +61,9 @@ pub fn unix_time() -> f64 {
 /// One echo reply: when it arrived (UNIX seconds) and its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reply {
+    /// `ping -D`'s timestamp.
     pub at: f64,
+    /// `icmp_seq`.
     pub seq: u32,
 }
 

@@ -31,6 +31,7 @@ type Diagnostic = Box<dyn Fn(&Lab) -> String + Send + Sync>;
 /// A host: a network namespace with an address peers can reach it at (public or NATed).
 #[derive(Debug, Clone)]
 pub struct Host {
+    /// Its network namespace.
     pub ns: String,
     /// Its own address: public for a public host, on the LAN for a NATed one.
     pub ip: Ipv4Addr,
@@ -38,6 +39,7 @@ pub struct Host {
     pub nat: Option<String>,
 }
 
+/// The namespaces, links, NAT rules and processes of one test; all removed on drop.
 pub struct Lab {
     /// `wx<pid>_<n>` in base 36: unique per process and lab, at most 10 characters, so
     /// interface names (prefix, one letter, up to 3 digits) stay within Linux's 15.
@@ -156,6 +158,7 @@ fn remove_stale(mine: &str) {
 }
 
 impl Lab {
+    /// An empty internet; fails unless root. Removes what earlier, dead runs left behind.
     pub fn new() -> Result<Self> {
         if run("id", &["-u"])?.trim() != "0" {
             bail!("network namespaces need root: run the e2e tests as root");
@@ -450,6 +453,7 @@ impl Lab {
         Ok(())
     }
 
+    /// Where the process `name`'s output goes.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.children.log_path(name)
     }

@@ -41,7 +41,9 @@ pub fn release_relay_bin() -> Result<PathBuf> {
 /// A running relay: the host it runs on and the address peers reach it at.
 #[derive(Debug, Clone)]
 pub struct Relay {
+    /// Where it runs.
     pub host: Host,
+    /// Its UDP address on the internet segment.
     pub addr: SocketAddrV4,
 }
 

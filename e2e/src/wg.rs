@@ -22,17 +22,24 @@ fn pinned(variable: &str) -> &'static str {
 /// The userspace WireGuard implementations the tests use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
+    /// Cloudflare's boringtun-cli.
     BoringTun,
+    /// wireguard-go, the reference userspace implementation.
     WireGuardGo,
 }
 
 /// A WireGuard interface on a host.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The host it runs on.
     pub host: Host,
+    /// Its interface's name (also its process's name in the lab).
     pub iface: String,
+    /// Its address inside the tunnel.
     pub tunnel_ip: Ipv4Addr,
+    /// Its public key, base64.
     pub public_key: String,
+    /// Which implementation runs it.
     pub kind: PeerKind,
     /// When its WireGuard process was started.
     pub started: Instant,
@@ -41,14 +48,19 @@ pub struct Peer {
 /// One `[Peer]` line of `wg show <if> dump`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
+    /// The configured peer's public key, base64.
     pub public_key: String,
     /// `None` until the peer has an endpoint.
     pub endpoint: Option<String>,
+    /// Its allowed IPs, comma-separated.
     pub allowed_ips: String,
     /// Time since the latest handshake; `None` if there was none.
     pub handshake_age: Option<Duration>,
+    /// Bytes received from it.
     pub rx_bytes: u64,
+    /// Bytes sent to it.
     pub tx_bytes: u64,
+    /// The keepalive interval in seconds, if set.
     pub persistent_keepalive: Option<u16>,
 }
 
@@ -173,10 +185,15 @@ fn handshake_ages(reply: &str, now: u64) -> Result<Vec<(String, Option<Duration>
 /// the last reply, optionally `size` bytes of payload with don't-fragment (`-M do`).
 #[derive(Debug, Clone, Copy)]
 pub struct Ping {
+    /// Echo requests to send.
     pub count: u32,
+    /// Time between them.
     pub interval: Duration,
+    /// How long to wait for the last reply.
     pub wait: Duration,
+    /// Payload bytes (ping's default when `None`).
     pub size: Option<u16>,
+    /// Sets don't-fragment (`-M do`).
     pub dont_fragment: bool,
 }
 
