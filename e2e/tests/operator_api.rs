@@ -278,7 +278,13 @@ async fn children_created(apis: &Namespaced) -> Result<()> {
         })
         .await?;
     println!("relay applied -> children created in {took:?}");
-    assert_eq!(key_file(cms, "edge-keys").await?, vec![K1.to_owned()]);
+    // The relay's watch event may reach the operator before alice's: the ConfigMap can be
+    // created empty, and alice's event then brings her key (issue 9's bound for a key change).
+    let ((), took) = eventually("alice's key in the ConfigMap", MOVE_BOUND)
+        .every(LOOK_EVERY)
+        .until(|| async { Ok((key_file(cms, "edge-keys").await? == [K1]).then_some(())) })
+        .await?;
+    println!("children created -> alice's key in the ConfigMap {took:?} later");
     let deploy = deploys.get("edge").await?;
     let relay_uid = relays.get("edge").await?.uid();
     assert_eq!(
