@@ -760,19 +760,44 @@ fn hijack_busy_tunnel() -> Result<()> {
         };
         Ok((hijack?, join(ab)?, join(ba)?))
     })?;
-    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", &forged)?;
-    let deltas = counter_deltas(&before, &p.relay.metrics()?);
-    let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
+    judge_hijack(
+        &mut p,
+        &forged,
+        &before,
+        &hijack,
+        (ab, ba, PINGS),
+        |arrived| {
+            format!(
+                "hijack_busy_tunnel: forger at {} ({hijack}), {arrived} forgeries reached the relay;",
+                spy.ip
+            )
+        },
+    )
+}
+
+/// Prints a hijack test's figures, `intro(forgeries that reached the relay)` then the pings
+/// (`ab` and `ba` of `sent` got through) and the counters, and fails if a forgery landed or pings
+/// were lost.
+fn judge_hijack(
+    p: &mut Pair,
+    forged: &str,
+    before: &str,
+    hijack: &str,
+    (ab, ba, sent): (u32, u32, u32),
+    intro: impl FnOnce(u64) -> String,
+) -> Result<()> {
+    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", forged)?;
+    let deltas = counter_deltas(before, &p.relay.metrics()?);
+    let delivery = |got: u32| f64::from(got) / f64::from(sent);
     let figures = format!(
-        "hijack_busy_tunnel: forger at {} ({hijack}), {arrived} forgeries reached the relay; \
-         A->B {ab}/{PINGS} ({:.1}%), B->A {ba}/{PINGS} ({:.1}%); counters: {deltas}",
-        spy.ip,
+        "{} A->B {ab}/{sent} ({:.1}%), B->A {ba}/{sent} ({:.1}%); counters: {deltas}",
+        intro(arrived),
         100.0 * delivery(ab),
         100.0 * delivery(ba),
     );
     println!("{figures}");
-    let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    missed.extend(short_delivery(ab, ba, PINGS));
+    let mut missed = forgeries_landed(p, hijack, arrived, &deltas);
+    missed.extend(short_delivery(ab, ba, sent));
     check(&figures, missed)?;
     p.lab.pass();
     Ok(())
@@ -792,23 +817,20 @@ fn hijack_idle_tunnel() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let before = p.relay.metrics()?;
     let (hijack, ab, ba) = forge_then_ping(&p, &spy, &indices, PINGS)?;
-    let arrived = rule_packets(&p.lab, &p.relay.host.ns, "INPUT", &forged)?;
-    let deltas = counter_deltas(&before, &p.relay.metrics()?);
-    let delivery = |got: u32| f64::from(got) / f64::from(PINGS);
-    let figures = format!(
-        "hijack_idle_tunnel: forger at {} ({hijack}) starting on an idle tunnel, {arrived} \
-         forgeries reached the relay; pings from 5 s into the forgery: A->B {ab}/{PINGS} \
-         ({:.1}%), B->A {ba}/{PINGS} ({:.1}%); counters: {deltas}",
-        spy.ip,
-        100.0 * delivery(ab),
-        100.0 * delivery(ba),
-    );
-    println!("{figures}");
-    let mut missed = forgeries_landed(&p, &hijack, arrived, &deltas);
-    missed.extend(short_delivery(ab, ba, PINGS));
-    check(&figures, missed)?;
-    p.lab.pass();
-    Ok(())
+    judge_hijack(
+        &mut p,
+        &forged,
+        &before,
+        &hijack,
+        (ab, ba, PINGS),
+        |arrived| {
+            format!(
+                "hijack_idle_tunnel: forger at {} ({hijack}) starting on an idle tunnel, {arrived} \
+             forgeries reached the relay; pings from 5 s into the forgery:",
+                spy.ip
+            )
+        },
+    )
 }
 
 /// The spy copies the receiver indices of both directions while A and B ping a few times.
