@@ -8,10 +8,9 @@ fn main() -> anyhow::Result<()> {
     wpex_daemon::init_logging(args.log_format, if args.debug { "debug" } else { "info" });
 
     let workers = usize::from(args.workers);
-    // One runtime thread per receive socket: a spare thread only adds wake-ups, and the core
-    // is one lock anyway. Scans have a thread of their own.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // Each receive socket has a thread of its own, and scans another: the runtime only runs
+    // the timers, the signals and the metrics endpoint, which one thread does.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -1,31 +1,33 @@
-//! UDP IO around the sans-IO core: several SO_REUSEPORT sockets, one timer task, and one thread
-//! for the full mac1 scans the core asks for.
+//! UDP IO around the sans-IO core: several SO_REUSEPORT sockets, a thread for each, one timer
+//! task, and one thread for the full mac1 scans the core asks for.
 //!
-//! Each worker reads a batch with `recvmmsg` (and GRO) and decides every datagram with one clock
-//! reading. Transport data on a route the core published (`routes.rs`) is forwarded without the
-//! core's lock, so it never waits for handshakes, expiry, scrapes or key reloads; anything else
+//! Each worker thread reads a batch with one blocking `recvmmsg` (and GRO, `server/recv.rs`):
+//! one system call per wake-up, where a readiness loop needs `epoll_wait` as well. It decides
+//! every datagram with one clock reading. Transport data on a route the core published
+//! (`routes.rs`) is forwarded without the core's lock, so it never waits for handshakes,
+//! expiry, scrapes or key reloads; anything else
 //! is decided by the core under one lock for the rest of the batch. Then the worker sends what
 //! the batch produced with `sendmmsg`, GRO trains as GSO messages (`server/send.rs`). The core
 //! is never locked across IO nor across a scan: a scan of thousands of keys runs on its own
 //! thread and takes the lock only to hand in its result.
 
 use std::future::Future;
-use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::ops::Range;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::shared::{Counters, SharedRelay, lock};
 use wpex_proto::Worker;
 use wpex_proto::{Config, Output, Relay, ScanRequest};
 
+mod recv;
 mod send;
 
 /// Why the sockets could not be bound.
@@ -73,12 +75,11 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     // Bursts of handshakes and data must not be dropped by a small default buffer.
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Fails if something already listens on `addr`. The workers' `SO_REUSEPORT` would otherwise let
@@ -185,7 +186,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the sockets. Call from within a tokio runtime: the sockets register with its reactor.
+    /// Binds the sockets.
     pub fn bind(
         config: Config,
         bind: &str,
@@ -218,7 +219,8 @@ impl Server {
         self.counters.clone()
     }
 
-    /// Relays until `shutdown` completes.
+    /// Relays until `shutdown` completes: a thread per socket receives, decides and sends; a
+    /// task of the runtime drives the core's timers.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (scans, jobs) = std::sync::mpsc::sync_channel(SCAN_QUEUE);
         let scanner = {
@@ -230,19 +232,40 @@ impl Server {
         if let Err(e) = scanner {
             tracing::error!(%e, "cannot start the scan thread; handshakes that need a scan are dropped");
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for socket in &self.sockets {
-            tasks.spawn(receive_loop(
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut receivers = Vec::new();
+        for (i, socket) in self.sockets.iter().enumerate() {
+            let (socket, relay, errors, scans, stop) = (
                 socket.clone(),
                 self.relay.clone(),
                 self.counters.clone(),
                 scans.clone(),
-            ));
+                stop.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("wpex-recv-{i}"))
+                .spawn(move || receive_loop(&socket, &relay, &errors, &scans, &stop));
+            match spawned {
+                Ok(handle) => receivers.push(handle),
+                Err(e) => tracing::error!(%e, "cannot start a receive thread"),
+            }
         }
         drop(scans);
-        tasks.spawn(timer_loop(self.relay.clone()));
+        let timer = tokio::spawn(timer_loop(self.relay.clone()));
         shutdown.await;
-        tasks.abort_all();
+        timer.abort();
+        // The receive threads see the flag when their call returns: at once, woken by the
+        // shutdown, or within their receive timeout.
+        stop.store(true, Ordering::Relaxed);
+        for socket in &self.sockets {
+            let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for handle in receivers {
+                let _ = handle.join();
+            }
+        });
+        let _ = joined.await;
     }
 }
 
@@ -384,48 +407,8 @@ fn segments(start: usize, len: usize, stride: usize) -> impl Iterator<Item = Ran
     (0..count).map(move |k| start + k * stride..start + len.min((k + 1) * stride))
 }
 
-/// Reads up to [`BATCH`] buffers in one `recvmmsg`, each into its [`SLOT`] of `storage`.
-async fn receive_batch(
-    socket: &UdpSocket,
-    state: &quinn_udp::UdpSocketState,
-    storage: &mut [u8],
-    meta: &mut [quinn_udp::RecvMeta; BATCH],
-) -> io::Result<usize> {
-    loop {
-        socket.readable().await?;
-        let mut slots = storage.chunks_mut(SLOT);
-        let mut bufs: [IoSliceMut<'_>; BATCH] =
-            std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
-        match socket.try_io(Interest::READABLE, || {
-            state.recv(socket.into(), &mut bufs, meta)
-        }) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            received => return received,
-        }
-    }
-}
-
-/// Reads the next batch into `storage`, described in `meta`: up to [`BATCH`] buffers in one
-/// `recvmmsg` where `state` allows it, otherwise one datagram into the first slot.
-async fn receive(
-    socket: &UdpSocket,
-    state: Option<&quinn_udp::UdpSocketState>,
-    storage: &mut [u8],
-    meta: &mut [quinn_udp::RecvMeta; BATCH],
-) -> io::Result<usize> {
-    match state {
-        Some(state) => receive_batch(socket, state, storage, meta).await,
-        None => socket
-            .recv_from(&mut storage[..SLOT])
-            .await
-            .map(|(len, addr)| {
-                meta[0].addr = addr;
-                meta[0].len = len;
-                meta[0].stride = len;
-                1
-            }),
-    }
-}
+/// How long a receive thread sleeps in the kernel at most before it looks at its stop flag.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Decides every datagram of a batch, in order, into `outputs`, with one clock reading.
 /// Transport data and cookie replies on a published route are forwarded without the core; the
@@ -482,75 +465,133 @@ fn queue_scan(
 }
 
 /// Sends everything a batch produced in as few `sendmmsg` calls as possible, runs of same-size
-/// datagrams to one destination as one GSO message each.
-async fn send_outputs(
+/// datagrams to one destination as one GSO message each; `gso` is the most a message may carry.
+fn send_outputs(
     socket: &UdpSocket,
-    state: Option<&quinn_udp::UdpSocketState>,
+    gso: usize,
     outputs: &[(Range<usize>, Output)],
     storage: &[u8],
     errors: &Counters,
 ) {
-    let gso = match state {
-        Some(state) if send::gso_enabled() => state.max_gso_segments(),
-        _ => 1,
-    };
+    // A flood is all drops: nothing to plan, nothing to allocate.
+    if outputs
+        .iter()
+        .all(|(_, o)| matches!(o, Output::Drop(_) | Output::Scan(_)))
+    {
+        return;
+    }
+    let gso = if send::gso_enabled() { gso } else { 1 };
     let mut parts = Vec::new();
     let sends = plan_sends(outputs, storage, gso, &mut parts);
-    send::send_all(socket, &sends, |to, e| errors.io_error("send", Some(to), e)).await;
+    send::send_all(socket, &sends, |to, e| errors.io_error("send", Some(to), e));
 }
 
-async fn receive_loop(
-    socket: Arc<UdpSocket>,
-    relay: SharedRelay,
-    errors: Arc<Counters>,
-    scans: SyncSender<ScanJob>,
+/// Sets up `socket` for [`recv::receive`]: quinn-udp's options (GRO, no fragmentation) but
+/// for the control messages the relay does not read, then blocking with a timeout. Returns how
+/// many datagrams a GSO message may carry.
+fn prepare(socket: &UdpSocket) -> io::Result<usize> {
+    let gso = match quinn_udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => state.max_gso_segments(),
+        Err(e) => {
+            tracing::warn!(%e, "socket options for batched IO unavailable; no GSO");
+            1
+        }
+    };
+    recv::skip_unread_control(socket);
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+    Ok(gso)
+}
+
+/// A receive thread: reads a batch with one blocking `recvmmsg`, decides it, sends what it
+/// produced, until `stop` is set.
+fn receive_loop(
+    socket: &Arc<UdpSocket>,
+    relay: &SharedRelay,
+    errors: &Counters,
+    scans: &SyncSender<ScanJob>,
+    stop: &AtomicBool,
 ) {
-    // quinn-udp reads batches with recvmmsg and GRO where the kernel offers them; without it,
-    // one datagram per call still works.
-    let state = quinn_udp::UdpSocketState::new((&*socket).into())
-        .inspect_err(
-            |e| tracing::warn!(%e, "batched receive unavailable; reading one datagram per call"),
-        )
-        .ok();
+    let gso = match prepare(socket) {
+        Ok(gso) => gso,
+        Err(e) => {
+            tracing::error!(%e, "cannot set up a receive socket; it is not served");
+            return;
+        }
+    };
+    let mut buffers = recv::Buffers::new();
     let mut storage = vec![0u8; SLOT * BATCH];
     let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
     let mut outputs: Vec<(Range<usize>, Output)> = Vec::with_capacity(BATCH);
-    let mut worker = Worker::new(lock(&relay).routes().clone());
+    let mut worker = Worker::new(lock(relay).routes().clone());
     loop {
-        let n = match receive(&socket, state.as_ref(), &mut storage, &mut meta).await {
+        let received = recv::receive(socket, &mut buffers, &mut storage, &mut meta);
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = match received {
             Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 errors.io_error("receive", None, &e);
                 continue;
             }
         };
-        let received = &meta[..n];
         decide_batch(
             &mut worker,
-            &relay,
-            &socket,
-            &scans,
-            received,
+            relay,
+            socket,
+            scans,
+            &meta[..n],
             &mut storage,
             &mut outputs,
         );
-        send_outputs(&socket, state.as_ref(), &outputs, &storage, &errors).await;
+        send_outputs(socket, gso, &outputs, &storage, errors);
         outputs.clear();
     }
+}
+
+/// How often the scan thread looks for work while scans keep coming, and how many times it
+/// looks before it sleeps until woken.
+const SCAN_POLL: Duration = Duration::from_millis(1);
+const SCAN_POLLS: u32 = 20;
+
+/// The next scan, or `None` once every receive loop has gone. While scans keep coming the
+/// thread polls, so the receive threads hand jobs over without a system call: waking a
+/// blocked receiver costs the sender a futex call per job, on the path every datagram takes.
+/// After [`SCAN_POLLS`] empty looks it blocks, so an idle relay does not spin.
+fn next_scan(jobs: &Receiver<ScanJob>) -> Option<ScanJob> {
+    for _ in 0..SCAN_POLLS {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => std::thread::sleep(SCAN_POLL),
+        }
+    }
+    jobs.recv().ok()
 }
 
 /// Runs the scans the core admitted, then hands each result back under the lock. Ends when
 /// every receive loop has gone.
 fn scan_loop(relay: &SharedRelay, jobs: &Receiver<ScanJob>, errors: &Counters) {
-    for mut job in jobs {
+    while let Some(mut job) = next_scan(jobs) {
         let done = job.request.run(&job.datagram);
         let output = lock(relay).handle_scanned(Instant::now(), job.src, &mut job.datagram, done);
         let (bytes, targets) = transmissions(&output, &job.datagram);
-        // A plain send on the socket, not tokio's readiness-tracked one: this thread is off the
-        // runtime. A full socket buffer drops this one datagram, as the network may.
+        // The socket blocks for its receive thread; this send does not wait: a full socket
+        // buffer drops this one datagram, as the network may.
         let socket = socket2::SockRef::from(&*job.socket);
         for to in targets {
-            if let Err(e) = socket.send_to(bytes, &(*to).into()) {
+            if let Err(e) = socket.send_to_with_flags(bytes, &(*to).into(), libc::MSG_DONTWAIT) {
                 errors.io_error("send", Some(*to), &e);
             }
         }

@@ -3,7 +3,10 @@
 //! It watches the file's *directory*, not the file: kubelet replaces a ConfigMap volume by swapping
 //! the `..data` symlink, and editors rename a temporary file over the original. Both leave a watch
 //! on the file itself pointing at a deleted inode. A slow periodic re-read backs up the events.
+//! Only events that may concern the file wake it: another file written in the same directory
+//! (a log, say) would otherwise have a large key file re-read and compared at every write.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,7 +69,8 @@ pub fn watch(
 ) -> Result<KeyWatcher, WatchError> {
     // Capacity 1: a pending wake-up already covers any later event.
     let (wake, woken) = mpsc::channel::<()>(1);
-    let watcher = watch_directory(directory_of(&path), wake)?;
+    let name = path.file_name().map(OsStr::to_owned);
+    let watcher = watch_directory(directory_of(&path), name, wake)?;
     let task = tokio::spawn(follow(path, current, poll_every, woken, on_update));
     Ok(KeyWatcher {
         _watcher: watcher,
@@ -74,10 +78,32 @@ pub fn watch(
     })
 }
 
-/// Watches `dir`, waking `wake` at every event in it.
-fn watch_directory(dir: PathBuf, wake: mpsc::Sender<()>) -> Result<RecommendedWatcher, WatchError> {
-    let mut watcher = notify::recommended_watcher(move |_event| {
-        let _ = wake.try_send(());
+/// Whether an event about `changed` may concern the key file `name`: the file itself, or a
+/// name of kubelet's ConfigMap volume machinery (`..data`, `..data_tmp`, `..<timestamp>`). A
+/// path with no file name, or a key file path with none, is taken to concern it.
+fn concerns(changed: &Path, name: Option<&OsStr>) -> bool {
+    match (changed.file_name(), name) {
+        (Some(changed), Some(name)) => {
+            changed == name || changed.as_encoded_bytes().starts_with(b"..")
+        }
+        _ => true,
+    }
+}
+
+/// Watches `dir`, waking `wake` at every event that may concern the file `name` in it.
+fn watch_directory(
+    dir: PathBuf,
+    name: Option<OsString>,
+    wake: mpsc::Sender<()>,
+) -> Result<RecommendedWatcher, WatchError> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // An error or an event without paths (a rescan) may hide a change: read again.
+        let relevant = event.map_or(true, |e| {
+            e.paths.is_empty() || e.paths.iter().any(|p| concerns(p, name.as_deref()))
+        });
+        if relevant {
+            let _ = wake.try_send(());
+        }
     })
     .map_err(|source| WatchError::Notify {
         dir: dir.clone(),
@@ -131,5 +157,30 @@ async fn follow(
         let update =
             content.and_then(|bytes| keyfile::parse_bytes(&path, &bytes).map(Update::Loaded));
         on_update(update.unwrap_or_else(Update::Rejected));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_key_file_and_kubelets_names_concern_it() {
+        let name = Some(OsStr::new("allowed-keys"));
+        for (path, expected) in [
+            ("/etc/wpex/allowed-keys", true),
+            // kubelet's ConfigMap swap: a new timestamped directory, then `..data_tmp`
+            // renamed over `..data`.
+            ("/etc/wpex/..2026_12_07_04_27_50.123456789", true),
+            ("/etc/wpex/..data_tmp", true),
+            ("/etc/wpex/..data", true),
+            // An editor's swap file, a log beside the key file.
+            ("/etc/wpex/.allowed-keys.swp", false),
+            ("/etc/wpex/relay.log", false),
+            ("/", true),
+        ] {
+            assert_eq!(concerns(Path::new(path), name), expected, "{path}");
+        }
+        assert!(concerns(Path::new("/etc/wpex/relay.log"), None));
     }
 }

@@ -13,8 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 
 /// Messages per `sendmmsg` call; the kernel caps a call at 1024 (UIO_MAXIOV).
 #[cfg(target_os = "linux")]
@@ -95,21 +94,22 @@ impl<'a> Transmit<'a> {
     }
 }
 
-/// Sends every message of `out` on `socket`. A datagram the kernel refuses is passed to
-/// `failed` and skipped, as the network would drop it; the others still go.
-pub(crate) async fn send_all(
+/// Sends every message of `out` on `socket`, a blocking one: a full send buffer waits for room,
+/// as the network would. A datagram the kernel refuses is passed to `failed` and skipped, as the
+/// network would drop it; the others still go.
+pub(crate) fn send_all(
     socket: &UdpSocket,
     out: &[Transmit<'_>],
     mut failed: impl FnMut(SocketAddr, &io::Error),
 ) {
     let mut split = Vec::new();
-    send_run(socket, out, &mut failed, &mut split).await;
+    send_run(socket, out, &mut failed, &mut split);
     // Only single datagrams are left, so this pass splits nothing further.
-    send_run(socket, &split, &mut failed, &mut Vec::new()).await;
+    send_run(socket, &split, &mut failed, &mut Vec::new());
 }
 
 /// Sends `out` in order; trains that cannot go as GSO messages are appended to `split`.
-async fn send_run<'a>(
+fn send_run<'a>(
     socket: &UdpSocket,
     out: &[Transmit<'a>],
     failed: &mut impl FnMut(SocketAddr, &io::Error),
@@ -124,33 +124,9 @@ async fn send_run<'a>(
             next += 1;
             continue;
         }
-        if let Err(e) = socket.writable().await {
-            failed(first.to, &e);
-            next += 1;
-            continue;
-        }
-        let rest = &out[next..];
-        let sent = socket.try_io(Interest::WRITABLE, || {
-            if BATCHED.load(Ordering::Relaxed) {
-                match send_batch(socket, rest) {
-                    Err(e) if unsupported(&e) => {
-                        BATCHED.store(false, Ordering::Relaxed);
-                        tracing::warn!(%e, "sendmmsg unavailable; sending one datagram per call");
-                    }
-                    done => return done,
-                }
-            }
-            let Parts::One(bytes) = first.parts else {
-                // A train: split on the next round, now that batching is off.
-                return Ok(0);
-            };
-            socket2::SockRef::from(socket)
-                .send_to(bytes, &first.to.into())
-                .map(|_| 1)
-        });
-        match sent {
+        match send_front(socket, first, &out[next..]) {
             Ok(n) => next += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if first.is_train() && gso_refused(&e) => {
                 if e.raw_os_error() == Some(libc::EIO) && GSO.swap(false, Ordering::Relaxed) {
                     tracing::warn!(%e, "UDP segmentation offload fails here; sending datagrams one by one");
@@ -164,6 +140,27 @@ async fn send_run<'a>(
             }
         }
     }
+}
+
+/// One system call for the front of `rest`, whose first message is `first`: a `sendmmsg` while
+/// it works, else one `sendto`. Returns how many messages went (none for a train met once
+/// batching is off: it is split on the next round).
+fn send_front(socket: &UdpSocket, first: Transmit<'_>, rest: &[Transmit<'_>]) -> io::Result<usize> {
+    if BATCHED.load(Ordering::Relaxed) {
+        match send_batch(socket, rest) {
+            Err(e) if unsupported(&e) => {
+                BATCHED.store(false, Ordering::Relaxed);
+                tracing::warn!(%e, "sendmmsg unavailable; sending one datagram per call");
+            }
+            done => return done,
+        }
+    }
+    let Parts::One(bytes) = first.parts else {
+        return Ok(0);
+    };
+    socket2::SockRef::from(socket)
+        .send_to(bytes, &first.to.into())
+        .map(|_| 1)
 }
 
 /// The call itself, not a datagram, is the problem. (EPERM is not: netfilter refuses single
@@ -283,12 +280,12 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_batch_reaches_every_destination_in_order_and_a_refused_one_is_skipped() {
+    #[test]
+    fn a_batch_reaches_every_destination_in_order_and_a_refused_one_is_skipped() {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a");
         let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind b");
         let (to_a, to_b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
-        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind sender");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
         let payloads: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
         // An IPv6 destination on an IPv4 socket: the kernel refuses that one datagram.
         let refused: SocketAddr = "[::1]:9".parse().expect("addr");
@@ -300,7 +297,7 @@ mod tests {
             }
         }
         let mut failures = Vec::new();
-        send_all(&sender, &out, |to, e| failures.push((to, e.kind()))).await;
+        send_all(&sender, &out, |to, e| failures.push((to, e.kind())));
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert_eq!(failures[0].0, refused);
         for (socket, parity) in [(&a, 0), (&b, 1)] {
@@ -315,11 +312,11 @@ mod tests {
     /// A receiver without GRO gets a train as the datagrams it was made of, in order. A train
     /// of more segments than the kernel takes in one GSO message (64, or 128 since Linux 6.9) is refused with
     /// EINVAL and then sent datagram by datagram: the fallback path, for real.
-    #[tokio::test]
-    async fn a_train_arrives_as_its_datagrams_and_a_refused_train_is_split() {
+    #[test]
+    fn a_train_arrives_as_its_datagrams_and_a_refused_train_is_split() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind rx");
         let to = rx.local_addr().expect("rx addr");
-        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind sender");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
         let datagrams: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 120]).collect();
         let mut bytes: Vec<u8> = datagrams.concat();
         bytes.extend_from_slice(&[200; 50]);
@@ -339,7 +336,7 @@ mod tests {
             },
         ];
         let mut failures = Vec::new();
-        send_all(&sender, &out, |to, e| failures.push((to, e.kind()))).await;
+        send_all(&sender, &out, |to, e| failures.push((to, e.kind())));
         assert!(failures.is_empty(), "{failures:?}");
         let got = receive_all(&rx, 9 + 151);
         let mut expected: Vec<Vec<u8>> = datagrams[..8].to_vec();
@@ -352,9 +349,9 @@ mod tests {
 
     /// Datagrams from separate buffers leave as one GSO message: a receiver that asks for GRO
     /// gets them whole, which loopback only does for one message; one without GRO gets each.
-    #[tokio::test]
-    async fn a_train_from_separate_buffers_leaves_as_one_message() {
-        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind sender");
+    #[test]
+    fn a_train_from_separate_buffers_leaves_as_one_message() {
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
         let datagrams: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100]).collect();
         let tail = vec![9u8; 30];
         let mut pieces: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
@@ -372,7 +369,7 @@ mod tests {
                 segment: 100,
             }];
             let mut failures = Vec::new();
-            send_all(&sender, &out, |to, e| failures.push((to, e.kind()))).await;
+            send_all(&sender, &out, |to, e| failures.push((to, e.kind())));
             assert!(failures.is_empty(), "{failures:?}");
         }
         assert_eq!(receive_all(&gro, 1), vec![whole]);
