@@ -7,32 +7,58 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-/// CPU time (user + system, all threads, live and exited) that process `pid` has used.
+/// CPU time (user + system, all threads, live and exited) that process `pid` has used, to the
+/// nanosecond: the clock ticks of `/proc/PID/stat` (10 ms) are too coarse for a receiver that
+/// needs a few milliseconds of CPU a second.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name (field 2) may hold spaces; the fields after its ")" do not.
-    let (_, rest) = stat
-        .rsplit_once(')')
-        .with_context(|| format!("{path}: {stat:?}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 (utime) and 15 (stime), counted from 1, are 11 and 12 after the name.
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("{path}: field {} in {stat:?}", i + 3))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) = {hz}");
+    let pid = libc::pid_t::try_from(pid).with_context(|| format!("pid {pid}"))?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes one clockid_t.
+    let rc = unsafe { libc::clock_getcpuclockid(pid, &raw mut clock) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc))
+            .with_context(|| format!("CPU clock of {pid}"));
     }
-    let hz = hz as u64;
-    let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_secs(total / hz) + Duration::from_nanos((total % hz) * 1_000_000_000 / hz))
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    if unsafe { libc::clock_gettime(clock, &raw mut t) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("CPU time of {pid}"));
+    }
+    let secs = u64::try_from(t.tv_sec).context("negative CPU time")?;
+    let nanos = u32::try_from(t.tv_nsec).context("CPU time nanoseconds")?;
+    Ok(Duration::new(secs, nanos))
+}
+
+/// CPU time of the live threads of process `pid` named `name` (zero if none), from their
+/// `schedstat`, in nanoseconds like [`cpu_time`].
+pub fn threads_cpu_time(pid: u32, name: &str) -> Result<Duration> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path();
+        // A thread may end meanwhile; it is then no longer counted.
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{}: {stat:?}", path.display()))?;
+        total += Duration::from_nanos(ns);
+    }
+    Ok(total)
 }
 
 /// An IPv4 UDP counter (`RcvbufErrors`, `InDatagrams`, ...) of the network namespace that

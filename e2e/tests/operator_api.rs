@@ -16,6 +16,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use wpex_e2e::control_plane::{ControlPlane, with_temp_ns};
+use wpex_e2e::measure::cpu_time;
 use wpex_operator::crd::{WireGuardPeerKey, WireGuardPeerKeySpec, WireGuardRelay};
 use wpex_testkit::{Children, binary, eventually, free_port, target_dir};
 
@@ -751,27 +752,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS in /proc/PID/status")
-}
-
-/// CPU time (user + system) the operator has used, from /proc.
-fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let total = ticks(11)
-        .zip(ticks(12))
-        .map(|(u, s)| u + s)
-        .context("utime and stime")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .unwrap_or(100)
-        .max(1);
-    Ok(Duration::from_millis(total * 1000 / hz))
 }
 
 /// 1,000 ConfigMaps the operator has nothing to do with must cost it nothing: it watches only

@@ -7,6 +7,8 @@
 //!   prints the receiver indices it saw.
 //! - `hijack`: sniffs live receiver indices (or takes them with `--index`), then sends forged
 //!   transport data naming them from this host's own address.
+//! - `drain`: not an attack but the flood tests' yardstick: the least a receiver can do with a
+//!   flood, read it with `recvmmsg` and drop it.
 //!
 //! Each prints one line of `key=value` figures on stdout.
 
@@ -35,6 +37,8 @@ enum Mode {
     Sniff(SniffArgs),
     /// Forged transport data naming live receiver indices, from this host's own address.
     Hijack(HijackArgs),
+    /// Reads and drops datagrams, as a relay must at least: the yardstick of its CPU.
+    Drain(DrainArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +105,16 @@ struct HijackArgs {
     size: u16,
 }
 
+#[derive(Args)]
+struct DrainArgs {
+    /// Where to receive, e.g. 198.51.100.1:40001.
+    #[arg(long)]
+    bind: SocketAddrV4,
+    /// How long to receive, at most 120 s.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=120))]
+    seconds: u64,
+}
+
 fn parse_index(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
@@ -144,6 +158,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Mode::Hijack(args) => hijack(&args),
+        Mode::Drain(args) => drain(&args),
     }
 }
 
@@ -448,6 +463,102 @@ fn hijack(args: &HijackArgs) -> Result<()> {
         hex_list(&indices),
         attempts - errors,
         socket.local_addr()?.port()
+    );
+    Ok(())
+}
+
+/// Datagrams per `recvmmsg`, as the relay reads them (`quinn_udp::BATCH_SIZE` on Linux).
+const DRAIN_BATCH: usize = 32;
+/// Room for a datagram of the flood (148 bytes) or anything else up to the MTU.
+const DRAIN_SLOT: usize = 2048;
+
+/// This process's CPU time (user + system).
+fn own_cpu() -> Result<Duration> {
+    // SAFETY: an all-zero rusage is valid, and getrusage only writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage to write.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage");
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.unsigned_abs())
+            + Duration::from_micros(t.tv_usec.unsigned_abs())
+    };
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+/// Reads datagrams at `args.bind` for `args.seconds` the way the relay does at the least: one
+/// socket with its 4 MiB buffer, batches of its size, sources kept, and nothing else. Blocking
+/// with MSG_WAITFORONE: one wake-up per batch, as few as a receiver can have.
+fn drain(args: &DrainArgs) -> Result<()> {
+    let socket =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).context("UDP socket")?;
+    // As the relay asks; the kernel may cap it, for both alike.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    // Wakes up now and then to see the time, so that it stops with or without a flood.
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    socket
+        .bind(&args.bind.into())
+        .with_context(|| format!("binding {}", args.bind))?;
+    let mut bufs = vec![[0u8; DRAIN_SLOT]; DRAIN_BATCH];
+    // SAFETY: an all-zero sockaddr_in is valid.
+    let mut sources: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; DRAIN_BATCH];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: DRAIN_SLOT,
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .zip(&mut sources)
+        .map(|(iov, src)| {
+            // SAFETY: an all-zero mmsghdr is valid; its pointers are set just below.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = std::ptr::from_mut(src).cast();
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let cpu0 = own_cpu()?;
+    let (start, duration) = (Instant::now(), Duration::from_secs(args.seconds));
+    let (mut received, mut calls) = (0u64, 0u64);
+    while start.elapsed() < duration {
+        for m in &mut msgs {
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        }
+        // SAFETY: every header points at a live source address and iovec, and each iovec at a
+        // buffer of its length, all alive until it returns.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                DRAIN_BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        calls += 1;
+        match usize::try_from(n) {
+            Ok(n) => received += n as u64,
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EINTR | libc::ETIMEDOUT)
+                ) {
+                    return Err(e).context("recvmmsg");
+                }
+            }
+        }
+    }
+    let cpu = own_cpu()?.saturating_sub(cpu0);
+    println!(
+        "received={received} seconds={:.3} calls={calls} cpu_ms={:.1}",
+        start.elapsed().as_secs_f64(),
+        cpu.as_secs_f64() * 1e3
     );
     Ok(())
 }
