@@ -2,20 +2,45 @@
 # The whole test suite, runnable on a fresh Debian bookworm machine. First the fast tier, which
 # needs neither root nor anything beyond Rust and fails fast: formatting, lints, docs, unit and
 # integration tests (the core, the relay over loopback, the process, CRD drift) and helm lint
-# when helm is there. Then it installs what the rest needs (cached under /var/cache/wpex) and
-# runs the fuzzer for a bounded time, the end-to-end tests with real WireGuard peers in network
-# namespaces, the operator against a real kube-apiserver, etcd and kube-controller-manager, and
-# the chart installed on a real single-node cluster (kubelet, containerd, kube-proxy) that the
-# test brings up and tears down, and the same chart suite on kind (a Docker engine started here,
-# kind's node image built here, our images as tarballs and from the Dockerfiles).
+# when helm is there. Then it installs what the rest needs (cached under $WPEX_CACHE,
+# /var/cache/wpex by default) and runs the licence check, the fuzzer for a bounded time, the
+# end-to-end tests with real WireGuard peers in network namespaces, the operator against a real
+# kube-apiserver, etcd and kube-controller-manager, and the chart installed on a real single-node
+# cluster (kubelet, containerd, kube-proxy) that the test brings up and tears down, and the same
+# chart suite on kind (a Docker engine started here, kind's node image built here, our images as
+# tarballs and from the Dockerfiles). It ends with the time each step took.
 #
 #   e2e/test-all.sh           everything (the rest under sudo when not root)
 #   e2e/test-all.sh --fast    the fast tier only, for the inner loop
 #   e2e/test-all.sh --no-fast all but the fast tier
+#   e2e/test-all.sh --cold    everything as a fresh machine runs it (see `cold` below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+export WPEX_CACHE="${WPEX_CACHE:-/var/cache/wpex}"
+cache=$WPEX_CACHE
+# Each step's time, kept across the re-run under sudo for the summary at the end.
+export WPEX_STEP_TIMES="${WPEX_STEP_TIMES:-$(mktemp "${TMPDIR:-/tmp}/wpex-steps.XXXXXX")}"
+export WPEX_STARTED="${WPEX_STARTED:-$(date +%s)}"
+current='' since=$SECONDS
+
+end_step() {
+    [ -z "$current" ] || printf '%6d s  %s\n' "$((SECONDS - since))" "$current" >>"$WPEX_STEP_TIMES"
+    current=''
+}
+# step NAME [WHAT]: starts the step NAME (its line in the summary), saying WHAT it does.
+step() {
+    end_step
+    current=$1 since=$SECONDS
+    printf '\n=== %s\n' "$1${2:+: $2}"
+}
+summary() {
+    end_step
+    printf '\ntest-all: time per step\n'
+    cat "$WPEX_STEP_TIMES"
+    printf '%6d s  in all\n' "$(($(date +%s) - WPEX_STARTED))"
+    rm -f "$WPEX_STEP_TIMES"
+}
 
 fast_tier() {
     step "fast tier: formatting, lints, docs"
@@ -23,70 +48,199 @@ fast_tier() {
     cargo clippy --workspace --all-targets --locked -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-    step "fast tier: unit and integration tests (core, loopback relay, process, CRD drift)"
+    step "fast tier: unit and integration tests" "the core, the loopback relay, the process, CRD drift"
     cargo test --workspace --locked
 
     local helm
-    helm=$(command -v helm || ls /var/cache/wpex/helm-*/bin/helm 2>/dev/null | tail -n 1 || true)
+    helm=$(command -v helm || ls "$cache"/helm-*/bin/helm 2>/dev/null | tail -n 1 || true)
     if [ -n "$helm" ]; then
         step "fast tier: helm lint"
         "$helm" lint --strict charts/wpex
     else
         echo "test-all: no helm yet, so no helm lint in the fast tier (the chart tests lint it later)"
     fi
+    end_step
 }
+
+# The whole command as a fresh machine runs it, without a new machine: a clean clone of HEAD
+# with an empty cargo home (the Rust toolchain stays), an empty $WPEX_CACHE (so Kubernetes, etcd,
+# helm, kind, the tools, the node image and the Rust builder base are built anew), empty Go
+# caches, and a Docker engine with an empty data root. Installed apt packages stay. Everything it
+# made is removed after it unless WPEX_KEEP_COLD is set; WPEX_COLD_DIR says where (/var/tmp).
+cold() {
+    if [ "$(id -u)" != 0 ]; then
+        exec sudo --preserve-env=PATH,RUSTUP_HOME,WPEX_KEEP_COLD,WPEX_COLD_DIR "$0" --cold
+    fi
+    if docker info >/dev/null 2>&1; then
+        echo "test-all: a Docker engine is running, and its images would make the run warm;" >&2
+        echo "test-all: stop it first (e2e/kind/docker.sh stop stops one that the tests started)" >&2
+        exit 1
+    fi
+    local dir head status=0 t0=$SECONDS
+    dir=$(mktemp -d "${WPEX_COLD_DIR:-/var/tmp}/wpex-cold.XXXXXX")
+    head=$(git rev-parse --short HEAD)
+    [ -z "$(git status --porcelain)" ] ||
+        echo "test-all: uncommitted changes are not rehearsed: the clone is HEAD ($head)"
+    # shellcheck disable=SC2064  # $dir is fixed now
+    [ -n "${WPEX_KEEP_COLD:-}" ] || trap "rm -rf '$dir'" EXIT
+    git clone --quiet --no-hardlinks "$PWD" "$dir/repo"
+    git -C "$dir/repo" checkout --quiet --detach "$(git rev-parse HEAD)"
+    echo "test-all: cold rehearsal of $head in $dir"
+    # rustup's proxies stay on PATH; the cargo home they use is the empty one.
+    env -u WPEX_STEP_TIMES -u WPEX_STARTED \
+        CARGO_HOME="$dir/cargo" WPEX_CACHE="$dir/cache" WPEX_DOCKER_ROOT="$dir/docker" \
+        GOPATH="$dir/go" GOMODCACHE="$dir/go/pkg/mod" GOCACHE="$dir/go-build" \
+        "$dir/repo/e2e/test-all.sh" || status=$?
+    local verdict=passed
+    [ "$status" = 0 ] || verdict="FAILED (exit $status)"
+    echo "test-all: cold rehearsal of $head $verdict in $((SECONDS - t0)) s"
+    [ -z "${WPEX_KEEP_COLD:-}" ] || echo "test-all: kept $dir"
+    exit "$status"
+}
+
+# Background jobs: a step's neighbours that mostly wait (peers, clusters) or mostly download
+# leave cores idle, which a background job fills at lower priority. Its output is kept in a log,
+# shown when it is waited for; a job that failed fails the run there.
+bg_dir=$(mktemp -d "${TMPDIR:-/tmp}/wpex-bg.XXXXXX")
+declare -A bg_pid=() bg_since=()
+# bg NAME PROGRAM [ARGS...]: PROGRAM is a file, not a shell function.
+bg() {
+    local name=$1
+    shift
+    echo "test-all: $name runs in the background meanwhile (its output follows when it ends)"
+    # Its own process group, so that a failed run stops all of it.
+    setsid nice -n 10 "$@" >"$bg_dir/$name.log" 2>&1 &
+    bg_pid[$name]=$!
+    bg_since[$name]=$SECONDS
+}
+wait_bg() {
+    local name=$1 status=0
+    wait "${bg_pid[$name]}" || status=$?
+    printf '\n--- %s (in the background)\n' "$name"
+    cat "$bg_dir/$name.log"
+    printf '%6d s  %s (in the background)\n' "$((SECONDS - bg_since[$name]))" "$name" >>"$WPEX_STEP_TIMES"
+    unset "bg_pid[$name]"
+    if [ "$status" != 0 ]; then
+        echo "test-all: $name FAILED (exit $status)" >&2
+        exit "$status"
+    fi
+}
+docker_started=no
+cleanup() {
+    local pid
+    for pid in "${bg_pid[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+    if [ "$docker_started" = yes ]; then e2e/kind/docker.sh stop || true; fi
+    rm -rf "$bg_dir"
+}
+trap cleanup EXIT
+
+installs=(bash -c 'e2e/install-deps.sh && e2e/k8s/install-k8s.sh && e2e/install-helm.sh')
 
 case "${1:-}" in
     --fast)
         fast_tier
+        rm -f "$WPEX_STEP_TIMES"
         exit 0
         ;;
+    --cold) cold ;;
     --no-fast) ;;
     "")
-        start=$SECONDS
+        # As root, the tools build while the fast tier compiles: both are long, neither fills
+        # both cores all the time.
+        if [ "$(id -u)" = 0 ]; then bg installs "${installs[@]}"; fi
         fast_tier
-        echo "test-all: fast tier passed in $((SECONDS - start)) s"
         ;;
     *)
-        echo "usage: $0 [--fast | --no-fast]" >&2
+        echo "usage: $0 [--fast | --no-fast | --cold]" >&2
         exit 2
         ;;
 esac
 
 if [ "$(id -u)" != 0 ]; then
     echo "test-all: network namespaces need root; the rest runs under sudo" >&2
-    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" --no-fast
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,GOPATH,GOMODCACHE,GOCACHE,WPEX_CACHE,WPEX_DOCKER_ROOT,WPEX_STEP_TIMES,WPEX_STARTED \
+        "$0" --no-fast
 fi
+trap 'end_step; echo "test-all: FAILED in step: $current"' ERR
 
-step "installing test dependencies"
-e2e/install-deps.sh
-e2e/k8s/install-k8s.sh
-e2e/install-helm.sh
+step "installing test dependencies" "apt packages, boringtun-cli, wireguard-go, cargo-deny, Kubernetes, helm"
+if [ -n "${bg_pid[installs]:-}" ]; then wait_bg installs; else "${installs[@]}"; fi
 
-step "dependency licences and sources (cargo-deny, deny.toml)"
+step "dependency licences and sources" "cargo-deny, deny.toml"
+# cargo-deny reads the whole lock file, every platform's crates included (wasi, windows), while
+# builds fetch only this host's: fetch them all first, then check with no network.
+cargo fetch --locked
 deny_version=$(sed -n 's/^CARGO_DENY_VERSION=//p' e2e/install-deps.sh)
-"/var/cache/wpex/cargo-deny-$deny_version/bin/cargo-deny" --offline check licenses bans sources
+deny="$cache/cargo-deny-$deny_version/bin/cargo-deny"
+"$deny" --offline check licenses bans sources
+# The check can fail: a scratch copy of the workspace with a GPL crate added must be refused,
+# naming that crate.
+scratch=$(mktemp -d)
+tar -c --exclude=./target --exclude=./.git . | tar -x -C "$scratch"
+mkdir -p "$scratch/e2e/licence-probe/src"
+touch "$scratch/e2e/licence-probe/src/lib.rs"
+printf '[package]\nname = "licence-probe"\nversion = "0.1.0"\nedition = "2024"\nlicense = "GPL-3.0-only"\npublish = false\n' \
+    >"$scratch/e2e/licence-probe/Cargo.toml"
+printf '\n[dependencies.licence-probe]\npath = "licence-probe"\n' >>"$scratch/e2e/Cargo.toml"
+if (cd "$scratch" && "$deny" --offline check licenses) >"$scratch.log" 2>&1 ||
+    ! grep -q 'licence-probe v0.1.0' "$scratch.log"; then
+    cat "$scratch.log"
+    echo "test-all: cargo-deny did not refuse a GPL crate" >&2
+    exit 1
+fi
+echo "test-all: cargo-deny refuses a GPL-3.0-only crate added to a scratch copy, as it should"
+rm -rf "$scratch" "$scratch.log"
 
-step "fuzzing the relay core for a bounded time (e2e/fuzz.sh)"
-e2e/fuzz.sh "${WPEX_FUZZ_SECONDS:-60}"
-
-step "images: static binaries packed without Docker (e2e/build-images.sh)"
+step "images and fuzzing" "static binaries packed without Docker (e2e/build-images.sh); the relay core fuzzed for ${WPEX_FUZZ_SECONDS:-60} s (e2e/fuzz.sh)"
+# kind's node image needs no Docker engine until it is imported, and much of it is downloads.
+bg kind-prepare e2e/kind/run.sh --local --prepare
+bg fuzz e2e/fuzz.sh "${WPEX_FUZZ_SECONDS:-60}"
 # Release builds go to a cache outside the repo; cargo rebuilds only what changed.
-CARGO_TARGET_DIR=/var/cache/wpex/images-target e2e/build-images.sh
+CARGO_TARGET_DIR="$cache/images-target" e2e/build-images.sh
+wait_bg fuzz
 
-step "end-to-end: peers behind NAT, the operator on a real API server, the chart on a real node"
-cargo build -p wpex -p wpex-operator --locked
-# The attack tests measure the relay's CPU: only a release build gives figures users see.
-cargo build --release -p wpex --locked
-export WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator" \
-    WPEX_RELEASE_BIN="$PWD/target/release/wpex"
-# Floods, NAT rebinding and forgery, with every figure printed (one line per test).
-cargo test -p wpex-e2e --locked --test relay_attacks -- --ignored --test-threads=1 --nocapture
-cargo test -p wpex-e2e --locked -- --ignored --test-threads=1 \
-    --skip flood_ --skip hijack_ --skip rebinding_
+step "end-to-end: the chart on a real single-node cluster" "e2e/tests/cluster.rs"
+# The end-to-end suites run in three steps below, each where it fits; a new one must get a place.
+for suite in e2e/tests/*.rs; do
+    case "$(basename "$suite" .rs)" in
+        cluster | relay_attacks | relay_netns | operator_api | chart) ;;
+        dockerfiles) ;; # no root needed: in the fast tier
+        *) echo "test-all: $suite runs in no step of e2e/test-all.sh" >&2; exit 1 ;;
+    esac
+done
+# The debug binaries of the fast tier's test build, with the same features: nothing rebuilt.
+cargo test --workspace --locked --no-run
+export WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator"
+# Before any Docker engine runs: dockerd's iptables rules would stand in the node's way.
+cargo test --workspace --locked --test cluster -- --ignored --test-threads=1
+wait_bg kind-prepare
 
-step "the cluster suite on kind, with our images as tarballs: dockerd, kind's node image and the control-plane images built here, no registry (e2e/kind/run.sh --local)"
+step "end-to-end: attacks" "floods, NAT rebinding and forgery (e2e/tests/relay_attacks.rs), on a quiet machine"
+# They measure the relay's CPU: the release binary users run, the image's, with nothing else
+# running.
+musl_release="$cache/images-target/$(uname -m)-unknown-linux-musl/release/wpex"
+export WPEX_RELEASE_BIN="${WPEX_RELEASE_BIN:-$musl_release}"
+cargo test --workspace --locked --test relay_attacks -- --ignored --test-threads=1 --nocapture
+
+step "end-to-end: peers behind NAT, the operator on a real API server, the chart" "e2e/tests/relay_netns.rs, operator_api.rs, chart.rs"
+docker info >/dev/null 2>&1 || docker_started=yes
+e2e/kind/docker.sh start
+# The Dockerfiles' builds, the longest part of the kind runs, while these suites and the first
+# kind run mostly wait.
+bg dockerfile-images e2e/kind/run.sh --local --dockerfiles --images-only
+cargo test --workspace --locked --test relay_netns --test operator_api --test chart \
+    -- --ignored --test-threads=1
+
+step "kind, tarballs" "the cluster suite on kind with our images as tarballs: kind's node image and the control-plane images built here, no registry (e2e/kind/run.sh --local)"
 e2e/kind/run.sh --local
+wait_bg dockerfile-images
 
-step "the cluster suite on kind, with our images built by relay/Dockerfile and operator/Dockerfile from a builder base assembled here (e2e/kind/run.sh --local --dockerfiles)"
+step "kind, Dockerfiles" "the cluster suite on kind with our images built by relay/Dockerfile and operator/Dockerfile from a builder base assembled here (e2e/kind/run.sh --local --dockerfiles)"
 e2e/kind/run.sh --local --dockerfiles
+
+if [ "$docker_started" = yes ]; then
+    e2e/kind/docker.sh stop
+    docker_started=no
+fi
+trap - ERR
+summary

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds etcd and the Kubernetes components from the Go module proxy (no prebuilt downloads),
-# cached under /var/cache/wpex/k8s-<version>/bin. Idempotent: a second run only checks.
+# cached under $WPEX_CACHE/k8s-<version>/bin (/var/cache/wpex by default). Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-CACHE=/var/cache/wpex
+CACHE=${WPEX_CACHE:-/var/cache/wpex}
 out="$CACHE/k8s-$K8S_VERSION"
 bin="$out/bin"
 # kubectl is for people debugging a failed run (and for `kubectl get wgr` in the cluster e2e).
@@ -66,7 +66,7 @@ mkdir -p "$etcd_src"
     cd "$etcd_src"
     [ -f go.mod ] || go mod init wpex.invalid/etcd-build >/dev/null 2>&1
     go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    go build -trimpath -o "$bin/etcd" go.etcd.io/etcd/server/v3
+    go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
 )
 have_all
 echo "install-k8s: done in $(( $(date +%s) - started ))s: $(ls "$bin" | tr '\n' ' ')"

@@ -2,7 +2,9 @@
 # Builds a kind node image (the equivalent of kindest/node for our Kubernetes version) without any
 # registry, and loads it into the running Docker engine:
 #
-#   e2e/kind/build-node-image.sh        prints the image's name on the last line of stdout
+#   e2e/kind/build-node-image.sh              prints the image's name on the last line of stdout
+#   e2e/kind/build-node-image.sh --no-import  only the cached root file system tarball, with no
+#                                             Docker engine (e2e/test-all.sh builds it early)
 #
 # - root file system: Debian bookworm from debootstrap, with the packages kind's base image
 #   installs (systemd, iptables, conntrack, ...) and Debian's containerd, runc and CNI plugins;
@@ -38,15 +40,23 @@ COREDNS_VERSION=v1.14.2         # kubeadm v1.36.3's CoreDNS
 NODE_PACKAGES=systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,bash,ca-certificates,curl,jq,procps,containerd,runc,containernetworking-plugins
 PROXY_PACKAGES=iptables,nftables,conntrack
 
-CACHE=/var/cache/wpex
+CACHE=${WPEX_CACHE:-/var/cache/wpex}
 k8s_bin="$CACHE/k8s-$K8S_VERSION/bin"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build"
 say() { echo "build-node-image: $*" >&2; }
 t0=$(date +%s)
 
+import=yes
+case "${1:-}" in
+    --no-import) import=no ;;
+    "") ;;
+    *) say "usage: $0 [--no-import]"; exit 2 ;;
+esac
 [ "$(id -u)" = 0 ] || { say "needs root (debootstrap, chroot)"; exit 1; }
-docker info >/dev/null 2>&1 || { say "needs a running Docker engine (e2e/kind/docker.sh)"; exit 1; }
+if [ "$import" = yes ] && ! docker info >/dev/null 2>&1; then
+    say "needs a running Docker engine (e2e/kind/docker.sh)"; exit 1
+fi
 for c in kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd; do
     [ -x "$k8s_bin/$c" ] || { say "missing $k8s_bin/$c: run e2e/k8s/install-k8s.sh"; exit 1; }
 done
@@ -63,7 +73,11 @@ rootfs_tar="$out/rootfs.tar"
 import_changes=(--change 'ENV container=docker'
     --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]')
 
-if docker image inspect "$image" >/dev/null 2>&1; then
+if [ "$import" = no ] && [ -f "$rootfs_tar" ]; then
+    say "$rootfs_tar is cached already"
+    exit 0
+fi
+if [ "$import" = yes ] && docker image inspect "$image" >/dev/null 2>&1; then
     say "$image is in Docker already"
     echo "$image"; exit 0
 fi
@@ -333,11 +347,15 @@ mkdir -p "$out"
 tar -C "$node" --numeric-owner --xattrs --xattrs-include='*' -cf "$rootfs_tar.tmp" .
 mv "$rootfs_tar.tmp" "$rootfs_tar"
 say "cached $rootfs_tar ($(du -h "$rootfs_tar" | cut -f1))"
-docker import "${import_changes[@]}" "$rootfs_tar" "$image" >/dev/null
 # Older builds (other pins) are stale: 1.4 GB each in the cache and as many in Docker.
 for old in "$CACHE"/kind-node-*; do
     [ "$old" = "$out" ] || [ ! -f "$old/rootfs.tar" ] || rm -rf "$old"
 done
+if [ "$import" = no ]; then
+    say "root file system built in $(( $(date +%s) - t0 ))s"
+    exit 0
+fi
+docker import "${import_changes[@]}" "$rootfs_tar" "$image" >/dev/null
 docker images --format '{{.Repository}}:{{.Tag}}' wpex-e2e/kind-node | { grep -vx "$image" || true; } |
     xargs -r docker rmi >/dev/null
 say "$image built in $(( $(date +%s) - t0 ))s"

@@ -23,7 +23,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 say() { echo "build-rust-base: $*" >&2; }
 t0=$(date +%s)
-CACHE=/var/cache/wpex
+CACHE=${WPEX_CACHE:-/var/cache/wpex}
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=http://deb.debian.org/debian
 

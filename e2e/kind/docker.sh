@@ -8,6 +8,7 @@
 #                                what Docker leaves in the host: its iptables chains and rules,
 #                                its bridges, its mounts, the FORWARD policy it changed
 #
+# WPEX_DOCKER_ROOT=DIR starts dockerd with that data root instead of /var/lib/docker.
 # When the capability bounding set lacks CAP_SYS_RESOURCE (some VMs), privileged containers fail
 # ("unable to apply caps"); dockerd then gets e2e/kind/runc-no-sys-resource as its default
 # runtime, which drops that capability from each container's spec before running runc.
@@ -19,7 +20,7 @@ log=/var/log/wpex-dockerd.log
 say() { echo "docker.sh: $*"; }
 
 if [ "$(id -u)" != 0 ]; then
-    exec sudo --preserve-env=PATH "$0" "$@"
+    exec sudo --preserve-env=PATH,WPEX_DOCKER_ROOT "$0" "$@"
 fi
 
 start() {
@@ -53,6 +54,13 @@ start() {
     done >"$state/br_netfilter"
 
     local args=(--pidfile "$state/dockerd.pid" --host unix:///var/run/docker.sock)
+    # The cold rehearsal (e2e/test-all.sh --cold) gives dockerd an empty root: no image of an
+    # earlier run.
+    if [ -n "${WPEX_DOCKER_ROOT:-}" ]; then
+        mkdir -p "$WPEX_DOCKER_ROOT"
+        args+=(--data-root "$WPEX_DOCKER_ROOT")
+    fi
+    echo "${WPEX_DOCKER_ROOT:-/var/lib/docker}" >"$state/data-root"
     # CAP_SYS_RESOURCE is capability 24.
     local bnd; bnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
     if (( (16#$bnd >> 24 & 1) == 0 )); then
@@ -136,7 +144,8 @@ stop() {
         if ip link show "$net" >/dev/null 2>&1; then ip link delete "$net"; fi
     done
     # Mounts dockerd leaves: its netns files, overlay and shm mounts under its roots.
-    findmnt -rn -o TARGET | { grep -E '^(/var/lib/docker|/run/docker|/var/run/docker)(/|$)' || true; } |
+    local root; root=$(cat "$state/data-root" 2>/dev/null || echo /var/lib/docker)
+    findmnt -rn -o TARGET | { grep -E "^($root|/run/docker|/var/run/docker)(/|\$)" || true; } |
         sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 
     if [ -s "$state/forward-policy" ]; then iptables -P FORWARD "$(cat "$state/forward-policy")"; fi

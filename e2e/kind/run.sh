@@ -16,28 +16,40 @@
 #                                   builder base assembled here (e2e/kind/build-rust-base.sh),
 #                                   with no network during `docker build`
 #
+#   Two parts of --local on their own, so that e2e/test-all.sh can do them while other suites run:
+#   sudo e2e/kind/run.sh --local --prepare
+#                                   only what needs no Docker engine: kind, and the node image's
+#                                   root file system (build-node-image.sh --no-import)
+#   sudo e2e/kind/run.sh --local --dockerfiles --images-only
+#                                   only the images the Dockerfiles build
+#
 #   KEEP_CLUSTER=1 keeps the cluster (and dockerd) for debugging.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [ "$(id -u)" != 0 ]; then
-    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,GOPATH "$0" "$@"
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,GOPATH,GOMODCACHE,GOCACHE,WPEX_CACHE,WPEX_DOCKER_ROOT "$0" "$@"
 fi
 
-mode=laptop images=dockerfiles
+mode=laptop images=dockerfiles stage=all
 for arg in "$@"; do
     case "$arg" in
         --local) mode=local ;;
         --dockerfiles) ;;
-        *) echo "usage: $0 [--local [--dockerfiles]]" >&2; exit 2 ;;
+        --prepare) stage=prepare ;;
+        --images-only) stage=images ;;
+        *) echo "usage: $0 [--local [--dockerfiles] [--prepare | --images-only]]" >&2; exit 2 ;;
     esac
 done
+if [ "$stage" != all ] && [ "$mode" != local ]; then
+    echo "$0: --prepare and --images-only go with --local" >&2; exit 2
+fi
 # --local loads the Docker-free tarballs unless --dockerfiles is given too.
 if [ "$mode" = local ] && [[ " $* " != *" --dockerfiles "* ]]; then images=tarballs; fi
 
 KIND_VERSION=v0.32.0
 name=wpex-e2e
-cache=/var/cache/wpex
+cache=${WPEX_CACHE:-/var/cache/wpex}
 # shellcheck source=e2e/k8s/versions.env
 source e2e/k8s/versions.env
 
@@ -67,7 +79,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ "$mode" = local ]; then
+if [ "$stage" = prepare ]; then
+    : # no Docker engine needed
+elif [ "$mode" = local ]; then
     docker info >/dev/null 2>&1 || started_docker=yes
     e2e/kind/docker.sh start
     timed "Docker engine ready"
@@ -93,7 +107,12 @@ else
 fi
 timed "tools ready"
 
-if [ "$mode" = local ]; then
+if [ "$stage" = prepare ]; then
+    e2e/kind/build-node-image.sh --no-import
+    timed "the node image's root file system ready"
+    exit 0
+fi
+if [ "$mode" = local ] && [ "$stage" = all ]; then
     node_image=$(e2e/kind/build-node-image.sh | tail -1)
     timed "node image $node_image ready"
 fi
@@ -110,15 +129,22 @@ else
         # No registry: `rust:1-bookworm` is assembled here, and the builds need no network. The
         # classic builder, since Debian's Docker has no BuildKit front end to pull.
         e2e/kind/build-rust-base.sh >/dev/null
-        build=(env DOCKER_BUILDKIT=0 nice -n 10 docker build --network=none)
+        # A small CPU weight: the builds yield to a kind node running a suite meanwhile.
+        build=(env DOCKER_BUILDKIT=0 docker build --network=none --cpu-shares 2)
     fi
+    # The dependency layer both Dockerfiles share, tagged so that the prune below keeps it: the
+    # next run reuses it unless Cargo.lock or a manifest changed.
+    "${build[@]}" -f relay/Dockerfile --target deps -t wpex-e2e/rust-deps:latest .
+    timed "the Dockerfiles' dependency layer ready"
     "${build[@]}" -f relay/Dockerfile -t "wpex/wpex:$version" -t wpex/wpex:dev .
     "${build[@]}" -f operator/Dockerfile -t "wpex/wpex-operator:$version" -t wpex/wpex-operator:dev .
-    # The builder stages (several GB each, with cargo's target directory) and images the new
-    # tags replaced: the next run's build context differs anyway, so they would not be reused.
-    [ "$mode" = laptop ] || docker image prune -f >/dev/null
+    # The final builder stages (several GB each, with cargo's target directory), an older
+    # dependency layer and images the new tags replaced: none of them would be reused after
+    # this run (--images-only keeps them for the run that follows it).
+    [ "$mode" = laptop ] || [ "$stage" = images ] || docker image prune -f >/dev/null
     timed "images built with the Dockerfiles"
 fi
+[ "$stage" = all ] || exit 0
 
 create=(create cluster --name "$name" --config e2e/kind/cluster.yaml --wait 2m)
 [ "$mode" = laptop ] || create+=(--image "$node_image")

@@ -31,7 +31,7 @@ pub fn pinned(variable: &str) -> &'static str {
 pub fn k8s_binary(name: &str) -> Result<PathBuf> {
     binary_in(
         "WPEX_K8S_BIN",
-        format!("/var/cache/wpex/k8s-{}/bin", pinned("K8S_VERSION")),
+        crate::tools::cache_dir().join(format!("k8s-{}/bin", pinned("K8S_VERSION"))),
         name,
         "run e2e/k8s/install-k8s.sh",
     )

@@ -11,6 +11,12 @@ use crate::control_plane::k8s_binary;
 
 const HELM_INSTALLER: &str = include_str!("../install-helm.sh");
 
+/// Where the installers cache what they build: `WPEX_CACHE`, by default `/var/cache/wpex` (the
+/// cold rehearsal, `e2e/test-all.sh --cold`, points it at an empty directory).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("WPEX_CACHE").map_or_else(|| PathBuf::from("/var/cache/wpex"), PathBuf::from)
+}
+
 /// The value of a `VARIABLE=value` line in an installer `script`, or `"unpinned"`. The
 /// installers pin the versions, and the harness reads them there so the paths always agree.
 pub fn pinned_in(script: &'static str, variable: &str) -> &'static str {
@@ -25,7 +31,7 @@ pub fn helm() -> Result<PathBuf> {
     let version = pinned_in(HELM_INSTALLER, "HELM_VERSION");
     binary(
         "WPEX_HELM",
-        format!("/var/cache/wpex/helm-{version}/bin/helm"),
+        cache_dir().join(format!("helm-{version}/bin/helm")),
         "run e2e/install-helm.sh",
     )
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use wpex_testkit::{abort, binary, eventually};
 
 use crate::netns::{Host, Lab, UAPI_DIR, exec, run};
+use crate::tools::cache_dir;
 
 /// The installer pins the versions; the paths it installs to are read from it, so they agree.
 const INSTALLER: &str = include_str!("../install-deps.sh");
@@ -386,7 +387,7 @@ fn spawn_interface(lab: &mut Lab, ns: &str, kind: PeerKind, iface: &str) -> Resu
     match kind {
         PeerKind::BoringTun => {
             let version = pinned("BORINGTUN_VERSION");
-            let default = format!("/var/cache/wpex/boringtun-cli-{version}/bin/boringtun-cli");
+            let default = cache_dir().join(format!("boringtun-cli-{version}/bin/boringtun-cli"));
             let bin = binary("WPEX_BORINGTUN", default, "run e2e/install-deps.sh")?;
             // Connected sockets map one remote IP to one peer; behind a relay every peer has
             // the relay's address, so boringtun must demultiplex by index instead.
@@ -400,7 +401,7 @@ fn spawn_interface(lab: &mut Lab, ns: &str, kind: PeerKind, iface: &str) -> Resu
         }
         PeerKind::WireGuardGo => {
             let version = pinned("WIREGUARD_GO_VERSION");
-            let default = format!("/var/cache/wpex/wireguard-go-{version}/bin/wireguard");
+            let default = cache_dir().join(format!("wireguard-go-{version}/bin/wireguard"));
             let bin = binary("WPEX_WIREGUARD_GO", default, "run e2e/install-deps.sh")?;
             lab.spawn(ns, iface, &bin, &["-f", iface])
         }
