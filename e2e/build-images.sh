@@ -21,16 +21,23 @@
 # (OCI layout, layer, config) and skopeo (OCI layout to docker-archive). CARGO_TARGET_DIR is
 # honoured; the tarballs always go to target/images in the repository.
 #
+# With --binaries DIR, packs DIR/wpex and DIR/wpex-operator, static binaries built elsewhere (e2e/test-all.sh
+# takes them from the images relay/Dockerfile and operator/Dockerfile built), and compiles
+# nothing.
+#
 # With --verify, then imports both tarballs into a private, temporary containerd (Debian's
 # containerd and runc, installed if missing) with `ctr -n k8s.io images import`, lists them, runs
 # each entrypoint with --version, checks the relay runs as 65532, and stops containerd.
 set -euo pipefail
-verify=no
-case "${1:-}" in
-    --verify) verify=yes ;;
-    "") ;;
-    *) echo "usage: $0 [--verify]" >&2; exit 2 ;;
-esac
+verify=no binaries=''
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --verify) verify=yes ;;
+        --binaries) binaries=$(realpath "${2:?--binaries needs a directory}"); shift ;;
+        *) echo "usage: $0 [--binaries DIR] [--verify]" >&2; exit 2 ;;
+    esac
+    shift
+done
 cd "$(dirname "$0")/.."
 repo=$PWD
 
@@ -49,6 +56,7 @@ case "$(uname -m)" in
 esac
 
 libc=${WPEX_IMAGE_LIBC:-musl}
+[ -z "$binaries" ] || libc=prebuilt
 if [ "$libc" = musl ]; then
     target="$(uname -m)-unknown-linux-musl"
     if ! rustup target list --installed 2>/dev/null | grep -qx "$target" &&
@@ -68,13 +76,13 @@ version=$(cargo pkgid -p wpex | sed 's/.*[@#]//')
 if [ "$libc" = musl ]; then
     # The musl target links statically by default.
     nice -n 10 cargo build --release --locked --target "$target" -p wpex -p wpex-operator
-else
+elif [ "$libc" = gnu ]; then
     target="$(uname -m)-unknown-linux-gnu"
     # With an explicit --target, build scripts and proc macros stay dynamically linked.
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         nice -n 10 cargo build --release --locked --target "$target" -p wpex -p wpex-operator
 fi
-bin_dir="${CARGO_TARGET_DIR:-$repo/target}/$target/release"
+bin_dir=${binaries:-${CARGO_TARGET_DIR:-$repo/target}/$target/release}
 say "static $libc binaries for $arch in $bin_dir"
 out="$repo/target/images"
 mkdir -p "$out"

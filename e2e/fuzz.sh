@@ -22,8 +22,9 @@ main() {
     if [ ! -x "$fuzz_root/bin/cargo-fuzz" ]; then
         echo "fuzz: installing cargo-fuzz $cargo_fuzz_version into $fuzz_root" >&2
         # The target directory e2e/install-deps.sh's tools share.
-        cargo install --locked --root "$fuzz_root" --target-dir "$cache/tools-target" cargo-fuzz \
-            --version "$cargo_fuzz_version"
+        # Debug: it only drives cargo.
+        cargo install --locked --debug --root "$fuzz_root" --target-dir "$cache/tools-target" \
+            cargo-fuzz --version "$cargo_fuzz_version"
     fi
     export PATH="$fuzz_root/bin:$PATH"
 

@@ -7,8 +7,9 @@
 # end-to-end tests with real WireGuard peers in network namespaces, the operator against a real
 # kube-apiserver, etcd and kube-controller-manager, and the chart installed on a real single-node
 # cluster (kubelet, containerd, kube-proxy) that the test brings up and tears down, and the same
-# chart suite on kind (a Docker engine started here, kind's node image built here, our images as
-# tarballs and from the Dockerfiles). It ends with the time each step took.
+# chart suite on kind (a Docker engine started here, kind's node image built here, our images
+# from the Dockerfiles, whose binaries the local cluster runs too). It ends with the time each
+# step took.
 #
 #   e2e/test-all.sh           everything (the rest under sudo when not root)
 #   e2e/test-all.sh --fast    the fast tier only, for the inner loop
@@ -19,26 +20,32 @@ cd "$(dirname "$0")/.."
 
 export WPEX_CACHE="${WPEX_CACHE:-/var/cache/wpex}"
 cache=$WPEX_CACHE
-# Each step's time, kept across the re-run under sudo for the summary at the end.
+# The CPU time the whole machine has spent, in seconds: what a step costs on 2 cores, background
+# jobs included, where its wall time only says how well it overlapped.
+machine_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print int(($2 + $3 + $4 + $7 + $8 + $9) / hz)}' /proc/stat
+}
+# Each step's times, kept across the re-run under sudo for the summary at the end.
 export WPEX_STEP_TIMES="${WPEX_STEP_TIMES:-$(mktemp "${TMPDIR:-/tmp}/wpex-steps.XXXXXX")}"
-export WPEX_STARTED="${WPEX_STARTED:-$(date +%s)}"
-current='' since=$SECONDS
+export WPEX_STARTED="${WPEX_STARTED:-$(date +%s)}" WPEX_STARTED_CPU="${WPEX_STARTED_CPU:-$(machine_cpu)}"
+current='' since=$SECONDS since_cpu=0
 
 end_step() {
-    [ -z "$current" ] || printf '%6d s  %s\n' "$((SECONDS - since))" "$current" >>"$WPEX_STEP_TIMES"
+    [ -z "$current" ] || printf '%6d s %7d CPU-s  %s\n' "$((SECONDS - since))" \
+        "$(($(machine_cpu) - since_cpu))" "$current" >>"$WPEX_STEP_TIMES"
     current=''
 }
 # step NAME [WHAT]: starts the step NAME (its line in the summary), saying WHAT it does.
 step() {
     end_step
-    current=$1 since=$SECONDS
+    current=$1 since=$SECONDS since_cpu=$(machine_cpu)
     printf '\n=== %s\n' "$1${2:+: $2}"
 }
 summary() {
     end_step
-    printf '\ntest-all: time per step\n'
+    printf '\ntest-all: time per step (wall, and CPU time of the whole machine)\n'
     cat "$WPEX_STEP_TIMES"
-    printf '%6d s  in all\n' "$(($(date +%s) - WPEX_STARTED))"
+    printf '%6d s %7d CPU-s  in all\n' "$(($(date +%s) - WPEX_STARTED))" "$(($(machine_cpu) - WPEX_STARTED_CPU))"
     rm -f "$WPEX_STEP_TIMES"
 }
 
@@ -68,6 +75,8 @@ fast_tier() {
 # caches, and a Docker engine with an empty data root. Installed apt packages stay. Everything it
 # made is removed after it unless WPEX_KEEP_COLD is set; WPEX_COLD_DIR says where (/var/tmp).
 cold() {
+    # This process runs no step itself: the rehearsal's own run keeps its times and jobs.
+    rm -rf "$bg_dir" "$WPEX_STEP_TIMES"
     if [ "$(id -u)" != 0 ]; then
         exec sudo --preserve-env=PATH,RUSTUP_HOME,WPEX_KEEP_COLD,WPEX_COLD_DIR "$0" --cold
     fi
@@ -87,7 +96,7 @@ cold() {
     git -C "$dir/repo" checkout --quiet --detach "$(git rev-parse HEAD)"
     echo "test-all: cold rehearsal of $head in $dir"
     # rustup's proxies stay on PATH; the cargo home they use is the empty one.
-    env -u WPEX_STEP_TIMES -u WPEX_STARTED \
+    env -u WPEX_STEP_TIMES -u WPEX_STARTED -u WPEX_STARTED_CPU \
         CARGO_HOME="$dir/cargo" WPEX_CACHE="$dir/cache" WPEX_DOCKER_ROOT="$dir/docker" \
         GOPATH="$dir/go" GOMODCACHE="$dir/go/pkg/mod" GOCACHE="$dir/go-build" \
         "$dir/repo/e2e/test-all.sh" || status=$?
@@ -108,8 +117,10 @@ bg() {
     local name=$1
     shift
     echo "test-all: $name runs in the background meanwhile (its output follows when it ends)"
-    # Its own process group, so that a failed run stops all of it.
-    setsid nice -n 10 "$@" >"$bg_dir/$name.log" 2>&1 &
+    # Its own process group, so that a failed run stops all of it. `times` writes the CPU time
+    # of the job's processes (user, then system, on its second line) for the summary.
+    setsid nice -n 10 bash -c 'status=0; "$@" || status=$?; times >&3; exit "$status"' bash "$@" \
+        >"$bg_dir/$name.log" 2>&1 3>"$bg_dir/$name.times" &
     bg_pid[$name]=$!
     bg_since[$name]=$SECONDS
 }
@@ -118,7 +129,12 @@ wait_bg() {
     wait "${bg_pid[$name]}" || status=$?
     printf '\n--- %s (in the background)\n' "$name"
     cat "$bg_dir/$name.log"
-    printf '%6d s  %s (in the background)\n' "$((SECONDS - bg_since[$name]))" "$name" >>"$WPEX_STEP_TIMES"
+    # "1m2.5s 0m3.1s" to whole seconds.
+    local cpu
+    cpu=$(sed -n 2p "$bg_dir/$name.times" | tr 'ms' '  ' |
+        awk '{printf "%d", $1 * 60 + $2 + $3 * 60 + $4}')
+    printf '%6d s %7s CPU-s  %s (in the background, its own CPU time)\n' \
+        "$((SECONDS - bg_since[$name]))" "${cpu:-?}" "$name" >>"$WPEX_STEP_TIMES"
     unset "bg_pid[$name]"
     if [ "$status" != 0 ]; then
         echo "test-all: $name FAILED (exit $status)" >&2
@@ -158,7 +174,7 @@ esac
 
 if [ "$(id -u)" != 0 ]; then
     echo "test-all: network namespaces need root; the rest runs under sudo" >&2
-    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,GOPATH,GOMODCACHE,GOCACHE,WPEX_CACHE,WPEX_DOCKER_ROOT,WPEX_STEP_TIMES,WPEX_STARTED \
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,GOPATH,GOMODCACHE,GOCACHE,WPEX_CACHE,WPEX_DOCKER_ROOT,WPEX_STEP_TIMES,WPEX_STARTED,WPEX_STARTED_CPU \
         "$0" --no-fast
 fi
 trap 'end_step; echo "test-all: FAILED in step: $current"' ERR
@@ -191,16 +207,31 @@ fi
 echo "test-all: cargo-deny refuses a GPL-3.0-only crate added to a scratch copy, as it should"
 rm -rf "$scratch" "$scratch.log"
 
-step "images and fuzzing" "static binaries packed without Docker (e2e/build-images.sh); the relay core fuzzed for ${WPEX_FUZZ_SECONDS:-60} s (e2e/fuzz.sh)"
-# kind's node image needs no Docker engine until it is imported, and much of it is downloads.
-bg kind-prepare e2e/kind/run.sh --local --prepare
+step "images and fuzzing" "relay/Dockerfile and operator/Dockerfile built (e2e/kind/run.sh --local --dockerfiles --images-only), their binaries packed again without Docker (e2e/build-images.sh --binaries); the relay core fuzzed for ${WPEX_FUZZ_SECONDS:-60} s (e2e/fuzz.sh)"
 bg fuzz e2e/fuzz.sh "${WPEX_FUZZ_SECONDS:-60}"
-# Release builds go to a cache outside the repo; cargo rebuilds only what changed.
-CARGO_TARGET_DIR="$cache/images-target" e2e/build-images.sh
+# The release binaries are compiled once, by the Dockerfiles, as users build them; kind runs those
+# images, and the local cluster the same binaries packed by build-images.sh.
+docker info >/dev/null 2>&1 || docker_started=yes
+e2e/kind/docker.sh start
+e2e/kind/run.sh --local --dockerfiles --images-only
+release_bin="$cache/release-bin"
+rm -rf "$release_bin"
+mkdir -p "$release_bin"
+for image in wpex wpex-operator; do
+    container=$(docker create "wpex/$image:dev")
+    docker cp "$container:/$image" "$release_bin/$image"
+    docker rm "$container" >/dev/null
+done
+e2e/build-images.sh --binaries "$release_bin"
+# Until the kind step: dockerd's iptables rules would stand in the local cluster's way.
+if [ "$docker_started" = yes ]; then
+    e2e/kind/docker.sh stop
+    docker_started=no
+fi
 wait_bg fuzz
 
-step "end-to-end: the chart on a real single-node cluster" "e2e/tests/cluster.rs"
-# The end-to-end suites run in three steps below, each where it fits; a new one must get a place.
+step "end-to-end: a real single-node cluster, peers behind NAT, the operator and the chart on a real API server" "e2e/tests/cluster.rs, relay_netns.rs, operator_api.rs, chart.rs"
+# The end-to-end suites run in two steps below, each where it fits; a new one must get a place.
 for suite in e2e/tests/*.rs; do
     case "$(basename "$suite" .rs)" in
         cluster | relay_attacks | relay_netns | operator_api | chart) ;;
@@ -211,36 +242,20 @@ done
 # The debug binaries of the fast tier's test build, with the same features: nothing rebuilt.
 cargo test --workspace --locked --no-run
 export WPEX_BIN="$PWD/target/debug/wpex" WPEX_OPERATOR_BIN="$PWD/target/debug/wpex-operator"
-# Before any Docker engine runs: dockerd's iptables rules would stand in the node's way.
-cargo test --workspace --locked --test cluster -- --ignored --test-threads=1
+# kind's node image needs no Docker engine until it is imported: it is built while these suites
+# mostly wait on peers and clusters.
+bg kind-prepare e2e/kind/run.sh --local --prepare
+cargo test --workspace --locked --test cluster --test relay_netns --test operator_api --test chart \
+    -- --ignored --test-threads=1
 wait_bg kind-prepare
 
 step "end-to-end: attacks" "floods, NAT rebinding and forgery (e2e/tests/relay_attacks.rs), on a quiet machine"
 # They measure the relay's CPU: the release binary users run, the image's, with nothing else
 # running.
-musl_release="$cache/images-target/$(uname -m)-unknown-linux-musl/release/wpex"
-export WPEX_RELEASE_BIN="${WPEX_RELEASE_BIN:-$musl_release}"
+export WPEX_RELEASE_BIN="${WPEX_RELEASE_BIN:-$release_bin/wpex}"
 cargo test --workspace --locked --test relay_attacks -- --ignored --test-threads=1 --nocapture
 
-step "end-to-end: peers behind NAT, the operator on a real API server, the chart" "e2e/tests/relay_netns.rs, operator_api.rs, chart.rs"
-docker info >/dev/null 2>&1 || docker_started=yes
-e2e/kind/docker.sh start
-# The Dockerfiles' builds, the longest part of the kind runs, while these suites and the first
-# kind run mostly wait.
-bg dockerfile-images e2e/kind/run.sh --local --dockerfiles --images-only
-cargo test --workspace --locked --test relay_netns --test operator_api --test chart \
-    -- --ignored --test-threads=1
-
-step "kind, tarballs" "the cluster suite on kind with our images as tarballs: kind's node image and the control-plane images built here, no registry (e2e/kind/run.sh --local)"
-e2e/kind/run.sh --local
-wait_bg dockerfile-images
-
-step "kind, Dockerfiles" "the cluster suite on kind with our images built by relay/Dockerfile and operator/Dockerfile from a builder base assembled here (e2e/kind/run.sh --local --dockerfiles)"
+step "kind" "the cluster suite on kind: kind's node image and the control-plane images built here, no registry, our images from the Dockerfiles (e2e/kind/run.sh --local --dockerfiles, which starts and stops dockerd)"
 e2e/kind/run.sh --local --dockerfiles
-
-if [ "$docker_started" = yes ]; then
-    e2e/kind/docker.sh stop
-    docker_started=no
-fi
 trap - ERR
 summary

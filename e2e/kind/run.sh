@@ -129,8 +129,7 @@ else
         # No registry: `rust:1-bookworm` is assembled here, and the builds need no network. The
         # classic builder, since Debian's Docker has no BuildKit front end to pull.
         e2e/kind/build-rust-base.sh >/dev/null
-        # A small CPU weight: the builds yield to a kind node running a suite meanwhile.
-        build=(env DOCKER_BUILDKIT=0 docker build --network=none --cpu-shares 2)
+        build=(env DOCKER_BUILDKIT=0 docker build --network=none)
     fi
     # The dependency layer both Dockerfiles share, tagged so that the prune below keeps it: the
     # next run reuses it unless Cargo.lock or a manifest changed.
