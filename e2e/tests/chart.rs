@@ -245,6 +245,7 @@ fn operator_rules() -> Value {
          "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ])

@@ -188,6 +188,11 @@ async fn scenarios(client: &Client) -> Result<()> {
         |ns| async move { node_port_endpoint(client, &ns).await },
     )
     .await?;
+    with_temp_ns(
+        client,
+        |ns| async move { nothing_adopted(client, &ns).await },
+    )
+    .await?;
     Ok(())
 }
 
@@ -641,6 +646,7 @@ async fn node_port_endpoint(client: &Client, ns: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let result = async {
         endpoint_follows_the_pod(&apis, &pods, &node_a, &node_b).await?;
+        pods_trusted_by_owner(&apis, &pods, &node_b).await?;
         endpoint_override(&apis).await?;
         endpoints_and_names_refused(&apis.relays).await
     }
@@ -697,6 +703,293 @@ async fn endpoint_follows_the_pod(
         })
         .await?;
     println!("relay pod moved to node a -> endpoint followed in {took:?}");
+    Ok(())
+}
+
+/// A pod's status as kubelet would write it for a running pod at `ip`; no kubelet runs here.
+async fn mark_running(pods: &Api<Pod>, name: &str, ip: &str) -> Result<()> {
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+/// A `/metrics` endpoint on `at` answering with whatever `body` holds, counting requests.
+struct Metrics {
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Metrics {
+    async fn serve(at: &str) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("bind {at}"))?;
+        let body = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (shared, counted) = (body.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = vec![0u8; 4096];
+                let mut len = 0;
+                while !request[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < request.len() {
+                    match conn.read(&mut request[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let text = shared.lock().map(|b| b.clone()).unwrap_or_default();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        Ok(Self {
+            body,
+            requests,
+            task,
+        })
+    }
+
+    /// Serves `key`'s last handshake at `at` (Unix seconds) from now on.
+    fn handshake(&self, key: &str, at: i64) {
+        if let Ok(mut body) = self.body.lock() {
+            *body = format!("wpex_key_last_handshake_timestamp_seconds{{key=\"{key}\"}} {at}\n");
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the operator has scraped this endpoint `rounds` more times: the round before
+    /// the last has written its status by then.
+    async fn scraped(&self, rounds: usize) -> Result<()> {
+        let until = self.requests() + rounds;
+        eventually("the operator scrapes the relay pod", SOON * 3)
+            .every(LOOK_EVERY)
+            .until(|| async { Ok((self.requests() >= until).then_some(())) })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn last_handshake(keys: &Api<WireGuardPeerKey>, name: &str) -> Result<Option<i64>> {
+    Ok(keys
+        .get(name)
+        .await?
+        .status
+        .and_then(|s| s.last_handshake)
+        .map(|t| t.0.as_second()))
+}
+
+/// Labels are not ownership (issue 19). A pod with the relay's labels and no owner, newer than
+/// the relay's own pod and on another node, serving a handshake a year ahead: it is never
+/// scraped, and the endpoint stays on the relay's node. The relay's own pod is scraped, but a
+/// time a year ahead from it is ignored too; a current one is recorded (the control).
+async fn pods_trusted_by_owner(apis: &Namespaced, pods: &Api<Pod>, node_b: &str) -> Result<()> {
+    let Namespaced { relays, keys, .. } = apis;
+    let own = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=np"))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .context("the relay's own pod")?;
+    let (own_ip, rogue_ip) = ("127.0.0.81", "127.0.0.82");
+    let own_metrics = Metrics::serve(&format!("{own_ip}:9090")).await?;
+    let rogue_metrics = Metrics::serve(&format!("{rogue_ip}:9090")).await?;
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let year_ahead = now + 365 * 24 * 3600;
+    rogue_metrics.handshake(K2, year_ahead);
+    mark_running(pods, &own, own_ip).await?;
+    let labels = json!({"app.kubernetes.io/instance": "np", "app.kubernetes.io/name": "wpex-relay",
+                        "app.kubernetes.io/managed-by": "wpex-operator"});
+    let rogue = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "np-rogue", "labels": labels},
+        "spec": {"nodeName": node_b, "containers": [{"name": "relay", "image": "wpex:e2e"}]}});
+    pods.create(&PostParams::default(), &serde_json::from_value(rogue)?)
+        .await?;
+    mark_running(pods, "np-rogue", rogue_ip).await?;
+
+    own_metrics.scraped(2).await?;
+    ensure!(
+        rogue_metrics.requests() == 0,
+        "the ownerless pod was scraped {} times",
+        rogue_metrics.requests()
+    );
+    let seen = last_handshake(keys, "np-peer").await?;
+    ensure!(seen.is_none(), "lastHandshake {seen:?} before any real one");
+
+    own_metrics.handshake(K2, year_ahead);
+    own_metrics.scraped(2).await?;
+    let seen = last_handshake(keys, "np-peer").await?;
+    ensure!(
+        seen.is_none(),
+        "a handshake a year ahead was recorded: {seen:?}"
+    );
+
+    let real = now - 5;
+    own_metrics.handshake(K2, real);
+    eventually("the relay pod's handshake is recorded", SOON * 2)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((last_handshake(keys, "np-peer").await? == Some(real)).then_some(()))
+        })
+        .await?;
+    let endpoint = relay_endpoints(relays, "np").await?.0;
+    ensure!(
+        endpoint.as_deref() == Some("192.0.2.10:31820"),
+        "the endpoint moved to the ownerless pod's node: {endpoint:?}"
+    );
+    ensure!(
+        rogue_metrics.requests() == 0,
+        "the ownerless pod was scraped"
+    );
+    pods.delete("np-rogue", &DeleteParams::default()).await?;
+    println!(
+        "an ownerless pod with relay labels: never scraped, endpoint unchanged; a handshake a year ahead ignored"
+    );
+    Ok(())
+}
+
+/// What a test compares of an object the operator must not touch: everything but status and
+/// what the API server and controllers update on their own.
+fn untouched_view<K: serde::Serialize>(obj: &K) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(obj)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("resourceVersion");
+        let managers: Vec<serde_json::Value> = meta
+            .remove("managedFields")
+            .and_then(|m| m.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.get("subresource").is_none())
+            .map(|f| json!([f.get("manager"), f.get("fieldsV1")]))
+            .collect();
+        meta.insert("managers".into(), json!(managers));
+    }
+    Ok(v)
+}
+
+/// The operator adopts nothing (issue 19): a Service, ConfigMap and Deployment that already
+/// hold a relay's child names are left as they were, the relay says `NameConflict`, and
+/// deleting the relay deletes none of them.
+async fn nothing_adopted(client: &Client, ns: &str) -> Result<()> {
+    let apis = Namespaced::new(client, ns);
+    let Namespaced {
+        relays,
+        cms,
+        deploys,
+        services,
+        ..
+    } = &apis;
+    let app = json!({"app": "taken"});
+    apply_json(
+        services,
+        "taken",
+        json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "taken"},
+        "spec": {"selector": app, "ports": [{"port": 80, "protocol": "TCP"}]}}),
+    )
+    .await?;
+    apply_json(
+        cms,
+        "taken-keys",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "taken-keys"}, "data": {"settings": "mine"}}),
+    )
+    .await?;
+    apply_json(
+        deploys,
+        "taken",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "taken"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": app},
+                 "template": {"metadata": {"labels": app},
+                              "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}}),
+    )
+    .await?;
+    // The Deployment controller annotates its revision at its first sync: wait for it, so
+    // that only the operator could change the Deployment from here on.
+    eventually("the Deployment controller has seen the Deployment", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            let d = deploys.get("taken").await?;
+            let seen = d.status.and_then(|s| s.observed_generation);
+            Ok((seen.is_some() && seen == d.metadata.generation).then_some(()))
+        })
+        .await?;
+    let before = [
+        untouched_view(&services.get("taken").await?)?,
+        untouched_view(&cms.get("taken-keys").await?)?,
+        untouched_view(&deploys.get("taken").await?)?,
+    ];
+
+    let relay = apply_json(relays, "taken", relay_json("taken", json!({}))).await?;
+    let ((), took) = eventually("the relay reports NameConflict", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            let ready = relays
+                .get("taken")
+                .await?
+                .status
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+            Ok(ready
+                .filter(|c| {
+                    c.status == "False"
+                        && c.reason == "NameConflict"
+                        && ["Service taken", "ConfigMap taken-keys", "Deployment taken"]
+                            .iter()
+                            .all(|o| c.message.contains(o))
+                })
+                .map(|_| ()))
+        })
+        .await?;
+    println!("a relay whose child names are taken -> NameConflict in {took:?}");
+
+    // A real dependent of the relay, so the garbage collector is seen at work.
+    let uid = relay.metadata.uid.clone().context("the relay's UID")?;
+    apply_json(cms, "taken-dependent", json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "taken-dependent", "ownerReferences": [{"apiVersion": "wpex.io/v1alpha1",
+            "kind": "WireGuardRelay", "name": "taken", "uid": uid}]}}))
+    .await?;
+    relays.delete("taken", &DeleteParams::default()).await?;
+    eventually("the relay's real dependent is collected", SOON)
+        .every(LOOK_EVERY)
+        .until(|| async {
+            Ok((relays.get_opt("taken").await?.is_none()
+                && cms.get_opt("taken-dependent").await?.is_none())
+            .then_some(()))
+        })
+        .await?;
+    let after = [
+        untouched_view(&services.get("taken").await?)?,
+        untouched_view(&cms.get("taken-keys").await?)?,
+        untouched_view(&deploys.get("taken").await?)?,
+    ];
+    for (before, after) in before.iter().zip(&after) {
+        ensure!(
+            before == after,
+            "changed by the operator:\n{before:#}\n->\n{after:#}"
+        );
+    }
     Ok(())
 }
 

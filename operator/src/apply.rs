@@ -1,8 +1,9 @@
 //! Apply: a relay's children, written by server-side apply under the operator's field manager.
 //! The builders make the relay each child's controller owner, so the garbage collector deletes
-//! them with it and the relay controller is woken by their changes.
+//! them with it and the relay controller is woken by their changes. A name held by an object
+//! the relay does not control is left alone: the operator adopts nothing.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -10,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
+use crate::owners::{self, Conflict, Holder};
 use crate::resources::{self, Children, Relay};
 
 /// The field manager the operator writes as: relays' children, the reconcilers' status and
@@ -19,7 +21,8 @@ pub const FIELD_MANAGER: &str = "wpex-operator";
 /// The annotation on relay pods naming the version of the key ConfigMap they should mount.
 pub const KEYS_VERSION_ANNOTATION: &str = "wpex.io/keys-version";
 
-/// Server-side apply as the operator, taking over fields another manager may have set.
+/// Server-side apply as the operator, taking over fields another manager may have set: for
+/// the relays' and keys' status, and children the relay already controls.
 pub(crate) fn params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
@@ -32,27 +35,95 @@ pub(crate) struct Applied {
     pub service: Service,
 }
 
-/// Applies a relay's children. The ConfigMap first, so a new pod mounts the current keys; then
-/// the running pods are told the keys changed, before the Deployment and the Service.
+/// The apply step's outcome.
+pub(crate) enum Outcome {
+    /// Every child was applied.
+    Applied(Box<Applied>),
+    /// Objects the relay does not control hold these child names; nothing was written.
+    Conflicts(Vec<Conflict>),
+}
+
+/// Applies a relay's children, unless another object holds one of their names. The ConfigMap
+/// first, so a new pod mounts the current keys; then the running pods are told the keys
+/// changed, before the Deployment and the Service.
 pub(crate) async fn children(
     client: &Client,
     relay: &Relay,
     children: &Children,
-) -> Result<Applied, Error> {
-    let keys = object(client, &relay.namespace, &children.config_map).await?;
-    let pods = relay_pods(client, relay).await?;
+) -> Result<Outcome, Error> {
+    let uid = relay.owner.uid.as_str();
+    let config_map = existing(client, relay, &children.config_map).await?;
+    let deployment = existing(client, relay, &children.deployment).await?;
+    let service = existing(client, relay, &children.service).await?;
+    let holders = [
+        holder(&children.config_map, config_map.as_ref(), uid),
+        holder(&children.deployment, deployment.as_ref(), uid),
+        holder(&children.service, service.as_ref(), uid),
+    ];
+    let conflicts: Vec<Conflict> = holders
+        .iter()
+        .filter_map(|h| match h {
+            Holder::Other(c) => Some(c.clone()),
+            Holder::Nobody | Holder::Relay => None,
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        return Ok(Outcome::Conflicts(conflicts));
+    }
+    let [keys_held, deployment_held, service_held] = holders.map(|h| h == Holder::Relay);
+    let keys = object(client, &relay.namespace, &children.config_map, keys_held).await?;
+    let pods = relay_pods(client, relay, deployment.as_ref()).await?;
     refresh_key_volumes(client, relay, &pods, &keys).await?;
-    let deployment = object(client, &relay.namespace, &children.deployment).await?;
-    let service = object(client, &relay.namespace, &children.service).await?;
-    Ok(Applied {
+    let deployment = object(
+        client,
+        &relay.namespace,
+        &children.deployment,
+        deployment_held,
+    )
+    .await?;
+    let service = object(client, &relay.namespace, &children.service, service_held).await?;
+    Ok(Outcome::Applied(Box::new(Applied {
         pods,
         deployment,
         service,
-    })
+    })))
 }
 
-/// Server-side applies `obj` in `namespace` and returns what the API server stored.
-async fn object<K>(client: &Client, namespace: &str, obj: &K) -> Result<K, Error>
+/// Who holds `child`'s name, from what the API server has under it.
+fn holder<K: Resource<DynamicType = ()>>(
+    child: &K,
+    existing: Option<&K>,
+    relay_uid: &str,
+) -> Holder {
+    owners::holder(
+        &K::kind(&()),
+        child.meta().name.as_deref().unwrap_or_default(),
+        existing.map(Resource::meta),
+        relay_uid,
+    )
+}
+
+/// The object the API server holds under `child`'s name, if any.
+async fn existing<K>(client: &Client, relay: &Relay, child: &K) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let name = child.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), &relay.namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Read {
+            what: "an existing child",
+            source,
+        })
+}
+
+/// Server-side applies `obj` in `namespace` and returns what the API server stored. Fields
+/// another manager set are taken over (`force`) only on an object the relay already controls.
+async fn object<K>(client: &Client, namespace: &str, obj: &K, force: bool) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Serialize
@@ -61,8 +132,13 @@ where
         + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    let params = if force {
+        params()
+    } else {
+        PatchParams::apply(FIELD_MANAGER)
+    };
     Api::<K>::namespaced(client.clone(), namespace)
-        .patch(&name, &params(), &Patch::Apply(obj))
+        .patch(&name, &params, &Patch::Apply(obj))
         .await
         .map_err(|source| Error::Apply {
             kind: K::kind(&()).into_owned(),
@@ -71,18 +147,35 @@ where
         })
 }
 
-/// The relay's pods, newest first, from a label-selected list.
-async fn relay_pods(client: &Client, relay: &Relay) -> Result<Vec<Pod>, Error> {
-    let selector = resources::selector(&resources::labels(&relay.name));
-    let mut pods = Api::<Pod>::namespaced(client.clone(), &relay.namespace)
-        .list(&ListParams::default().labels(&selector))
+/// The relay's pods, newest first: those its Deployment (if there is one yet) runs through a
+/// ReplicaSet. Labels select the candidates; owners decide.
+async fn relay_pods(
+    client: &Client,
+    relay: &Relay,
+    deployment: Option<&Deployment>,
+) -> Result<Vec<Pod>, Error> {
+    let Some(deployment) = deployment else {
+        return Ok(Vec::new());
+    };
+    let selected =
+        ListParams::default().labels(&resources::selector(&resources::labels(&relay.name)));
+    let read = |what| move |source| Error::Read { what, source };
+    let pods = Api::<Pod>::namespaced(client.clone(), &relay.namespace)
+        .list(&selected)
         .await
-        .map_err(|source| Error::Read {
-            what: "relay Pods",
-            source,
-        })?
+        .map_err(read("relay Pods"))?
         .items;
-    pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), &relay.namespace)
+        .list(&selected)
+        .await
+        .map_err(read("relay ReplicaSets"))?
+        .items;
+    let mut pods: Vec<Pod> =
+        owners::relay_pods(&relay.owner.uid, &relay.name, [deployment], &sets, &pods)
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .cloned()
+            .collect();
     pods.sort_by(|a, b| {
         b.metadata
             .creation_timestamp

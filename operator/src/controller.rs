@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use wpex_proto::keys::PublicKey;
 
 use crate::admission::{self, Candidate, Verdict};
-use crate::apply::{self, Applied};
+use crate::apply::{self, Applied, Outcome};
 use crate::crd::{
     AccessMode, ServiceType, WireGuardPeerKey, WireGuardPeerKeySpec, WireGuardRelay,
     WireGuardRelaySpec,
@@ -107,9 +107,18 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
     let relay = dereference(&obj)?;
     let admission = validate(&ctx, &relay).await?;
     let children = resources::build(&relay, &admission.accepted, &ctx.pods);
-    let applied = apply::children(&ctx.client, &relay, &children).await?;
-    report(&ctx.client, &obj, &relay, &admission, &applied).await?;
-    Ok(Action::requeue(RESYNC))
+    match apply::children(&ctx.client, &relay, &children).await? {
+        Outcome::Applied(applied) => {
+            report(&ctx.client, &obj, &relay, &admission, &applied).await?;
+            Ok(Action::requeue(RESYNC))
+        }
+        Outcome::Conflicts(conflicts) => {
+            let status = status::conflict_status(&obj, &conflicts, admission.accepted.len());
+            status::write_relay(&ctx.client, &relay.namespace, &obj, &status).await?;
+            // The object in the way is not watched: look again soon.
+            Ok(Action::requeue(RETRY))
+        }
+    }
 }
 
 /// Dereference: the identity a relay's children need, or why it cannot be had.
@@ -429,7 +438,8 @@ where
     }
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// `K` in `namespace`, or in every namespace.
+pub(crate) fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
 {

@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use crate::controller::Context;
+use crate::controller::{self, Context};
 use crate::crd::{AccessMode, WireGuardPeerKey};
 use crate::http::HttpError;
+use crate::owners;
 use crate::resources::{self, METRICS_PORT};
 
 /// The relay's gauge of each key's last handshake, labelled by the key in base64.
@@ -68,31 +69,60 @@ pub async fn run(ctx: Arc<Context>, pods: Api<Pod>) {
         if ctx.stores_synced().await.is_err() {
             return;
         }
-        let listed = match pods.list(&ListParams::default().labels(&selector)).await {
-            Ok(listed) => listed.items,
+        let listed = match list(&pods, &selector).await {
+            Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(error = %e, "listing relay pods to read their handshakes");
                 continue;
             }
         };
         let scraped = scrape(&ctx, targets(&ctx, &listed)).await;
-        let seen = latest(&ctx, scraped);
+        let seen = latest(&ctx, scraped, Timestamp::now().as_second());
         record_all(&ctx, &seen).await;
     }
 }
 
-/// The pods to scrape, with their relay. Only pods of allow-list relays that exist: the labels
-/// alone could be anyone's.
-fn targets(ctx: &Context, listed: &[Pod]) -> Vec<(RelayId, String)> {
-    listed
-        .iter()
-        .filter_map(|pod| {
-            let (relay, url) = metrics_url(pod)?;
-            let namespace = pod.namespace()?;
-            let known = ctx.relays.get(&ObjectRef::new(&relay).within(&namespace))?;
-            (known.spec.access_mode == AccessMode::AllowList).then_some(((namespace, relay), url))
-        })
-        .collect()
+/// The candidates for relay pods in the scope, and the objects that decide which they are.
+struct Listed {
+    pods: Vec<Pod>,
+    replicasets: Vec<ReplicaSet>,
+    deployments: Vec<Deployment>,
+}
+
+/// Lists what carries the relay labels, in the pods' scope.
+async fn list(pods: &Api<Pod>, selector: &str) -> Result<Listed, kube::Error> {
+    let lp = ListParams::default().labels(selector);
+    let (client, ns) = (pods.clone().into_client(), pods.namespace());
+    Ok(Listed {
+        pods: pods.list(&lp).await?.items,
+        replicasets: controller::api(&client, ns).list(&lp).await?.items,
+        deployments: controller::api(&client, ns).list(&lp).await?.items,
+    })
+}
+
+/// The pods to scrape, with their relay: pods of allow-list relays that exist, run by the
+/// relay's own Deployment. The labels alone could be anyone's.
+fn targets(ctx: &Context, listed: &Listed) -> Vec<(RelayId, String)> {
+    let mut out = Vec::new();
+    for relay in ctx.relays.state() {
+        let (Some(namespace), Some(uid)) = (relay.namespace(), relay.metadata.uid.clone()) else {
+            continue;
+        };
+        if relay.spec.access_mode != AccessMode::AllowList {
+            continue;
+        }
+        let here = |meta: &kube::api::ObjectMeta| meta.namespace.as_deref() == Some(&namespace);
+        let name = relay.name_any();
+        let deployments = listed.deployments.iter().filter(|d| here(&d.metadata));
+        let pods = listed.pods.iter().filter(|p| here(&p.metadata));
+        // ReplicaSets are matched by their Deployment's UID: any namespace's list will do.
+        for pod in owners::relay_pods(&uid, &name, deployments, &listed.replicasets, pods) {
+            if let Some((_, url)) = metrics_url(pod) {
+                out.push(((namespace.clone(), name.clone()), url));
+            }
+        }
+    }
+    out
 }
 
 /// GETs each target's metrics, a few at a time.
@@ -110,10 +140,16 @@ async fn scrape(
         .await
 }
 
+/// A handshake time this far past the operator's clock is a lie, or a clock gone wrong: either
+/// way, recording it would freeze `lastHandshake`, which only moves forward.
+const SKEW: i64 = 60;
+
 /// Relay -> key -> last handshake, the latest over the relay's pods; counts each scrape.
+/// Times later than `now` (Unix seconds) plus [`SKEW`] are ignored.
 fn latest(
     ctx: &Context,
     scraped: Vec<(RelayId, Result<String, HttpError>)>,
+    now: i64,
 ) -> HashMap<RelayId, HashMap<String, i64>> {
     let mut seen: HashMap<RelayId, HashMap<String, i64>> = HashMap::new();
     for (relay, answer) in scraped {
@@ -122,6 +158,9 @@ fn latest(
                 ctx.metrics.scraped(true);
                 let by_key = seen.entry(relay).or_default();
                 for (key, at) in parse(&text) {
+                    if at > now.saturating_add(SKEW) {
+                        continue;
+                    }
                     let slot = by_key.entry(key).or_insert(at);
                     *slot = (*slot).max(at);
                 }

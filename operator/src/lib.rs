@@ -6,6 +6,7 @@
 //! - [`endpoint`]: the address peers use, read from the Service.
 //! - [`controller`]: the reconcilers, their steps and how they are watched.
 //! - [`apply`]: server-side apply of a relay's children.
+//! - [`owners`]: which children and pods are a relay's, by owner UID rather than by label.
 //! - [`status`]: conditions and status writes.
 //! - [`handshakes`]: each peer key's last handshake, scraped from its relay pod into status.
 //! - [`http`]: plain-HTTP GETs (relay metrics, `wpex-operator probe`).
@@ -21,6 +22,7 @@ pub mod error;
 pub mod handshakes;
 pub mod http;
 pub mod metrics;
+pub mod owners;
 pub mod resources;
 pub mod status;
 

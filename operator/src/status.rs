@@ -21,6 +21,7 @@ use crate::crd::{
 };
 use crate::endpoint::peer_config;
 use crate::error::Error;
+use crate::owners::Conflict;
 
 /// A condition that keeps its transition time while its status does not change, so re-applying
 /// an unchanged status is a no-op and does not wake the watchers again.
@@ -116,25 +117,52 @@ pub(crate) fn relay_status(
         .endpoint
         .clone()
         .or_else(|| endpoints.first().cloned());
+    let (reason, message) = ready_reason(available, endpoint.as_deref());
+    let ready = available && endpoint.is_some();
+    with_ready(relay, endpoint, endpoints, keys, (ready, reason, message))
+}
+
+/// A relay none of whose children was applied, since objects it does not control hold their
+/// names: not Ready, with reason `NameConflict` naming each.
+pub(crate) fn conflict_status(
+    relay: &WireGuardRelay,
+    conflicts: &[Conflict],
+    keys: usize,
+) -> WireGuardRelayStatus {
+    let message = conflicts
+        .iter()
+        .map(Conflict::message)
+        .collect::<Vec<_>>()
+        .join("; ");
+    with_ready(
+        relay,
+        None,
+        Vec::new(),
+        keys,
+        (false, "NameConflict", message),
+    )
+}
+
+fn with_ready(
+    relay: &WireGuardRelay,
+    endpoint: Option<String>,
+    endpoints: Vec<String>,
+    keys: usize,
+    (ready, reason, message): (bool, &str, String),
+) -> WireGuardRelayStatus {
     let generation = relay.metadata.generation;
     let previous = relay
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let (reason, message) = ready_reason(available, endpoint.as_deref());
     WireGuardRelayStatus {
         observed_generation: generation,
-        endpoint: endpoint.clone(),
+        endpoint,
         endpoints,
         keys: u32::try_from(keys).unwrap_or(u32::MAX),
         conditions: vec![condition(
-            "Ready",
-            available && endpoint.is_some(),
-            reason,
-            message,
-            generation,
-            previous,
+            "Ready", ready, reason, message, generation, previous,
         )],
     }
 }
@@ -367,5 +395,18 @@ mod tests {
         let s = relay_status(&relay, found, true, 2);
         assert_eq!(s.endpoint.as_deref(), Some("relay.example.org:40000"));
         assert_eq!(s.endpoints.len(), 2, "what was found is still listed");
+
+        let taken = Conflict {
+            kind: "Service".into(),
+            name: "edge".into(),
+            controller: None,
+        };
+        let s = conflict_status(&relay, &[taken], 2);
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), s.endpoint),
+            ("False", "NameConflict", None)
+        );
+        assert!(c.message.contains("Service edge"), "{}", c.message);
     }
 }

@@ -30,7 +30,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub broadcast_rate: u32,
 
-    /// Handshake initiations per second from one source IP, burst 5x. 0 = unlimited.
+    /// Handshake initiations per second from one source (an IPv4 address or an IPv6 /64), burst
+    /// 5x. 0 = unlimited.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub source_rate: u32,
 

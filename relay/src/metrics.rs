@@ -113,6 +113,11 @@ const COUNTERS: &[Plain<u64>] = &[
         "Sources that began standing in for a quiet session side (a NAT rebinding, or a forger)",
         |s| s.stats.roams,
     ),
+    (
+        "wpex_copies_withheld",
+        "Copies not sent to an address that has not shown it receives (a roaming stand-in or an open-mode broadcast target past its credit): reflection refused",
+        |s| s.stats.withheld,
+    ),
     ("wpex_io_errors", "UDP receive and send errors", |s| {
         s.io_errors
     }),

@@ -104,6 +104,10 @@ What the operator may do with its resources and the objects it owns, in each wat
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# A pod is a relay pod only if its ReplicaSet is the relay Deployment's: labels can be copied.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list]
 # Relay pods: watched for their IPs (the operator scrapes their metrics), and annotated with the
 # key ConfigMap's version, which makes kubelet refresh the mounted keys at once instead of at its
 # next periodic sync (a minute by default).

@@ -34,7 +34,10 @@ pub use relay::{
 };
 pub use routes::{Batch, Forwarded, RouteView, Routes, Worker};
 pub use stats::{DropReason, Stats, Traffic};
-pub use table::{Expired, IndexEntry, Roam, Role, Source, State, Table};
+pub use table::{
+    BROADCAST_CREDIT, Expired, IndexEntry, ROAM_CREDIT, ROAM_CREDIT_MAX, Reach, Roam, Role, Source,
+    StandIn, State, Table,
+};
 
 /// Checks for tests and fuzzing: every step keeps the core's invariants
 /// ([`Relay::check_invariants`], [`Table::check_invariants`]).

@@ -1,7 +1,7 @@
 //! Token buckets driven by the caller's clock.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// A bucket that refills at `rate` tokens a second up to `burst`, starting full.
@@ -49,12 +49,6 @@ impl TokenBucket {
     fn take(&mut self, cost: f64) {
         self.tokens -= cost;
     }
-
-    /// Full again: indistinguishable from a fresh bucket, so it can be forgotten.
-    fn is_full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= self.burst
-    }
 }
 
 /// The wpex rule for a rate in packets per second: burst 5 x rate, and 0 means unlimited.
@@ -62,65 +56,148 @@ pub(crate) fn wpex_bucket(rate: u32, now: Instant) -> Option<TokenBucket> {
     (rate > 0).then(|| TokenBucket::new(f64::from(rate), 5.0 * f64::from(rate), now))
 }
 
-/// One bucket per key (a source IP), bounded in number. Sources beyond the bound share one
-/// overflow bucket, so a flood of new sources cannot grow memory nor escape limiting.
-#[derive(Debug)]
-pub(crate) struct KeyedBuckets<K> {
-    rate: u32,
-    max_keys: usize,
-    buckets: HashMap<K, TokenBucket>,
-    overflow: Option<TokenBucket>,
+/// A source as the per-source limits see it: an IPv4 address, or an IPv6 /64, since whoever
+/// holds one address of a /64 usually holds all 2^64 of them.
+pub(crate) fn source_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1 << 64),
+        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+    }
 }
 
-impl<K: Hash + Eq> KeyedBuckets<K> {
-    pub(crate) fn new(rate: u32, max_keys: usize, now: Instant) -> Self {
+/// One bucket per source in a fixed table, allocated at first use. A source not in the table
+/// takes one of its two slots from whichever holds more tokens (the least limited), with a
+/// full bucket. So memory stays fixed however many sources a flood spoofs, and a new source is
+/// never refused for want of room: an overflowing table costs the attacker, who sees his own
+/// limits forgotten (no use to him: every spoofed source is new anyway), never a peer.
+pub(crate) struct SourceBuckets {
+    rate: f32,
+    burst: f32,
+    slots: Vec<Slot>,
+    len: usize,
+    hasher: foldhash::fast::FixedState,
+    epoch: Instant,
+}
+
+/// A bucket, 16 bytes: its source's fingerprint (0 when free), its tokens, and when they were
+/// last counted, in milliseconds since the table's epoch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    fingerprint: u32,
+    tokens: f32,
+    at_ms: u64,
+}
+
+impl std::fmt::Debug for SourceBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceBuckets")
+            .field("rate", &self.rate)
+            .field("slots", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceBuckets {
+    /// Buckets of `rate` a second with the wpex burst (5 x rate), in at least `slots` slots
+    /// (a power of two); a rate of 0 is unlimited and allocates nothing.
+    pub(crate) fn new(rate: u32, slots: usize, seed: u64, now: Instant) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let rate = rate as f32;
         Self {
             rate,
-            max_keys,
-            buckets: HashMap::new(),
-            overflow: wpex_bucket(rate, now),
+            burst: 5.0 * rate,
+            slots: Vec::new(),
+            len: slots.max(2).next_power_of_two(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+            epoch: now,
         }
     }
 
-    pub(crate) fn try_take(&mut self, key: K, now: Instant) -> bool {
-        if self.rate == 0 {
+    /// The two slots `ip`'s source may be in, and its non-zero fingerprint.
+    fn place(&self, ip: IpAddr) -> ([usize; 2], u32) {
+        let h = self.hasher.hash_one(source_key(ip));
+        let mask = self.len - 1;
+        // Truncations on purpose: low and middle bits pick the slots, the high bits fingerprint.
+        #[allow(clippy::cast_possible_truncation)]
+        let slots = [
+            (h as usize) & mask,
+            ((h >> 16) as usize ^ (h >> 40) as usize) & mask,
+        ];
+        #[allow(clippy::cast_possible_truncation)]
+        let fingerprint = ((h >> 32) as u32) | 1;
+        (slots, fingerprint)
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `slot`'s tokens at `at_ms`.
+    fn tokens(&self, slot: &Slot, at_ms: u64) -> f32 {
+        #[allow(clippy::cast_precision_loss)]
+        let elapsed = at_ms.saturating_sub(slot.at_ms) as f32 / 1000.0;
+        (slot.tokens + elapsed * self.rate).min(self.burst)
+    }
+
+    /// The slot holding `ip`'s source, if any, else the one a new bucket for it would take.
+    fn find(&self, ip: IpAddr, at_ms: u64) -> (usize, u32, bool) {
+        let ([a, b], fingerprint) = self.place(ip);
+        for i in [a, b] {
+            if self
+                .slots
+                .get(i)
+                .is_some_and(|s| s.fingerprint == fingerprint)
+            {
+                return (i, fingerprint, true);
+            }
+        }
+        let fuller = match (self.slots.get(a), self.slots.get(b)) {
+            (Some(sa), Some(sb)) if self.tokens(sb, at_ms) > self.tokens(sa, at_ms) => b,
+            _ => a,
+        };
+        (fuller, fingerprint, false)
+    }
+
+    /// Takes a token for `ip`'s source, if it has one.
+    pub(crate) fn try_take(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate == 0.0 {
             return true;
         }
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
-            return self.overflow.as_mut().is_none_or(|b| b.try_take(now));
+        if self.slots.is_empty() {
+            self.slots = vec![Slot::default(); self.len];
         }
-        let rate = self.rate;
-        self.buckets
-            .entry(key)
-            .or_insert_with(|| wpex_bucket(rate, now).expect("rate is non-zero"))
-            .try_take(now)
+        let at_ms = self.millis(now);
+        let (i, fingerprint, found) = self.find(ip, at_ms);
+        let tokens = if found {
+            self.tokens(&self.slots[i], at_ms)
+        } else {
+            self.burst
+        };
+        let taken = tokens >= 1.0;
+        self.slots[i] = Slot {
+            fingerprint,
+            tokens: if taken { tokens - 1.0 } else { tokens },
+            at_ms,
+        };
+        taken
     }
 
-    /// Whether [`KeyedBuckets::try_take`] would succeed, without taking or remembering anything.
-    pub(crate) fn can_take(&mut self, key: K, now: Instant) -> bool {
-        if self.rate == 0 {
+    /// Whether [`SourceBuckets::try_take`] would succeed, without taking or remembering anything.
+    pub(crate) fn can_take(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate == 0.0 || self.slots.is_empty() {
             return true;
         }
-        let full = self.buckets.len() >= self.max_keys;
-        match self.buckets.get_mut(&key) {
-            Some(b) => b.can_take(now, 1.0),
-            None if full => self.overflow.as_mut().is_none_or(|b| b.can_take(now, 1.0)),
-            None => true,
+        let at_ms = self.millis(now);
+        match self.find(ip, at_ms) {
+            (i, _, true) => self.tokens(&self.slots[i], at_ms) >= 1.0,
+            (_, _, false) => true,
         }
     }
 
-    /// Forgets buckets that have refilled; called periodically, never per packet.
-    pub(crate) fn prune(&mut self, now: Instant) {
-        self.buckets.retain(|_, b| !b.is_full(now));
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
+    /// Its slots: fixed, allocated or not.
     #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+    pub(crate) fn capacity(&self) -> usize {
+        self.len
     }
 }
 
@@ -209,21 +286,50 @@ mod tests {
         assert!(wpex_bucket(0, t0).is_none(), "0 means unlimited");
     }
 
-    #[test]
-    fn keyed_buckets_are_independent_bounded_and_pruned() {
-        let t0 = Instant::now();
-        let mut k = KeyedBuckets::new(1, 2, t0);
-        assert_eq!((0..10).filter(|_| k.try_take(1, t0)).count(), 5);
-        assert_eq!((0..10).filter(|_| k.try_take(2, t0)).count(), 5);
-        // Keys 3 and 4 exceed the bound and share the overflow bucket.
-        assert_eq!((0..10).filter(|_| k.try_take(3, t0)).count(), 5);
-        assert_eq!((0..10).filter(|_| k.try_take(4, t0)).count(), 0);
-        assert_eq!(k.len(), 2);
-        k.prune(t0 + Duration::from_secs(60));
-        assert!(k.is_empty());
+    fn v4(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
 
-        let mut unlimited = KeyedBuckets::new(0, 1, t0);
-        assert!((0..1000).all(|i| unlimited.try_take(i, t0)));
-        assert!(unlimited.is_empty());
+    #[test]
+    fn source_buckets_limit_each_source_and_ipv6_by_its_64() {
+        let t0 = Instant::now();
+        let mut k = SourceBuckets::new(1, 1024, 7, t0);
+        assert_eq!((0..10).filter(|_| k.try_take(v4(1), t0)).count(), 5);
+        assert_eq!((0..10).filter(|_| k.try_take(v4(2), t0)).count(), 5);
+        assert!(!k.can_take(v4(1), t0));
+        assert!(k.can_take(v4(3), t0), "a source never seen");
+        // Two addresses of one /64 are one source; another /64 is another.
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("v6");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        assert_eq!((0..5).filter(|_| k.try_take(a, t0)).count(), 5);
+        assert!(!k.try_take(b, t0), "same /64, same bucket");
+        assert!(k.try_take(other, t0));
+        // It refills at its rate.
+        assert!(k.try_take(v4(1), t0 + Duration::from_secs(1)));
+
+        let mut unlimited = SourceBuckets::new(0, 1, 7, t0);
+        assert!((0..1000).all(|i| unlimited.try_take(v4(i), t0)));
+    }
+
+    /// Issue 19: past its size the table never refuses a fresh source, and a source a flood
+    /// has not pushed out is still limited.
+    #[test]
+    fn a_full_table_still_admits_a_fresh_source() {
+        let t0 = Instant::now();
+        let mut k = SourceBuckets::new(2, 1 << 12, 9, t0);
+        // A flood from 16 times as many sources as slots, each spending its whole burst.
+        for i in 0..(1u32 << 16) {
+            while k.try_take(v4(i), t0) {}
+        }
+        assert!(
+            !k.can_take(v4((1 << 16) - 1), t0),
+            "the last flooder is limited"
+        );
+        let fresh = (1u32 << 20..(1 << 20) + 1000)
+            .filter(|&i| k.try_take(v4(i), t0))
+            .count();
+        assert_eq!(fresh, 1000, "every fresh source admitted");
+        assert_eq!(k.capacity(), 1 << 12);
     }
 }

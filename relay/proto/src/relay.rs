@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,11 +16,11 @@ use rand::{RngCore, SeedableRng};
 use crate::crypto::CookieSecrets;
 use crate::keys::{AllowedKeys, PublicKey, Scan};
 use crate::message::{COOKIE_REPLY_LEN, Handshake, Kind, MAC_LEN, Message, ParseError, Routed};
-use crate::ratelimit::{KeyedBuckets, ScanBudget, ScanClass, TokenBucket, wpex_bucket};
+use crate::ratelimit::{ScanBudget, ScanClass, SourceBuckets, TokenBucket, wpex_bucket};
 use crate::routes::Routes;
 use crate::stats::{DropReason, Stats};
-use crate::table::{Role, Source, State, Table};
-use crate::timers::{COOKIE_ROTATION, PRUNE_EVERY};
+use crate::table::{Reach, Role, Source, StandIn, State, Table};
+use crate::timers::COOKIE_ROTATION;
 
 /// mac1 computations per second that full scans may spend by default: about 0.2 of a core.
 pub const DEFAULT_SCAN_BUDGET: u32 = 1_000_000;
@@ -32,8 +32,11 @@ pub const SCAN_SOURCE_RATE: u32 = 2;
 /// Recent partners remembered per key, tried first when that key's endpoint sends a handshake.
 const PARTNERS: usize = 4;
 
-/// Sources remembered per cookie generation as challenged, with the key they were asking for.
-const CHALLENGED_MAX: usize = 1 << 16;
+/// Slots per cookie generation remembering challenged sources, with the key they were asking
+/// for (36 bytes each, 2.25 MiB). A flood must challenge 65,536 sources within a peer's 5 s
+/// retry to overwrite its slot with probability 63%, and each mac1-valid challenge it causes
+/// is a scan under the budget.
+const CHALLENGED_SLOTS: usize = 1 << 16;
 
 /// Slots remembering fresh sources refused a scan (4 bytes each, 8 MiB). Under a flood of 100k
 /// one-off sources a second, a refused peer's slot survives until its retry 5 s later with
@@ -54,7 +57,8 @@ pub struct Config {
     pub access: Access,
     /// Broadcast copies per second over all sources, burst 5x; 0 = unlimited (`--broadcast-rate`).
     pub broadcast_rate: u32,
-    /// Handshake initiations per second from one source IP, burst 5x; 0 = unlimited.
+    /// Handshake initiations per second from one source (an IPv4 address or an IPv6 /64), burst 5x;
+    /// 0 = unlimited.
     pub source_rate: u32,
     /// mac1 computations per second for full scans of the allow-list; 0 = unlimited.
     pub scan_budget: u32,
@@ -169,43 +173,61 @@ impl KeyState {
 /// Sources this relay sent a cookie reply to, with the key each was asking for, over the two
 /// cookie generations a cookie is accepted in. Only they can hold a mac2 from this relay, so the
 /// mac2 of anyone else is never computed; and their retry is matched on that key first.
-#[derive(Debug, Default)]
+///
+/// Each generation is a fixed table of fingerprints, allocated at the first challenge: a new
+/// entry overwrites whatever hashed to its slot. However many sources a flood has challenged,
+/// memory stays fixed and junk still costs no MAC; a flood can at worst overwrite a peer's
+/// entry, and its retry is then challenged again.
 struct Challenged {
-    current: HashMap<SocketAddr, PublicKey>,
-    previous: HashMap<SocketAddr, PublicKey>,
-    /// A generation hit its bound, so a cookie may be out there that is not remembered.
-    current_full: bool,
-    previous_full: bool,
+    current: Vec<(u32, Option<PublicKey>)>,
+    previous: Vec<(u32, Option<PublicKey>)>,
+    hasher: foldhash::fast::FixedState,
 }
 
 impl Challenged {
-    fn insert(&mut self, src: SocketAddr, key: PublicKey) {
-        if self.current.len() < CHALLENGED_MAX || self.current.contains_key(&src) {
-            self.current.insert(src, key);
-        } else {
-            self.current_full = true;
+    fn new(seed: u64) -> Self {
+        Self {
+            current: Vec::new(),
+            previous: Vec::new(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
         }
     }
 
-    fn key(&self, src: SocketAddr) -> Option<PublicKey> {
-        self.current
-            .get(&src)
-            .or_else(|| self.previous.get(&src))
-            .copied()
+    /// The slot of `src` and the non-zero fingerprint stored there.
+    fn slot(&self, src: SocketAddr) -> (usize, u32) {
+        let h = self.hasher.hash_one(src);
+        // Truncations on purpose: the low bits pick the slot, the high bits fingerprint.
+        #[allow(clippy::cast_possible_truncation)]
+        (
+            (h as usize) & (CHALLENGED_SLOTS - 1),
+            ((h >> 32) as u32) | 1,
+        )
     }
 
-    /// A generation overflowed, so any source may hold a cookie the map does not remember.
-    fn any_full(&self) -> bool {
-        self.current_full || self.previous_full
+    fn insert(&mut self, src: SocketAddr, key: PublicKey) {
+        if self.current.is_empty() {
+            self.current = vec![(0, None); CHALLENGED_SLOTS];
+        }
+        let (i, fingerprint) = self.slot(src);
+        self.current[i] = (fingerprint, Some(key));
+    }
+
+    fn key(&self, src: SocketAddr) -> Option<PublicKey> {
+        let (i, fingerprint) = self.slot(src);
+        [&self.current, &self.previous]
+            .into_iter()
+            .find_map(|generation| match generation.get(i) {
+                Some((f, key)) if *f == fingerprint => *key,
+                _ => None,
+            })
     }
 
     fn may_hold_cookie(&self, src: SocketAddr) -> bool {
-        self.any_full() || self.key(src).is_some()
+        self.key(src).is_some()
     }
 
     fn rotate(&mut self) {
         self.previous = std::mem::take(&mut self.current);
-        self.previous_full = std::mem::take(&mut self.current_full);
     }
 }
 
@@ -257,11 +279,11 @@ pub struct Relay {
     challenged: Challenged,
     next_rotation: Instant,
     broadcast: Option<TokenBucket>,
-    per_source: KeyedBuckets<IpAddr>,
+    per_source: SourceBuckets,
     scan_budget: Option<ScanBudget>,
-    scan_per_source: KeyedBuckets<IpAddr>,
+    /// Scans per source, a table per class, so junk of one class never pushes another out.
+    scan_per_source: [SourceBuckets; ScanClass::ALL.len()],
     refused: Refused,
-    next_prune: Instant,
     max_indices: usize,
     max_endpoints: usize,
     rng: StdRng,
@@ -330,14 +352,20 @@ impl Relay {
             },
             table: Table::new(now),
             cookies: CookieSecrets::new(secret),
-            challenged: Challenged::default(),
+            challenged: Challenged::new(rng.next_u64()),
             next_rotation: now + COOKIE_ROTATION,
             broadcast: wpex_bucket(config.broadcast_rate, now),
-            per_source: KeyedBuckets::new(config.source_rate, config.max_endpoints, now),
+            per_source: SourceBuckets::new(
+                config.source_rate,
+                config.max_endpoints,
+                rng.next_u64(),
+                now,
+            ),
             scan_budget: ScanBudget::new(config.scan_budget, now),
-            scan_per_source: KeyedBuckets::new(SCAN_SOURCE_RATE, config.max_endpoints, now),
+            scan_per_source: std::array::from_fn(|_| {
+                SourceBuckets::new(SCAN_SOURCE_RATE, config.max_endpoints, rng.next_u64(), now)
+            }),
             refused: Refused::new(rng.next_u64()),
-            next_prune: now + PRUNE_EVERY,
             max_indices: config.max_indices,
             max_endpoints: config.max_endpoints,
             rng,
@@ -494,14 +522,14 @@ impl Relay {
 
     /// The next instant [`Relay::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Instant {
-        let mut next = self.next_rotation.min(self.next_prune);
+        let mut next = self.next_rotation;
         if let Some(deadline) = self.table.next_deadline() {
             next = next.min(deadline);
         }
         next
     }
 
-    /// Expires table entries, rotates the cookie secret and forgets idle rate-limit buckets.
+    /// Expires table entries and rotates the cookie secret.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired = self.table.expire(now);
         self.stats.expired_indices += expired.indices as u64;
@@ -512,11 +540,6 @@ impl Relay {
             self.cookies.rotate(fresh);
             self.challenged.rotate();
             self.next_rotation = now + COOKIE_ROTATION;
-        }
-        if now >= self.next_prune {
-            self.per_source.prune(now);
-            self.scan_per_source.prune(now);
-            self.next_prune = now + PRUNE_EVERY;
         }
     }
 
@@ -599,7 +622,7 @@ impl Relay {
             } else {
                 ScanClass::Fresh
             }
-        } else if (asked || self.challenged.any_full()) && self.cookies.mac2_valid(src, msg) {
+        } else if asked && self.cookies.mac2_valid(src, msg) {
             ScanClass::Proven
         } else {
             ScanClass::Other
@@ -616,7 +639,8 @@ impl Relay {
         class: ScanClass,
         cost: u32,
     ) -> Result<(), DropReason> {
-        if !self.scan_per_source.can_take(src.ip(), now) {
+        let per_source = &mut self.scan_per_source[class as usize];
+        if !per_source.can_take(src.ip(), now) {
             return Err(DropReason::ScanSourceLimited);
         }
         if !self
@@ -629,7 +653,7 @@ impl Relay {
             }
             return Err(DropReason::ScanBudget);
         }
-        self.scan_per_source.try_take(src.ip(), now);
+        self.scan_per_source[class as usize].try_take(src.ip(), now);
         Ok(())
     }
 
@@ -720,6 +744,10 @@ impl Relay {
         {
             return reason.into();
         }
+        if responder_key.is_some() {
+            // Allow-list mode: the address check has shown `src` receives.
+            self.table.prove(src);
+        }
         let output = match home {
             Some(home) => Output::Forward(home),
             None => Output::Broadcast(self.broadcast_targets(now, src, responder_key.is_some())),
@@ -736,13 +764,22 @@ impl Relay {
         src: SocketAddr,
         skip_homed: bool,
     ) -> Vec<SocketAddr> {
-        let mut targets = Vec::new();
-        for to in self.table.broadcast_targets(src, skip_homed) {
-            if self.broadcast.as_mut().is_none_or(|b| b.try_take(now)) {
+        let (mut targets, mut spent) = (Vec::new(), Vec::new());
+        let (broadcast, stats) = (&mut self.broadcast, &mut self.stats);
+        for (to, reach) in self.table.broadcast_targets(src, skip_homed) {
+            if reach == Reach::Spent {
+                stats.withheld += 1;
+            } else if broadcast.as_mut().is_none_or(|b| b.try_take(now)) {
+                if reach == Reach::Credit {
+                    spent.push(to);
+                }
                 targets.push(to);
             } else {
-                self.stats.broadcast_limited += 1;
+                stats.broadcast_limited += 1;
             }
+        }
+        for to in spent {
+            self.table.spend_credit(to);
         }
         targets
     }
@@ -816,16 +853,12 @@ impl Relay {
         let Some(entry) = self.table.index(index) else {
             return DropReason::UnknownReceiver.into();
         };
-        let output = match entry.roam() {
-            Some(roam) => Output::ForwardBoth([entry.endpoint, roam.addr]),
-            None => Output::Forward(entry.endpoint),
-        };
         if kind == Kind::CookieReply {
             // Only someone the relay already talks to can have been sent the message answered.
             if !self.table.is_known(src) {
                 return DropReason::UnknownSource.into();
             }
-            return output.into();
+            return self.deliver(index).into();
         }
         let State::Session { peer } = entry.state else {
             return DropReason::NoSession.into();
@@ -839,6 +872,8 @@ impl Relay {
             // lives at each end, so later initiations for these keys need not be broadcast.
             Source::Endpoint => {
                 if role == Role::Responder && self.table.confirm(index) {
+                    // The initiator's data: it was sent the response there.
+                    self.table.prove(src);
                     if let Some(k) = self.table.owner(index) {
                         self.table.set_home(k, to);
                     }
@@ -848,7 +883,23 @@ impl Relay {
                 }
             }
         }
-        output.into()
+        self.deliver(index).into()
+    }
+
+    /// Where a message addressed to `index` goes: its endpoint, and a copy to a stand-in that
+    /// has credit left (see [`crate::table::Roam`]).
+    fn deliver(&mut self, index: u32) -> Output {
+        let Some(endpoint) = self.table.index(index).map(|e| e.endpoint) else {
+            return Output::Drop(DropReason::UnknownReceiver);
+        };
+        match self.table.stand_in_copy(index) {
+            StandIn::Copy(stand_in) => Output::ForwardBoth([endpoint, stand_in]),
+            StandIn::None => Output::Forward(endpoint),
+            StandIn::Withheld => {
+                self.stats.withheld += 1;
+                Output::Forward(endpoint)
+            }
+        }
     }
 }
 
@@ -865,3 +916,37 @@ impl From<ParseError> for DropReason {
 
 // Invariant checks for tests and the fuzzer (relay/invariants.rs).
 pub(crate) mod invariants;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(i: u32) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 51820))
+    }
+
+    /// Issue 19: the challenged table once overflowed into "anyone may hold a cookie", so junk
+    /// cost a mac2 again. Now, 16 times its size later, a source never challenged is still
+    /// told apart (no mac2 computed), and the last one challenged is still remembered.
+    #[test]
+    fn challenged_sources_stay_told_apart_past_the_tables_size() {
+        let mut c = Challenged::new(3);
+        let key = PublicKey([9; 32]);
+        let flood = u32::try_from(16 * CHALLENGED_SLOTS).expect("fits");
+        for i in 0..flood {
+            c.insert(source(i), key);
+        }
+        assert_eq!(c.key(source(flood - 1)), Some(key));
+        let strangers = (flood..flood + 100_000)
+            .filter(|&i| c.may_hold_cookie(source(i)))
+            .count();
+        assert_eq!(
+            strangers, 0,
+            "never-challenged sources taken for challenged ones"
+        );
+        c.rotate();
+        assert_eq!(c.key(source(flood - 1)), Some(key), "a generation later");
+        c.rotate();
+        assert_eq!(c.key(source(flood - 1)), None, "two generations later");
+    }
+}

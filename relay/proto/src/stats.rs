@@ -16,7 +16,7 @@ crate::labels::labelled_enum! {
         BadLength => "bad_length",
         /// Allow-list mode: mac1 matches no allowed key.
         Mac1Invalid => "mac1_invalid",
-        /// Too many initiations from one source IP (`--source-rate`).
+        /// Too many initiations from one source (an IPv4 address or an IPv6 /64) (`--source-rate`).
         SourceRateLimited => "source_rate_limited",
         /// The receiver index is not in the table.
         UnknownReceiver => "unknown_receiver",
@@ -74,6 +74,9 @@ pub struct Stats {
     scans: [u64; ScanClass::ALL.len()],
     /// Sources that began standing in for a quiet session side (roaming, see the table).
     pub roams: u64,
+    /// Copies not sent to an address that has not shown it receives: a roaming stand-in, or an
+    /// open-mode broadcast target, past its credit.
+    pub withheld: u64,
 }
 
 impl Stats {

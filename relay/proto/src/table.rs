@@ -166,14 +166,38 @@ impl IndexEntry {
 }
 
 /// A source that spoke for a session side while its endpoint was silent: a NAT rebinding, or a
-/// forger. Traffic for the side goes to both until the endpoint speaks again or the session ends,
-/// so neither case loses a packet.
+/// forger. Traffic for the side goes to the endpoint, and copies to the stand-in, until the
+/// endpoint speaks again or the session ends, so neither case loses a packet.
+///
+/// A stand-in has not shown that it receives: its address may be a spoofed victim's. So it is
+/// sent at most [`ROAM_CREDIT`] datagrams per datagram it sent, never more than
+/// [`ROAM_CREDIT_MAX`] ahead: a forged packet reflects a bounded number of datagrams, while a
+/// rebound peer that talks keeps its traffic. Its next handshake re-homes it for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roam {
     /// The source standing in for the side.
     pub addr: SocketAddr,
     /// When that source last sent transport data for the side.
     pub heard: Instant,
+    /// How many more copies it may be sent.
+    pub credit: u8,
+}
+
+/// Copies a stand-in may be sent per datagram it sent: a ping's request and reply, or two TCP
+/// segments per ACK.
+pub const ROAM_CREDIT: u8 = 2;
+/// The most copies a stand-in may have in hand.
+pub const ROAM_CREDIT_MAX: u8 = 8;
+
+/// Whether a message to a session side is copied to a stand-in (see [`Roam`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandIn {
+    /// The side has none.
+    None,
+    /// Send a copy there.
+    Copy(SocketAddr),
+    /// It has one, whose credit is spent: no copy.
+    Withheld,
 }
 
 /// Whether transport data from a source may be forwarded for a session side.
@@ -194,6 +218,11 @@ struct EndpointEntry {
     refs: u32,
     /// Allow-list mode: the key proven to live at this endpoint by a completed handshake.
     key: Option<PublicKey>,
+    /// It has shown that it receives what the relay sends it: it answered an initiation, sent
+    /// data on a session it was sent the response of, or passed the allow-list address check.
+    proven: bool,
+    /// Unproven: how many more broadcast copies it may be sent (see [`Reach`]).
+    credit: u8,
     /// Generation of the linger timer; 0 while the endpoint has indices.
     timer: u64,
 }
@@ -231,6 +260,24 @@ impl<S> Ord for Timer<S> {
         (self.at, self.generation).cmp(&(other.at, other.generation))
     }
 }
+
+/// Whether a broadcast copy may go to an endpoint. In open mode anyone can register any
+/// address, a spoofed victim's included, with one initiation; so an endpoint that has not shown
+/// it receives gets [`BROADCAST_CREDIT`] copies per initiation it sent, not every initiation for
+/// as long as it lingers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// It has shown it receives: every copy.
+    Proven,
+    /// Not shown, with credit left: this copy, which spends it.
+    Credit,
+    /// Not shown, and its credit is spent: none.
+    Spent,
+}
+
+/// Broadcast copies an unproven endpoint may be sent per initiation it sent: one, so a spoofed
+/// registration reflects at most the bytes it cost.
+pub const BROADCAST_CREDIT: u8 = 1;
 
 /// What a call to [`Table::expire`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -417,18 +464,45 @@ impl Table {
         self.homes.get(key).copied()
     }
 
-    /// Known endpoints an initiation from `from` may be broadcast to. With `skip_homed`, endpoints
-    /// already proven to hold some key are left out: the initiation names a key with no known home,
-    /// and a WireGuard endpoint holds exactly one key.
+    /// Known endpoints an initiation from `from` may be broadcast to, and whether each may be
+    /// sent a copy. With `skip_homed`, endpoints already proven to hold some key are left out:
+    /// the initiation names a key with no known home, and a WireGuard endpoint holds exactly one
+    /// key.
     pub fn broadcast_targets(
         &self,
         from: SocketAddr,
         skip_homed: bool,
-    ) -> impl Iterator<Item = SocketAddr> + '_ {
+    ) -> impl Iterator<Item = (SocketAddr, Reach)> + '_ {
         self.endpoints
             .iter()
             .filter(move |(addr, e)| **addr != from && !(skip_homed && e.key.is_some()))
-            .map(|(addr, _)| *addr)
+            .map(|(addr, e)| {
+                let reach = match (e.proven, e.credit) {
+                    (true, _) => Reach::Proven,
+                    (false, 0) => Reach::Spent,
+                    (false, _) => Reach::Credit,
+                };
+                (*addr, reach)
+            })
+    }
+
+    /// Spends one broadcast copy of an unproven endpoint's credit.
+    pub fn spend_credit(&mut self, endpoint: SocketAddr) {
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.credit = e.credit.saturating_sub(1);
+        }
+    }
+
+    /// Records that `endpoint` has shown it receives what the relay sends it.
+    pub fn prove(&mut self, endpoint: SocketAddr) {
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.proven = true;
+        }
+    }
+
+    /// Whether `endpoint` is known and has shown it receives.
+    pub fn is_proven(&self, endpoint: SocketAddr) -> bool {
+        self.endpoints.get(&endpoint).is_some_and(|e| e.proven)
     }
 
     fn arm(&mut self, at: Instant, subject: Subject) -> u64 {
@@ -470,6 +544,8 @@ impl Table {
             EndpointEntry {
                 refs: 0,
                 key: None,
+                proven: false,
+                credit: 0,
                 timer: 0,
             }
         });
@@ -504,6 +580,9 @@ impl Table {
             return Err(DropReason::IndexInUse);
         }
         self.ref_endpoint(endpoint);
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.credit = e.credit.max(BROADCAST_CREDIT);
+        }
         let timer = self.arm(now + HALF_OPEN_TTL, Subject::Index(index));
         let mut entry = IndexEntry::new(endpoint, State::HalfOpen, Role::Initiator, now, timer);
         entry.unicast = unicast;
@@ -546,6 +625,8 @@ impl Table {
         self.names.release(previous);
 
         self.ref_endpoint(responder_endpoint);
+        // It answered an initiation, which went to it.
+        self.prove(responder_endpoint);
         let timer = self.arm(deadline, Subject::Index(responder));
         let mut entry = IndexEntry::new(
             responder_endpoint,
@@ -583,6 +664,7 @@ impl Table {
         match e.roam.as_deref_mut() {
             Some(r) if r.addr == src => {
                 r.heard = now;
+                r.credit = r.credit.saturating_add(ROAM_CREDIT).min(ROAM_CREDIT_MAX);
                 return Source::Roam;
             }
             Some(r) if now.saturating_duration_since(r.heard) < ROAM_QUIET => {
@@ -599,10 +681,28 @@ impl Table {
             e.roam = Some(Box::new(Roam {
                 addr: src,
                 heard: now,
+                credit: ROAM_CREDIT,
             }));
         }
         self.sync_session(side);
         Source::NewRoam
+    }
+
+    /// Whether a copy of a message addressed to `index` goes to a stand-in besides its
+    /// endpoint; a copy sent spends the stand-in's credit.
+    pub fn stand_in_copy(&mut self, index: u32) -> StandIn {
+        let Some(r) = self
+            .indices
+            .get_mut(&index)
+            .and_then(|e| e.roam.as_deref_mut())
+        else {
+            return StandIn::None;
+        };
+        if r.credit == 0 {
+            return StandIn::Withheld;
+        }
+        r.credit -= 1;
+        StandIn::Copy(r.addr)
     }
 
     /// `None` if `endpoint` is not known; otherwise the key proven to live there, if any.
@@ -861,7 +961,7 @@ mod tests {
         t.expire(t0 + HALF_OPEN_TTL);
         assert_eq!(t.home(&kb), None);
         assert_eq!(t.home(&ka), Some(addr(1)));
-        let targets: Vec<_> = t.broadcast_targets(addr(9), true).collect();
+        let targets: Vec<_> = t.broadcast_targets(addr(9), true).map(|(a, _)| a).collect();
         assert_eq!(
             targets,
             vec![addr(2)],

@@ -22,5 +22,3 @@ pub const ENDPOINT_LINGER: Duration = Duration::from_secs(60);
 /// How long a session side must be silent at its endpoint before another source may stand in
 /// for it. A busy peer is never silent that long, so a forger cannot get in beside it.
 pub const ROAM_QUIET: Duration = Duration::from_secs(1);
-/// How often idle per-source rate-limit buckets are forgotten.
-pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(10);

@@ -10,7 +10,7 @@ use wpex_proto::ScanClass;
 use wpex_proto::keys::AllowedKeys;
 use wpex_proto::message::Kind;
 use wpex_proto::timers::{COOKIE_ROTATION, HALF_OPEN_TTL, ROAM_QUIET, SESSION_TTL};
-use wpex_proto::{Access, Config, Output, Relay};
+use wpex_proto::{Access, Config, Output, ROAM_CREDIT, Relay};
 use wpex_testkit::peer::{Identity, Peer, ipv4_packet};
 
 const A: &str = "198.51.100.10:51820";
@@ -144,15 +144,37 @@ fn open_mode_relays_a_real_handshake_and_data_both_ways() {
     assert_eq!(stats.dropped_total(), 0);
 }
 
+/// Open mode: an initiation goes to every other known endpoint that has shown it receives, and
+/// to one that has not only once per initiation it sent (issue 19: a spoofed registration
+/// reflects one copy, not every initiation for a minute).
 #[test]
 fn initiations_are_broadcast_to_every_other_known_endpoint() {
     let t0 = Instant::now();
     let mut relay = open_relay(t0);
     let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
-    register(&mut relay, t0, B, &mut Peer::new(&ib, &ia, false));
+    let mut b = Peer::new(&ib, &ia, false);
+    register(&mut relay, t0, B, &mut b);
     register(&mut relay, t0, C, &mut Peer::new(&ic, &ia, false));
-    let (out, _) = feed(&mut relay, t0, A, &Peer::new(&ia, &ib, false).initiation());
-    assert_eq!(forwarded_to(&out), vec![addr(B), addr(C)]);
+    // C's registration took B's one copy.
+    let mut a = Peer::new(&ia, &ib, false);
+    let (out, _) = feed(&mut relay, t0, A, &a.initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(C)]);
+    assert_eq!(relay.stats().withheld, 1);
+    // B's retry earns it one more; it reaches A, whose initiation earned it one (C's went).
+    let (out, _) = feed(&mut relay, t0, B, &b.initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(A)]);
+    let (out, init) = feed(&mut relay, t0, A, &a.initiation());
+    assert_eq!(forwarded_to(&out), vec![addr(B)]);
+    // B answers: it has shown it receives, and gets every copy from now on.
+    let response = b.receive(&init).network.remove(0);
+    assert_eq!(
+        feed(&mut relay, t0, B, &response).0,
+        Output::Forward(addr(A))
+    );
+    for _ in 0..3 {
+        let (out, _) = feed(&mut relay, t0, C, &Peer::new(&ic, &ia, false).initiation());
+        assert!(forwarded_to(&out).contains(&addr(B)), "{out:?}");
+    }
 }
 
 #[test]
@@ -366,6 +388,8 @@ fn indices_expire_on_the_wpex_timers() {
 
     // A session lives 180 s from the response, not refreshed by traffic.
     let t1 = t0 + Duration::from_secs(10);
+    // B retries, as WireGuard does: its first copy was spent on A's lost initiation.
+    register(&mut relay, t1, B, &mut p.b);
     let (from_a, _) = handshake_and_data(&mut relay, t1, &mut p);
     let almost = t1 + SESSION_TTL.saturating_sub(Duration::from_millis(1));
     relay.handle_timeout(almost);
@@ -459,9 +483,11 @@ fn broadcast_rate_limits_copies_with_a_burst_of_five_times_the_rate() {
         );
         sent += forwarded_to(&out).len();
     }
-    // 0+1+2+...+7 = 28 copies were wanted; only the burst of 5 went out.
+    // Each registration wants one copy, to the last endpoint with credit (the others spent
+    // theirs): 7 were wanted, only the burst of 5 went out, and the 2 endpoints whose copy was
+    // limited keep their credit.
     assert_eq!(sent, 5);
-    assert_eq!(relay.stats().broadcast_limited, 23);
+    assert_eq!(relay.stats().broadcast_limited, 3);
     // One second later one more token is there.
     let t1 = t0 + Duration::from_secs(1);
     let (out, _) = feed(
@@ -980,6 +1006,45 @@ fn a_forger_beside_a_quiet_peer_gets_copies_but_takes_nothing_away() {
     // A's next packet from its endpoint ends it.
     a_to_b(&mut relay, quiet, A, &mut p);
     assert_eq!(b_to_a(&mut relay, quiet, &mut p), Output::Forward(addr(A)));
+}
+
+/// Issue 19: a stand-in has not shown it receives, so one forged packet from a spoofed victim
+/// reflects at most ROAM_CREDIT of the side's datagrams, whatever B streams; a stand-in that
+/// keeps talking, as a rebound peer does, keeps getting them.
+#[test]
+fn one_forged_packet_reflects_a_bounded_number_of_datagrams() {
+    let t0 = Instant::now();
+    let (mut relay, mut p, from_a) = open_session(t0);
+    let quiet = t0 + Duration::from_secs(5);
+    assert_eq!(
+        feed(&mut relay, quiet, FORGER, &from_a).0,
+        Output::Forward(addr(B))
+    );
+    let reflected = (0..100)
+        .filter(|_| {
+            b_to_a(&mut relay, quiet, &mut p) == Output::ForwardBoth([addr(A), addr(FORGER)])
+        })
+        .count();
+    assert_eq!(reflected, usize::from(ROAM_CREDIT));
+    assert_eq!(relay.stats().withheld, 100 - u64::from(ROAM_CREDIT));
+
+    // A rebound peer that talks: one datagram from it, two to it, for as long as it lasts.
+    let (mut relay, mut p, _) = open_session(t0);
+    let later = t0 + ROAM_QUIET;
+    for round in 0..50 {
+        assert_eq!(
+            a_to_b(&mut relay, later, A_REBOUND, &mut p),
+            Output::Forward(addr(B))
+        );
+        for _ in 0..ROAM_CREDIT {
+            assert_eq!(
+                b_to_a(&mut relay, later, &mut p),
+                Output::ForwardBoth([addr(A), addr(A_REBOUND)]),
+                "round {round}"
+            );
+        }
+    }
+    assert_eq!(relay.stats().withheld, 0);
 }
 
 #[test]

@@ -83,6 +83,15 @@ impl<'a> Transmit<'a> {
         self.segment > 0 && self.len() > self.segment
     }
 
+    /// Its bytes, if it is one datagram: what may go by plain `sendto`. A train or a message of
+    /// several parts is not, whatever its length, or its datagrams would arrive glued together.
+    fn as_datagram(&self) -> Option<&'a [u8]> {
+        match self.parts {
+            Parts::One(bytes) if !self.is_train() => Some(bytes),
+            Parts::One(_) | Parts::Many(_) => None,
+        }
+    }
+
     /// The datagrams of a train, one message each.
     fn datagrams(&self) -> impl Iterator<Item = Transmit<'a>> + '_ {
         let (to, segment) = (self.to, self.segment.max(1));
@@ -118,7 +127,7 @@ fn send_run<'a>(
     let mut next = 0;
     while next < out.len() {
         let first = out[next];
-        let joined = first.is_train() || matches!(first.parts, Parts::Many(_));
+        let joined = first.as_datagram().is_none();
         if joined && !(BATCHED.load(Ordering::Relaxed) && gso_enabled()) {
             split.extend(first.datagrams());
             next += 1;
@@ -143,8 +152,9 @@ fn send_run<'a>(
 }
 
 /// One system call for the front of `rest`, whose first message is `first`: a `sendmmsg` while
-/// it works, else one `sendto`. Returns how many messages went (none for a train met once
-/// batching is off: it is split on the next round).
+/// it works, else one `sendto`. Returns how many messages went: none for a train met once
+/// batching is off (another thread, or this call, may just have turned it off), which the next
+/// round splits.
 fn send_front(socket: &UdpSocket, first: Transmit<'_>, rest: &[Transmit<'_>]) -> io::Result<usize> {
     if BATCHED.load(Ordering::Relaxed) {
         match send_batch(socket, rest) {
@@ -155,7 +165,7 @@ fn send_front(socket: &UdpSocket, first: Transmit<'_>, rest: &[Transmit<'_>]) ->
             done => return done,
         }
     }
-    let Parts::One(bytes) = first.parts else {
+    let Some(bytes) = first.as_datagram() else {
         return Ok(0);
     };
     socket2::SockRef::from(socket)
@@ -278,6 +288,34 @@ mod tests {
                 buf[..n].to_vec()
             })
             .collect()
+    }
+
+    /// Issue 19: once `sendmmsg` fails, a GRO train held as one slice went by `sendto` whole.
+    #[test]
+    fn only_a_single_datagram_may_go_by_plain_sendto() {
+        let to: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let train = [7u8; 300];
+        let one = Transmit::single(to, &train[..100]);
+        assert_eq!(one.as_datagram(), Some(&train[..100]));
+        let gro_train = Transmit {
+            to,
+            parts: Parts::One(&train),
+            segment: 100,
+        };
+        assert_eq!(gro_train.as_datagram(), None);
+        let pieces: [&[u8]; 2] = [&train[..100], &train[100..150]];
+        let many = Transmit {
+            to,
+            parts: Parts::Many(&pieces),
+            segment: 100,
+        };
+        assert_eq!(many.as_datagram(), None);
+        // A train's datagrams are each one.
+        assert!(
+            gro_train
+                .datagrams()
+                .all(|d| d.as_datagram() == Some(&train[..100]))
+        );
     }
 
     #[test]
