@@ -637,6 +637,35 @@ fn flood_10k_keys_flat_out_zero_mac2() -> Result<()> {
     })
 }
 
+/// Issue 19: with only the peers' 3 keys a scan is cheap and the budget admits many, so every
+/// one-off spoofed source of a flat-out flood (millions of them) passes through the per-source
+/// tables. They must never fill up against a new peer: C's first handshake is a target here.
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn flood_3_keys_flat_out() -> Result<()> {
+    flood(&Flood {
+        name: "flood_3_keys_flat_out",
+        keys: 0,
+        rate: None,
+        zero_mac2: false,
+        c_is_target: true,
+    })
+}
+
+/// As [`flood_3_keys_flat_out`], with the zero mac2 of a real first initiation: the junk is in
+/// C's own scan class.
+#[test]
+#[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
+fn flood_3_keys_flat_out_zero_mac2() -> Result<()> {
+    flood(&Flood {
+        name: "flood_3_keys_flat_out_zero_mac2",
+        keys: 0,
+        rate: None,
+        zero_mac2: true,
+        c_is_target: true,
+    })
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and the tools from e2e/install-deps.sh"]
 fn flood_100_keys_3000_per_s() -> Result<()> {

@@ -362,6 +362,29 @@ mod tests {
         serde_json::from_str("{}").expect("every field has a default")
     }
 
+    /// Issue 19 asked whether a name the CEL rule admits (63 characters) can make a child name
+    /// too long. It cannot: the Service takes the name as is (a DNS-1035 label, 63), the labels
+    /// carry it as is (63), and the ConfigMap's `-keys` name is a DNS subdomain (253).
+    #[test]
+    fn the_longest_relay_name_fits_every_child() {
+        let mut r = relay(default_spec());
+        r.name = format!("r{}", "x".repeat(62));
+        let children = build(&r, &[], &PodDefaults::default());
+        let label = |s: &str| {
+            s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+        assert!(label(&name(&children.service.metadata)), "Service name");
+        assert!(label(&r.name));
+        let keys = name(&children.config_map.metadata);
+        assert!(keys.len() <= 253 && keys.ends_with("-keys"), "{keys}");
+        for (k, v) in labels(&r.name) {
+            assert!(v.len() <= 63, "label {k}={v}");
+        }
+    }
+
     fn container(d: &Deployment) -> &Container {
         &d.spec
             .as_ref()

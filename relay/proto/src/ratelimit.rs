@@ -57,11 +57,16 @@ pub(crate) fn wpex_bucket(rate: u32, now: Instant) -> Option<TokenBucket> {
 }
 
 /// A source as the per-source limits see it: an IPv4 address, or an IPv6 /64, since whoever
-/// holds one address of a /64 usually holds all 2^64 of them.
+/// holds one address of a /64 usually holds all 2^64 of them. A dual-stack socket reports IPv4
+/// peers as IPv4-mapped IPv6 addresses, which all lie in one /64: those are keyed as IPv4.
 pub(crate) fn source_key(ip: IpAddr) -> u128 {
+    let v4 = |v4: std::net::Ipv4Addr| u128::from(u32::from(v4)) | (1 << 64);
     match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1 << 64),
-        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(ip) => v4(ip),
+            None => u128::from(ip) & !u128::from(u64::MAX),
+        },
     }
 }
 
@@ -307,6 +312,18 @@ mod tests {
         assert!(k.try_take(other, t0));
         // It refills at its rate.
         assert!(k.try_take(v4(1), t0 + Duration::from_secs(1)));
+
+        // A dual-stack socket's IPv4 peers: one bucket each, as for plain IPv4.
+        let mapped = |i: u32| match v4(i) {
+            IpAddr::V4(ip) => IpAddr::V6(ip.to_ipv6_mapped()),
+            IpAddr::V6(ip) => IpAddr::V6(ip),
+        };
+        assert!(
+            !k.can_take(mapped(1), t0 + Duration::from_millis(500)),
+            "as v4(1)"
+        );
+        assert_eq!((0..10).filter(|_| k.try_take(mapped(40), t0)).count(), 5);
+        assert_eq!((0..10).filter(|_| k.try_take(mapped(41), t0)).count(), 5);
 
         let mut unlimited = SourceBuckets::new(0, 1, 7, t0);
         assert!((0..1000).all(|i| unlimited.try_take(v4(i), t0)));

@@ -769,10 +769,14 @@ impl Relay {
         for (to, reach) in self.table.broadcast_targets(src, skip_homed) {
             if reach == Reach::Spent {
                 stats.withheld += 1;
-            } else if broadcast.as_mut().is_none_or(|b| b.try_take(now)) {
-                if reach == Reach::Credit {
-                    spent.push(to);
-                }
+                continue;
+            }
+            // Spent even if the rate limit takes the copy: which copies it takes follows the
+            // table's hash order, and what the table holds afterwards must not.
+            if reach == Reach::Credit {
+                spent.push(to);
+            }
+            if broadcast.as_mut().is_none_or(|b| b.try_take(now)) {
                 targets.push(to);
             } else {
                 stats.broadcast_limited += 1;

@@ -264,7 +264,7 @@ impl<S> Ord for Timer<S> {
 /// Whether a broadcast copy may go to an endpoint. In open mode anyone can register any
 /// address, a spoofed victim's included, with one initiation; so an endpoint that has not shown
 /// it receives gets [`BROADCAST_CREDIT`] copies per initiation it sent, not every initiation for
-/// as long as it lingers.
+/// as long as it lingers. A copy `--broadcast-rate` withholds spends the credit too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reach {
     /// It has shown it receives: every copy.
