@@ -240,9 +240,11 @@ fn probe(lab: &Lab, host: &Host, args: &[&str]) -> Result<String> {
     lab.exec(&host.ns, &all)
 }
 
-/// Registers a listener, floods 200 initiations from another host, and returns how many copies
-/// the listener received and how long the flood window lasted (with the lab, still up so that
-/// a failed assertion can print its logs).
+/// Registers a listener, which answers one initiation (so the relay knows it receives: an open
+/// relay sends an address that has not shown it one copy per initiation it sent), floods 200
+/// initiations from another host, and returns how many copies the listener received and how
+/// long the flood window lasted (with the lab, still up so that a failed assertion can print
+/// its logs).
 fn broadcast_copies(relay_args: &[&str]) -> Result<(u32, Duration, Setup)> {
     let mut s = setup(relay_args)?;
     let listener = s.lab.public_host("lsn", 20)?;
@@ -251,8 +253,10 @@ fn broadcast_copies(relay_args: &[&str]) -> Result<(u32, Duration, Setup)> {
     let start = Instant::now();
     let copies = std::thread::scope(|scope| -> Result<u32> {
         let listening = scope.spawn(|| probe(&s.lab, &listener, &["listen", &relay, "4"]));
-        // Let the listener register before the flood starts.
+        // Let the listener register, then answer one initiation, before the flood starts.
         std::thread::sleep(Duration::from_millis(500));
+        probe(&s.lab, &flooder, &["flood", &relay, "1"])?;
+        std::thread::sleep(Duration::from_millis(300));
         probe(&s.lab, &flooder, &["flood", &relay, "200"])?;
         let out = listening
             .join()
