@@ -146,7 +146,8 @@ cleanup() {
     local pid
     for pid in "${bg_pid[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
     if [ "$docker_started" = yes ]; then e2e/kind/docker.sh stop || true; fi
-    rm -rf "$bg_dir"
+    # The summary removes it after a pass; this, after a failure.
+    rm -rf "$bg_dir" "$WPEX_STEP_TIMES"
 }
 trap cleanup EXIT
 
@@ -177,7 +178,7 @@ if [ "$(id -u)" != 0 ]; then
     exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,GOPATH,GOMODCACHE,GOCACHE,WPEX_CACHE,WPEX_DOCKER_ROOT,WPEX_STEP_TIMES,WPEX_STARTED,WPEX_STARTED_CPU \
         "$0" --no-fast
 fi
-trap 'end_step; echo "test-all: FAILED in step: $current"' ERR
+trap 'failed=$current; end_step; echo "test-all: FAILED in step: $failed"' ERR
 
 step "installing test dependencies" "apt packages, boringtun-cli, wireguard-go, cargo-deny, Kubernetes, helm"
 if [ -n "${bg_pid[installs]:-}" ]; then wait_bg installs; else "${installs[@]}"; fi
