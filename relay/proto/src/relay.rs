@@ -639,19 +639,25 @@ impl Relay {
         class: ScanClass,
         cost: u32,
     ) -> Result<(), DropReason> {
-        let per_source = &mut self.scan_per_source[class as usize];
-        if !per_source.can_take(src.ip(), now) {
-            return Err(DropReason::ScanSourceLimited);
-        }
-        if !self
+        // The budget is one bucket, always in cache; a source's bucket is in a large table.
+        // Under a flood most scans fail the budget, so it is asked first, and the source's
+        // bucket is looked at only for scans the budget would run.
+        let budget_has_room = self
             .scan_budget
             .as_mut()
-            .is_none_or(|b| b.try_take(now, class, cost))
-        {
+            .is_none_or(|b| b.can_take(now, class, cost));
+        let per_source = &mut self.scan_per_source[class as usize];
+        if budget_has_room && !per_source.can_take(src.ip(), now) {
+            return Err(DropReason::ScanSourceLimited);
+        }
+        if !budget_has_room {
             if class == ScanClass::Fresh {
                 self.refused.record(src);
             }
             return Err(DropReason::ScanBudget);
+        }
+        if let Some(b) = self.scan_budget.as_mut() {
+            b.try_take(now, class, cost);
         }
         self.scan_per_source[class as usize].try_take(src.ip(), now);
         Ok(())
