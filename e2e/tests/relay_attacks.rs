@@ -180,12 +180,12 @@ const MAX_LOSS: f64 = 0.01;
 /// in what a datagram costs; the relay's overhead over reading it should not. The scan thread
 /// is left out: its mac1 checks are a spend per second that `--scan-budget` caps, whatever
 /// the flood's rate, so they are reported, not divided by datagrams.
+///
+/// Flat out only. At a paced rate (3,000/s) every datagram is a wake-up with cold caches, and
+/// the ratio is printed, not judged: on one machine, for one relay binary, it ranged from 0.98
+/// to 4.45 within three hours (the relay's receive thread 4.7-16.6 us a datagram, the
+/// yardstick 2.97-3.99 us), while flat out it stayed at 1.09-1.32. Issue 18 has the figures.
 const MAX_COST_RATIO: f64 = 1.5;
-/// The same at a paced rate (3,000/s), where every datagram is a wake-up with cold caches. The
-/// yardstick's own figure there moved from 3.96 to 2.97 us within an hour on one machine while
-/// the relay's receive thread stayed at 4.7-4.9 us (ratios 1.2 to 1.66 for the same binary);
-/// flat out, where the bound above holds, the ratio was 1.05-1.30. Issue 18 has the figures.
-const MAX_COST_RATIO_PACED: f64 = 2.0;
 /// How long the relay's and the yardstick's CPU per junk datagram are measured, each with junk
 /// alone: the relay's after A's and B's pings and C's first contact, the yardstick's after a
 /// second of its own flood.
@@ -568,14 +568,6 @@ fn describe_flood(run: &Flood, m: &FloodFigures, y: &Yardstick) -> Result<String
 }
 
 /// The targets a flood run missed, the lab's own part first.
-fn max_cost_ratio(run: &Flood) -> f64 {
-    if run.rate.is_some() {
-        MAX_COST_RATIO_PACED
-    } else {
-        MAX_COST_RATIO
-    }
-}
-
 fn flood_missed(run: &Flood, m: &FloodFigures, y: &Yardstick) -> Result<Vec<String>> {
     let (sent_n, sent_s) = (number(&m.sent, "sent")?, number(&m.sent, "seconds")?);
     let arrived = m.arrived;
@@ -611,10 +603,9 @@ fn flood_missed(run: &Flood, m: &FloodFigures, y: &Yardstick) -> Result<Vec<Stri
             "lab: no CPU per datagram to compare: the relay read {}, the yardstick {}",
             m.junk.read, y.cost.read
         )),
-        Some(ratio) if ratio > max_cost_ratio(run) => missed.push(format!(
+        Some(ratio) if run.rate.is_none() && ratio > MAX_COST_RATIO => missed.push(format!(
             "relay receive thread's CPU per junk datagram {ratio:.2} times the yardstick's \
-             (target <= {})",
-            max_cost_ratio(run)
+             (target <= {MAX_COST_RATIO})"
         )),
         Some(_) => {}
     }
