@@ -249,32 +249,30 @@ impl ScanBudget {
         })
     }
 
-    /// Whether [`ScanBudget::try_take`] would succeed, without taking anything.
-    pub(crate) fn can_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
-        let cost = f64::from(cost);
-        let class_bucket = match class {
+    /// The share `class` draws on besides the whole budget, if any.
+    fn share(&mut self, class: ScanClass) -> Option<&mut TokenBucket> {
+        match class {
             ScanClass::Known | ScanClass::Proven => None,
             ScanClass::Fresh => Some(&mut self.fresh),
             ScanClass::Retry => Some(&mut self.retry),
             ScanClass::Other => Some(&mut self.other),
-        };
-        self.all.can_take(now, cost) && class_bucket.is_none_or(|b| b.can_take(now, cost))
+        }
+    }
+
+    /// Whether [`ScanBudget::try_take`] would succeed, without taking anything.
+    pub(crate) fn can_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
+        let cost = f64::from(cost);
+        self.all.can_take(now, cost) && self.share(class).is_none_or(|b| b.can_take(now, cost))
     }
 
     /// Takes `cost` mac1 computations for a scan of `class`, or nothing if any bucket it draws
     /// on is short.
     pub(crate) fn try_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
         let cost = f64::from(cost);
-        let class_bucket = match class {
-            ScanClass::Known | ScanClass::Proven => None,
-            ScanClass::Fresh => Some(&mut self.fresh),
-            ScanClass::Retry => Some(&mut self.retry),
-            ScanClass::Other => Some(&mut self.other),
-        };
         if !self.all.can_take(now, cost) {
             return false;
         }
-        if let Some(b) = class_bucket {
+        if let Some(b) = self.share(class) {
             if !b.can_take(now, cost) {
                 return false;
             }
