@@ -943,29 +943,9 @@ fn rebinding_idle_wireguard_go() -> Result<()> {
 fn rebinding_one_way_stream() -> Result<()> {
     const STREAM: u32 = 3000; // 6 s
     let mut p = pair(WireGuardGo, WireGuardGo, false)?;
-    let dropped = "icmptype 8";
-    p.lab.exec(
-        &p.b.host.ns,
-        &[
-            "iptables",
-            "-I",
-            "INPUT",
-            "-p",
-            "icmp",
-            "--icmp-type",
-            "echo-request",
-            "-j",
-            "DROP",
-        ],
-    )?;
-    let arrived = || rule_packets(&p.lab, &p.b.host.ns, "INPUT", dropped);
-    let stream = Ping {
-        count: STREAM,
-        interval: Duration::from_millis(2),
-        wait: Duration::from_millis(100),
-        size: Some(1000),
-        ..Ping::default()
-    };
+    let dropped = drop_pings(&p.lab, &p.b.host)?;
+    let arrived = || rule_packets(&p.lab, &p.b.host.ns, "INPUT", &dropped);
+    let stream = stream_of(STREAM);
     let (took, flowing) = std::thread::scope(|s| -> Result<_> {
         let sending = s.spawn(|| p.a.ping(p.b.tunnel_ip, stream));
         std::thread::sleep(Duration::from_secs(1));
@@ -1058,11 +1038,10 @@ fn forgeries_landed(p: &Pair, hijack: &str, arrived: u64, deltas: &str) -> Vec<S
             "lab: {arrived} of {sent} forgeries reached the relay"
         ));
     }
-    let unknown = r#"wpex_dropped_packets_total{reason="unknown_receiver"} +"#;
-    let stale = deltas
-        .split(", ")
-        .find_map(|d| d.strip_prefix(unknown)?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let stale = delta(
+        deltas,
+        r#"wpex_dropped_packets_total{reason="unknown_receiver"}"#,
+    );
     if stale > 0.1 * sent {
         missed.push(format!(
             "lab: {stale} forgeries named no live index (relay at {})",
@@ -1258,8 +1237,15 @@ fn forge_then_ping(p: &Pair, spy: &Host, indices: &str, pings: u32) -> Result<(S
 /// A stream one way, B to A, of `count` 1,000-byte pings 2 ms apart, which A drops unanswered:
 /// A only receives, as a peer watching a video does.
 fn one_way_stream(p: &Pair, count: u32) -> Result<u32> {
-    p.lab.exec(
-        &p.a.host.ns,
+    drop_pings(&p.lab, &p.a.host)?;
+    p.b.ping(p.a.tunnel_ip, stream_of(count))
+}
+
+/// `host` drops the echo requests it receives, unanswered: the pings to it become a stream one
+/// way. Returns the marker of the rule, whose counter [`rule_packets`] reads.
+fn drop_pings(lab: &Lab, host: &Host) -> Result<String> {
+    lab.exec(
+        &host.ns,
         &[
             "iptables",
             "-I",
@@ -1272,16 +1258,19 @@ fn one_way_stream(p: &Pair, count: u32) -> Result<u32> {
             "DROP",
         ],
     )?;
-    p.b.ping(
-        p.a.tunnel_ip,
-        Ping {
-            count,
-            interval: Duration::from_millis(2),
-            wait: Duration::from_millis(100),
-            size: Some(1000),
-            ..Ping::default()
-        },
-    )
+    // iptables -L prints the type by number.
+    Ok("icmptype 8".to_owned())
+}
+
+/// `count` pings of 1,000 bytes, 2 ms apart: a stream of 500 datagrams a second.
+fn stream_of(count: u32) -> Ping {
+    Ping {
+        count,
+        interval: Duration::from_millis(2),
+        wait: Duration::from_millis(100),
+        size: Some(1000),
+        ..Ping::default()
+    }
 }
 
 /// Issue 19, roaming: an on-path host copies the live indices, then, while A only receives a

@@ -500,11 +500,6 @@ impl Table {
         }
     }
 
-    /// Whether `endpoint` is known and has shown it receives.
-    pub fn is_proven(&self, endpoint: SocketAddr) -> bool {
-        self.endpoints.get(&endpoint).is_some_and(|e| e.proven)
-    }
-
     fn arm(&mut self, at: Instant, subject: Subject) -> u64 {
         self.generation += 1;
         let generation = self.generation;
