@@ -16,7 +16,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,10 +24,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::shared::{Counters, SharedRelay, lock};
 use wpex_proto::Worker;
-use wpex_proto::{Config, Output, Relay, ScanRequest};
+use wpex_proto::{Config, Output, Relay};
 
 mod recv;
+mod scan;
 mod send;
+
+use scan::ScanQueue;
 
 /// Why the sockets could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -165,18 +167,6 @@ fn bind_all(candidates: &[SocketAddr], workers: usize) -> Result<Bound, ServerEr
     }))
 }
 
-/// Scans waiting for the scan thread. The core's budget keeps this short; if it is full anyway,
-/// the scan is dropped and counted rather than queued without bound.
-const SCAN_QUEUE: usize = 64;
-
-struct ScanJob {
-    request: ScanRequest,
-    src: SocketAddr,
-    datagram: Vec<u8>,
-    /// The socket the handshake arrived on, to send the outcome from.
-    socket: Arc<UdpSocket>,
-}
-
 /// The relay's sockets and the shared core, ready to serve.
 pub struct Server {
     relay: SharedRelay,
@@ -222,14 +212,15 @@ impl Server {
     /// Relays until `shutdown` completes: a thread per socket receives, decides and sends; a
     /// task of the runtime drives the core's timers.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let (scans, jobs) = std::sync::mpsc::sync_channel(SCAN_QUEUE);
+        let scans = Arc::new(ScanQueue::default());
         let scanner = {
-            let (relay, errors) = (self.relay.clone(), self.counters.clone());
+            let (relay, errors, scans) = (self.relay.clone(), self.counters.clone(), scans.clone());
             std::thread::Builder::new()
                 .name("wpex-scan".into())
-                .spawn(move || scan_loop(&relay, &jobs, &errors))
+                .spawn(move || scan::scan_loop(&relay, &scans, &errors))
         };
         if let Err(e) = scanner {
+            scans.close();
             tracing::error!(%e, "cannot start the scan thread; handshakes that need a scan are dropped");
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -250,7 +241,6 @@ impl Server {
                 Err(e) => tracing::error!(%e, "cannot start a receive thread"),
             }
         }
-        drop(scans);
         let timer = tokio::spawn(timer_loop(self.relay.clone()));
         shutdown.await;
         timer.abort();
@@ -264,6 +254,7 @@ impl Server {
             for handle in receivers {
                 let _ = handle.join();
             }
+            scans.close();
         });
         let _ = joined.await;
     }
@@ -418,7 +409,7 @@ fn decide_batch(
     worker: &mut Worker,
     relay: &SharedRelay,
     socket: &Arc<UdpSocket>,
-    scans: &SyncSender<ScanJob>,
+    scans: &ScanQueue,
     received: &[quinn_udp::RecvMeta],
     storage: &mut [u8],
     outputs: &mut Vec<(Range<usize>, Output)>,
@@ -436,31 +427,10 @@ fn decide_batch(
             let core = core.get_or_insert_with(|| lock(relay));
             let output = core.handle_input(now, m.addr, datagram);
             if let Output::Scan(request) = &output {
-                queue_scan(core, request, m.addr, datagram, socket, scans);
+                scan::queue_scan(core, scans, request, m.addr, datagram, socket);
             }
             outputs.push((range, output));
         }
-    }
-}
-
-/// Hands a scan the core asked for to the scan thread; if its queue is full or gone, the core
-/// counts the scan as abandoned.
-fn queue_scan(
-    core: &mut Relay,
-    request: &ScanRequest,
-    src: SocketAddr,
-    datagram: &[u8],
-    socket: &Arc<UdpSocket>,
-    scans: &SyncSender<ScanJob>,
-) {
-    let job = ScanJob {
-        request: request.clone(),
-        src,
-        datagram: datagram.to_vec(),
-        socket: socket.clone(),
-    };
-    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = scans.try_send(job) {
-        core.scan_abandoned();
     }
 }
 
@@ -509,7 +479,7 @@ fn receive_loop(
     socket: &Arc<UdpSocket>,
     relay: &SharedRelay,
     errors: &Counters,
-    scans: &SyncSender<ScanJob>,
+    scans: &ScanQueue,
     stop: &AtomicBool,
 ) {
     let gso = match prepare(socket) {
@@ -557,44 +527,6 @@ fn receive_loop(
         );
         send_outputs(socket, gso, &outputs, &storage, errors);
         outputs.clear();
-    }
-}
-
-/// How often the scan thread looks for work while scans keep coming, and how many times it
-/// looks before it sleeps until woken.
-const SCAN_POLL: Duration = Duration::from_millis(1);
-const SCAN_POLLS: u32 = 20;
-
-/// The next scan, or `None` once every receive loop has gone. While scans keep coming the
-/// thread polls, so the receive threads hand jobs over without a system call: waking a
-/// blocked receiver costs the sender a futex call per job, on the path every datagram takes.
-/// After [`SCAN_POLLS`] empty looks it blocks, so an idle relay does not spin.
-fn next_scan(jobs: &Receiver<ScanJob>) -> Option<ScanJob> {
-    for _ in 0..SCAN_POLLS {
-        match jobs.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => std::thread::sleep(SCAN_POLL),
-        }
-    }
-    jobs.recv().ok()
-}
-
-/// Runs the scans the core admitted, then hands each result back under the lock. Ends when
-/// every receive loop has gone.
-fn scan_loop(relay: &SharedRelay, jobs: &Receiver<ScanJob>, errors: &Counters) {
-    while let Some(mut job) = next_scan(jobs) {
-        let done = job.request.run(&job.datagram);
-        let output = lock(relay).handle_scanned(Instant::now(), job.src, &mut job.datagram, done);
-        let (bytes, targets) = transmissions(&output, &job.datagram);
-        // The socket blocks for its receive thread; this send does not wait: a full socket
-        // buffer drops this one datagram, as the network may.
-        let socket = socket2::SockRef::from(&*job.socket);
-        for to in targets {
-            if let Err(e) = socket.send_to_with_flags(bytes, &(*to).into(), libc::MSG_DONTWAIT) {
-                errors.io_error("send", Some(*to), &e);
-            }
-        }
     }
 }
 

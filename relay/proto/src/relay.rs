@@ -487,8 +487,12 @@ impl Relay {
         }
     }
 
-    /// Counts a scan the caller could not queue: its worker is behind, as good as over budget.
-    pub fn scan_abandoned(&mut self) {
+    /// Counts a scan of `class` from `src` the caller could not queue: its worker is behind, as
+    /// good as over budget, so a fresh source is remembered as refused, as the budget does.
+    pub fn scan_abandoned(&mut self, src: SocketAddr, class: ScanClass) {
+        if class == ScanClass::Fresh {
+            self.refused.record(src);
+        }
         self.stats.drop(DropReason::ScanBudget);
     }
 

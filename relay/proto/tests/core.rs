@@ -1081,3 +1081,26 @@ fn a_new_peers_retry_gets_through_a_flood_of_well_formed_first_initiations() {
     assert!(matches!(out, Output::CookieReply(..)), "{out:?}");
     println!("scans admitted to the flood: {admitted} of 60,000");
 }
+
+#[test]
+fn a_fresh_scan_abandoned_by_a_busy_scan_thread_makes_the_retry_a_retry() {
+    let t0 = Instant::now();
+    let (ia, ic) = (Identity::random(), Identity::random());
+    let mut relay = allow_relay_with(t0, &[&ia, &ic], 10);
+    let mut c = Peer::new(&ic, &ia, false);
+    let mut first = c.initiation();
+    let out = relay.handle_input(t0, addr(C), &mut first);
+    let Output::Scan(request) = &out else {
+        panic!("the first initiation is scanned: {out:?}")
+    };
+    assert_eq!(request.class(), ScanClass::Fresh);
+    // The scan thread's queue for fresh sources is full: the caller abandons the scan.
+    relay.scan_abandoned(addr(C), request.class());
+    assert_eq!(relay.stats().dropped(DropReason::ScanBudget), 1);
+    let mut retry = c.initiation();
+    let out = relay.handle_input(t0 + Duration::from_secs(5), addr(C), &mut retry);
+    let Output::Scan(request) = &out else {
+        panic!("the retry is scanned: {out:?}")
+    };
+    assert_eq!(request.class(), ScanClass::Retry);
+}

@@ -1,0 +1,254 @@
+//! The scan thread and its queue: full mac1 scans the core admitted, run off the receive
+//! threads, most trusted class first.
+//!
+//! One queue per [`ScanClass`], each bounded on its own. With a single queue, junk of one class
+//! kept it full whenever the scan thread fell behind, and a new peer's first handshake (or a
+//! known endpoint's) was abandoned behind it: the budget bounds what each class may spend, not
+//! how fast the thread gets through it on a busy machine.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use wpex_proto::{Relay, ScanClass, ScanRequest};
+
+use crate::shared::{Counters, SharedRelay, lock};
+
+/// Scans waiting per class. The core's budget keeps these short; a full one drops the scan,
+/// counted, rather than queueing without bound.
+const PER_CLASS: usize = 64;
+
+/// The order the scan thread serves the classes in. A source refused before (retry) comes
+/// before fresh ones, so a flood of first handshakes cannot starve a peer's retry.
+const PRIORITY: [ScanClass; 5] = [
+    ScanClass::Known,
+    ScanClass::Proven,
+    ScanClass::Retry,
+    ScanClass::Fresh,
+    ScanClass::Other,
+];
+
+/// How often the scan thread looks for work while scans keep coming, and how many times it
+/// looks before it sleeps until woken.
+const POLL: Duration = Duration::from_millis(1);
+const POLLS: u32 = 20;
+
+/// A scan the core asked for, with what the scan thread needs to finish it.
+pub(super) struct ScanJob {
+    pub(super) request: ScanRequest,
+    pub(super) src: SocketAddr,
+    pub(super) datagram: Vec<u8>,
+    /// The socket the handshake arrived on, to send the outcome from.
+    pub(super) socket: Arc<UdpSocket>,
+}
+
+struct Queues<T> {
+    by_class: [VecDeque<T>; ScanClass::ALL.len()],
+    /// The scan thread waits on the condition variable; a push must wake it.
+    sleeping: bool,
+    closed: bool,
+}
+
+impl<T> Queues<T> {
+    fn pop(&mut self) -> Option<T> {
+        PRIORITY
+            .iter()
+            .find_map(|class| self.by_class[*class as usize].pop_front())
+    }
+}
+
+/// The receive threads push, the scan thread pops.
+pub(super) struct ScanQueue<T = ScanJob> {
+    queues: Mutex<Queues<T>>,
+    woken: Condvar,
+}
+
+impl<T> Default for ScanQueue<T> {
+    fn default() -> Self {
+        Self {
+            queues: Mutex::new(Queues {
+                by_class: Default::default(),
+                sleeping: false,
+                closed: false,
+            }),
+            woken: Condvar::new(),
+        }
+    }
+}
+
+impl<T> ScanQueue<T> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, Queues<T>> {
+        // A queue is consistent between any two statements, so a panic elsewhere leaves it usable.
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job` of `class`, or hands it back if that class's queue is full or the queue is
+    /// closed. Wakes the scan thread only if it sleeps: while scans keep coming it polls, so a
+    /// receive thread hands a job over without a system call.
+    pub(super) fn push(&self, class: ScanClass, job: T) -> Result<(), T> {
+        let mut q = self.queues();
+        let closed = q.closed;
+        let queue = &mut q.by_class[class as usize];
+        if queue.len() >= PER_CLASS || closed {
+            return Err(job);
+        }
+        queue.push_back(job);
+        if std::mem::take(&mut q.sleeping) {
+            self.woken.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The next scan, most trusted class first, or `None` once closed. Polls [`POLLS`] times,
+    /// then sleeps until a push, so an idle relay does not spin.
+    fn next(&self) -> Option<T> {
+        for _ in 0..POLLS {
+            let mut q = self.queues();
+            if let Some(job) = q.pop() {
+                return Some(job);
+            }
+            if q.closed {
+                return None;
+            }
+            drop(q);
+            std::thread::sleep(POLL);
+        }
+        let mut q = self.queues();
+        loop {
+            if let Some(job) = q.pop() {
+                return Some(job);
+            }
+            if q.closed {
+                return None;
+            }
+            q.sleeping = true;
+            q = self.woken.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Ends the scan thread once it has run what is queued; later pushes are refused.
+    pub(super) fn close(&self) {
+        self.queues().closed = true;
+        self.woken.notify_all();
+    }
+}
+
+/// Hands a scan the core asked for to the scan thread; if its class's queue is full, the core
+/// counts the scan as abandoned.
+pub(super) fn queue_scan(
+    core: &mut Relay,
+    queue: &ScanQueue,
+    request: &ScanRequest,
+    src: SocketAddr,
+    datagram: &[u8],
+    socket: &Arc<UdpSocket>,
+) {
+    let job = ScanJob {
+        request: request.clone(),
+        src,
+        datagram: datagram.to_vec(),
+        socket: socket.clone(),
+    };
+    if queue.push(request.class(), job).is_err() {
+        core.scan_abandoned(src, request.class());
+    }
+}
+
+/// Runs the scans the core admitted, then hands each result back under the lock. Ends when the
+/// queue is closed.
+pub(super) fn scan_loop(relay: &SharedRelay, queue: &ScanQueue, errors: &Counters) {
+    while let Some(mut job) = queue.next() {
+        let done = job.request.run(&job.datagram);
+        let output = lock(relay).handle_scanned(Instant::now(), job.src, &mut job.datagram, done);
+        let (bytes, targets) = super::transmissions(&output, &job.datagram);
+        // The socket blocks for its receive thread; this send does not wait: a full socket
+        // buffer drops this one datagram, as the network may.
+        let socket = socket2::SockRef::from(&*job.socket);
+        for to in targets {
+            if let Err(e) = socket.send_to_with_flags(bytes, &(*to).into(), libc::MSG_DONTWAIT) {
+                errors.io_error("send", Some(*to), &e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_has_a_place_in_the_order() {
+        for class in ScanClass::ALL {
+            assert_eq!(
+                PRIORITY.iter().filter(|c| **c == class).count(),
+                1,
+                "{class:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_class_refuses_only_its_own_jobs() {
+        let queue = ScanQueue::default();
+        for i in 0..PER_CLASS {
+            assert!(queue.push(ScanClass::Other, i).is_ok());
+        }
+        assert_eq!(queue.push(ScanClass::Other, PER_CLASS), Err(PER_CLASS));
+        assert_eq!(queue.push(ScanClass::Fresh, 1000), Ok(()));
+        // The fresh job jumps the junk queued before it.
+        assert_eq!(queue.next(), Some(1000));
+        assert_eq!(queue.next(), Some(0));
+    }
+
+    #[test]
+    fn jobs_come_out_most_trusted_class_first_in_order_within_a_class() {
+        let queue = ScanQueue::default();
+        let pushed = [
+            (ScanClass::Other, "other"),
+            (ScanClass::Fresh, "fresh 1"),
+            (ScanClass::Fresh, "fresh 2"),
+            (ScanClass::Retry, "retry"),
+            (ScanClass::Proven, "proven"),
+            (ScanClass::Known, "known"),
+        ];
+        for (class, job) in pushed {
+            assert!(queue.push(class, job).is_ok());
+        }
+        let order: Vec<_> = std::iter::from_fn(|| {
+            let q = &mut queue.queues();
+            q.pop()
+        })
+        .collect();
+        assert_eq!(
+            order,
+            ["known", "proven", "retry", "fresh 1", "fresh 2", "other"]
+        );
+    }
+
+    #[test]
+    fn a_sleeping_scan_thread_is_woken_by_a_push_and_ends_at_close() {
+        let queue = Arc::new(ScanQueue::default());
+        let thread = {
+            let queue = queue.clone();
+            std::thread::spawn(move || std::iter::from_fn(|| queue.next()).collect::<Vec<_>>())
+        };
+        // Past its polls the thread sleeps on the condition variable; the push must wake it.
+        while !queue.queues().sleeping {
+            std::thread::yield_now();
+        }
+        assert!(queue.push(ScanClass::Known, 7).is_ok());
+        // A liveness guard, not a measurement: a thread left asleep never takes the job.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queue.queues().by_class[ScanClass::Known as usize].len() == 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the push did not wake the scan thread"
+            );
+            std::thread::yield_now();
+        }
+        queue.close();
+        assert_eq!(queue.push(ScanClass::Known, 8), Err(8), "closed");
+        assert_eq!(thread.join().ok(), Some(vec![7]));
+    }
+}
