@@ -30,8 +30,12 @@ use PeerKind::{BoringTun, WireGuardGo};
 /// A fair bound for a first handshake: allow-list mode costs one 5 s WireGuard retry.
 const CONNECT: Duration = Duration::from_secs(30);
 const MTU: u16 = 1420;
-/// Where spoofed flood sources come from: the benchmarking range, routed nowhere in the lab.
-const SPOOF: &str = "198.18.0.0/15";
+/// Where spoofed flood sources come from: the shared address space (RFC 6598), routed nowhere in
+/// the lab, 4,194,304 addresses: enough for a flat-out flood to spread over a million and more.
+const SPOOF: &str = "100.64.0.0/10";
+/// Distinct spoofed addresses a flat-out flood must come from (issue 19), so that the relay's
+/// per-source tables see far more sources than they hold.
+const MIN_DISTINCT_SOURCES: f64 = 1_000_000.0;
 
 /// Runs `wpex-attack` in `host`'s namespace; returns its one line of figures.
 fn attack(lab: &Lab, host: &Host, args: &[&str]) -> Result<String> {
@@ -525,6 +529,7 @@ fn loss(got: u32) -> f64 {
 /// One line with every figure of a flood run.
 fn describe_flood(run: &Flood, m: &FloodFigures, y: &Yardstick) -> Result<String> {
     let (sent_n, sent_s) = (number(&m.sent, "sent")?, number(&m.sent, "seconds")?);
+    let distinct = number(&m.sent, "distinct_sources")?;
     let cores = m.relay.cpu.as_secs_f64() / m.relay.window.as_secs_f64();
     let micros = |c: &Cost| {
         c.micros_per_datagram()
@@ -549,7 +554,8 @@ fn describe_flood(run: &Flood, m: &FloodFigures, y: &Yardstick) -> Result<String
     );
     let (arrived, overflowed, ab, ba, deltas) = (m.arrived, &m.overflowed, m.ab, m.ba, &m.deltas);
     Ok(format!(
-        "{}: {} allowed keys, junk initiations{} {:.0}/s ({sent_n:.0} in {sent_s:.1} s), \
+        "{}: {} allowed keys, junk initiations{} {:.0}/s ({sent_n:.0} in {sent_s:.1} s, from \
+         {distinct:.0} distinct spoofed addresses), \
          {arrived} ({:.1}%) reached the relay host, {overflowed} overflowed its socket; A->B {ab}/{PINGS}, B->A {ba}/{PINGS} \
          (loss {:.1}% / {:.1}%); relay CPU {cores:.3} cores over {:.1} s with the pings \
          ({ping_us} µs per junk datagram read); junk alone for {:.1} s: relay {junk_us} µs per \
@@ -587,6 +593,12 @@ fn flood_missed(run: &Flood, m: &FloodFigures, y: &Yardstick) -> Result<Vec<Stri
         None if (arrived as f64) < 3000.0 * sent_s => {
             missed.push(format!(
                 "lab: the flat-out flood delivered {arrived} in {sent_s:.1} s, below 3000/s"
+            ));
+        }
+        None if number(&m.sent, "distinct_sources")? < MIN_DISTINCT_SOURCES => {
+            missed.push(format!(
+                "lab: the flat-out flood came from {} distinct addresses, below {MIN_DISTINCT_SOURCES}",
+                number(&m.sent, "distinct_sources")?
             ));
         }
         _ => {}

@@ -63,8 +63,8 @@ struct FloodArgs {
     /// at mac2); otherwise mac2 is random like the rest.
     #[arg(long)]
     zero_mac2: bool,
-    /// Spoofed sources are random addresses in this IPv4 prefix.
-    #[arg(long, default_value = "198.18.0.0/15")]
+    /// Spoofed sources are random addresses in this IPv4 prefix, /8 or longer.
+    #[arg(long, default_value = "100.64.0.0/10")]
     spoof: String,
 }
 
@@ -187,6 +187,32 @@ fn parse_prefix(s: &str) -> Result<(u32, u32)> {
     Ok((u32::from(ip) & !host_mask, host_mask))
 }
 
+/// The distinct host parts of the sources sent from, one bit each (2 MiB for a /8).
+struct Seen {
+    bits: Vec<u64>,
+    distinct: u64,
+}
+
+impl Seen {
+    fn new(host_mask: u32) -> Self {
+        let hosts = u64::from(host_mask) + 1;
+        Self {
+            bits: vec![0; usize::try_from(hosts.div_ceil(64)).unwrap_or(0)],
+            distinct: 0,
+        }
+    }
+
+    fn insert(&mut self, host: u32) {
+        let (word, bit) = ((host / 64) as usize, 1u64 << (host % 64));
+        if let Some(w) = self.bits.get_mut(word)
+            && *w & bit == 0
+        {
+            *w |= bit;
+            self.distinct += 1;
+        }
+    }
+}
+
 /// An IPv4 + UDP + junk initiation, from a random source in the prefix to the relay.
 fn junk_initiation(
     buf: &mut [u8; PACKET],
@@ -271,6 +297,7 @@ fn flood(args: &FloodArgs) -> Result<()> {
     let _ = socket.set_send_buffer_size(4 << 20);
     let mut rng = Rng::from_os()?;
     let mut bufs = vec![[0u8; PACKET]; BATCH];
+    let mut seen = Seen::new(prefix.1);
 
     let duration = Duration::from_secs(args.seconds);
     let start = Instant::now();
@@ -296,7 +323,13 @@ fn flood(args: &FloodArgs) -> Result<()> {
             junk_initiation(buf, &mut rng, prefix, args.relay, args.zero_mac2);
         }
         match send_batch(&socket, &mut bufs[..n], *args.relay.ip()) {
-            Ok(done) => sent += done as u64,
+            Ok(done) => {
+                sent += done as u64;
+                for buf in &bufs[..done] {
+                    let src = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
+                    seen.insert(src & prefix.1);
+                }
+            }
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -311,8 +344,9 @@ fn flood(args: &FloodArgs) -> Result<()> {
     }
     let seconds = start.elapsed().as_secs_f64();
     println!(
-        "sent={sent} seconds={seconds:.3} rate={:.0} send_errors={errors}",
-        sent as f64 / seconds
+        "sent={sent} seconds={seconds:.3} rate={:.0} send_errors={errors} distinct_sources={}",
+        sent as f64 / seconds,
+        seen.distinct
     );
     Ok(())
 }
