@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,9 @@ enum Mode {
 
 #[derive(Args)]
 struct FloodArgs {
-    /// The relay, e.g. 198.51.100.1:40000.
+    /// The relay, e.g. 198.51.100.1:40000 or [2001:db8::1]:40000.
     #[arg(long)]
-    relay: SocketAddrV4,
+    relay: SocketAddr,
     /// Datagrams per second; without it, as fast as this core can send.
     #[arg(
         long,
@@ -63,7 +63,8 @@ struct FloodArgs {
     /// at mac2); otherwise mac2 is random like the rest.
     #[arg(long)]
     zero_mac2: bool,
-    /// Spoofed sources are random addresses in this IPv4 prefix, /8 or longer.
+    /// Spoofed sources are random addresses in this prefix of the relay's family: IPv4 /8 or
+    /// longer, IPv6 /64 or longer (an attacker's own /64 needs no spoofing at all).
     #[arg(long, default_value = "100.64.0.0/10")]
     spoof: String,
 }
@@ -170,8 +171,39 @@ fn hex_list(indices: &[u32]) -> String {
 const INITIATION: usize = 148;
 const IP_UDP_HEADERS: usize = 28;
 const PACKET: usize = IP_UDP_HEADERS + INITIATION;
+const IP6_UDP_HEADERS: usize = 48;
+/// The larger of the two families' packets: a flood's buffers hold either.
+const PACKET6: usize = IP6_UDP_HEADERS + INITIATION;
 /// Datagrams per sendmmsg call.
 const BATCH: usize = 64;
+
+/// Where a flood's sources come from: a network and the mask of its host part.
+#[derive(Clone, Copy)]
+enum Spoof {
+    V4(u32, u32),
+    V6(u128, u128),
+}
+
+/// Parses an IPv4 prefix (/8 to /32) or an IPv6 one (/64 to /128).
+fn parse_spoof(s: &str) -> Result<Spoof> {
+    if !s.contains(':') {
+        let (net, mask) = parse_prefix(s)?;
+        return Ok(Spoof::V4(net, mask));
+    }
+    let (ip, len) = s.split_once('/').context("prefix needs /len")?;
+    let ip: Ipv6Addr = ip
+        .parse()
+        .with_context(|| format!("prefix address {ip:?}"))?;
+    let len: u32 = len
+        .parse()
+        .with_context(|| format!("prefix length {len:?}"))?;
+    ensure!(
+        (64..=128).contains(&len),
+        "IPv6 prefix length {len} not in 64..=128"
+    );
+    let host_mask = u128::MAX.checked_shr(len).unwrap_or(0);
+    Ok(Spoof::V6(u128::from(ip) & !host_mask, host_mask))
+}
 
 /// Parses `a.b.c.d/len` into (network, host mask).
 fn parse_prefix(s: &str) -> Result<(u32, u32)> {
@@ -213,6 +245,73 @@ impl Seen {
     }
 }
 
+/// An IP + UDP + junk initiation from a random source in `spoof` to the relay, of either
+/// family; returns its length.
+fn junk_packet(
+    buf: &mut [u8; PACKET6],
+    rng: &mut Rng,
+    spoof: Spoof,
+    relay: SocketAddr,
+    zero_mac2: bool,
+) -> usize {
+    match (spoof, relay) {
+        (Spoof::V4(net, mask), SocketAddr::V4(relay)) => {
+            let (v4, _) = buf.split_at_mut(PACKET);
+            let v4: &mut [u8; PACKET] = v4.try_into().unwrap_or_else(|_| unreachable!());
+            junk_initiation(v4, rng, (net, mask), relay, zero_mac2);
+            PACKET
+        }
+        (Spoof::V6(net, mask), SocketAddr::V6(relay)) => {
+            let src = Ipv6Addr::from(
+                net | (u128::from(rng.next()) << 64 | u128::from(rng.next())) & mask,
+            );
+            let sport = 1024 + (rng.next() % (65536 - 1024)) as u16;
+            let udp_len = (8 + INITIATION) as u16;
+            buf[..IP6_UDP_HEADERS].fill(0);
+            buf[0] = 0x60;
+            buf[4..6].copy_from_slice(&udp_len.to_be_bytes());
+            buf[6] = libc::IPPROTO_UDP as u8;
+            buf[7] = 64;
+            buf[8..24].copy_from_slice(&src.octets());
+            buf[24..40].copy_from_slice(&relay.ip().octets());
+            buf[40..42].copy_from_slice(&sport.to_be_bytes());
+            buf[42..44].copy_from_slice(&relay.port().to_be_bytes());
+            buf[44..46].copy_from_slice(&udp_len.to_be_bytes());
+            let msg = &mut buf[IP6_UDP_HEADERS..];
+            rng.fill(msg);
+            msg[..4].copy_from_slice(&[1, 0, 0, 0]);
+            if zero_mac2 {
+                msg[132..148].fill(0);
+            }
+            // Over IPv6 the UDP checksum is mandatory: the receiver drops a datagram without.
+            let sum = udp6_checksum(&buf[8..24], &buf[24..40], &buf[40..PACKET6]);
+            buf[46..48].copy_from_slice(&sum.to_be_bytes());
+            PACKET6
+        }
+        // `flood` checks the families match before it builds anything.
+        _ => 0,
+    }
+}
+
+/// The UDP checksum over IPv6 (RFC 8200, 8.1): the pseudo-header and the datagram, whose
+/// checksum field is zero.
+fn udp6_checksum(src: &[u8], dst: &[u8], datagram: &[u8]) -> u16 {
+    let words = |b: &[u8]| -> u64 {
+        b.chunks(2)
+            .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    };
+    let len = datagram.len() as u64;
+    let mut sum = words(src) + words(dst) + (len >> 16) + (len & 0xffff) + 17 + words(datagram);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        0 => 0xffff,
+        s => s,
+    }
+}
+
 /// An IPv4 + UDP + junk initiation, from a random source in the prefix to the relay.
 fn junk_initiation(
     buf: &mut [u8; PACKET],
@@ -247,18 +346,17 @@ fn junk_initiation(
 /// Sends whole IP packets to `to` with one sendmmsg; returns how many went out.
 fn send_batch(
     socket: &Socket,
-    packets: &mut [[u8; PACKET]],
-    to: Ipv4Addr,
+    packets: &mut [[u8; PACKET6]],
+    len: usize,
+    to: IpAddr,
 ) -> std::io::Result<usize> {
-    // SAFETY: an all-zero sockaddr_in is valid.
-    let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    dst.sin_family = libc::AF_INET as libc::sa_family_t;
-    dst.sin_addr.s_addr = u32::from(to).to_be();
+    // A raw socket takes no port.
+    let dst = socket2::SockAddr::from(SocketAddr::new(to, 0));
     let mut iovs: Vec<libc::iovec> = packets
         .iter_mut()
         .map(|p| libc::iovec {
             iov_base: p.as_mut_ptr().cast(),
-            iov_len: PACKET,
+            iov_len: len,
         })
         .collect();
     let mut msgs: Vec<libc::mmsghdr> = iovs
@@ -266,8 +364,8 @@ fn send_batch(
         .map(|iov| {
             // SAFETY: an all-zero mmsghdr is valid; its pointers are set just below.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = (&raw mut dst).cast();
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_name = dst.as_ptr().cast_mut().cast();
+            m.msg_hdr.msg_namelen = dst.len();
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;
             m
@@ -286,18 +384,32 @@ fn send_batch(
 }
 
 fn flood(args: &FloodArgs) -> Result<()> {
-    let prefix = parse_prefix(&args.spoof)?;
-    // IPPROTO_RAW implies IP_HDRINCL: we write the IP header, spoofed source included.
+    let spoof = parse_spoof(&args.spoof)?;
+    ensure!(
+        matches!(
+            (spoof, args.relay),
+            (Spoof::V4(..), SocketAddr::V4(_)) | (Spoof::V6(..), SocketAddr::V6(_))
+        ),
+        "--spoof {} is not of --relay {}'s family",
+        args.spoof,
+        args.relay
+    );
+    // IPPROTO_RAW implies IP_HDRINCL (both families): we write the IP header, spoofed source
+    // included.
     let socket = Socket::new(
-        Domain::IPV4,
+        Domain::for_address(args.relay),
         Type::RAW,
         Some(Protocol::from(libc::IPPROTO_RAW)),
     )
     .context("raw socket (needs root)")?;
     let _ = socket.set_send_buffer_size(4 << 20);
     let mut rng = Rng::from_os()?;
-    let mut bufs = vec![[0u8; PACKET]; BATCH];
-    let mut seen = Seen::new(prefix.1);
+    let mut bufs = vec![[0u8; PACKET6]; BATCH];
+    // IPv4 only: the addresses of a /64 are too many to count, and drawn at random, all distinct.
+    let mut seen = match spoof {
+        Spoof::V4(_, mask) => Some(Seen::new(mask)),
+        Spoof::V6(..) => None,
+    };
 
     let duration = Duration::from_secs(args.seconds);
     let start = Instant::now();
@@ -319,15 +431,18 @@ fn flood(args: &FloodArgs) -> Result<()> {
                 (due - sent).min(BATCH as u64) as usize
             }
         };
+        let mut len = 0;
         for buf in &mut bufs[..n] {
-            junk_initiation(buf, &mut rng, prefix, args.relay, args.zero_mac2);
+            len = junk_packet(buf, &mut rng, spoof, args.relay, args.zero_mac2);
         }
-        match send_batch(&socket, &mut bufs[..n], *args.relay.ip()) {
+        match send_batch(&socket, &mut bufs[..n], len, args.relay.ip()) {
             Ok(done) => {
                 sent += done as u64;
-                for buf in &bufs[..done] {
-                    let src = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
-                    seen.insert(src & prefix.1);
+                if let (Some(seen), Spoof::V4(_, mask)) = (seen.as_mut(), spoof) {
+                    for buf in &bufs[..done] {
+                        let src = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
+                        seen.insert(src & mask);
+                    }
                 }
             }
             Err(e)
@@ -343,10 +458,10 @@ fn flood(args: &FloodArgs) -> Result<()> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let distinct = seen.map_or_else(|| "n/a".to_owned(), |s| s.distinct.to_string());
     println!(
-        "sent={sent} seconds={seconds:.3} rate={:.0} send_errors={errors} distinct_sources={}",
+        "sent={sent} seconds={seconds:.3} rate={:.0} send_errors={errors} distinct_sources={distinct}",
         sent as f64 / seconds,
-        seen.distinct
     );
     Ok(())
 }
@@ -619,6 +734,30 @@ mod tests {
             assert_eq!(&msg[..4], &[1, 0, 0, 0]);
             assert_eq!(msg[132..].iter().all(|b| *b == 0), zero_mac2);
         }
+    }
+
+    #[test]
+    fn ipv6_junk_comes_from_the_64_with_a_valid_checksum() {
+        let relay: SocketAddr = "[2001:db8::1]:40000".parse().expect("valid");
+        let spoof = parse_spoof("2001:db8:0:66::/64").expect("valid");
+        let mut rng = Rng(7);
+        let mut buf = [0u8; PACKET6];
+        assert_eq!(junk_packet(&mut buf, &mut rng, spoof, relay, true), PACKET6);
+        assert_eq!(&buf[8..16], &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0x66]);
+        assert_eq!(buf[6], 17);
+        // A receiver's check: the sum over the pseudo-header and the datagram, checksum
+        // included, folds to all ones.
+        let stored = u16::from_be_bytes([buf[46], buf[47]]);
+        buf[46..48].fill(0);
+        assert_eq!(udp6_checksum(&buf[8..24], &buf[24..40], &buf[40..]), stored);
+        assert_ne!(stored, 0);
+        assert!(buf[IP6_UDP_HEADERS + 132..].iter().all(|b| *b == 0));
+        let v4 = parse_spoof("100.64.0.0/10").expect("valid");
+        assert_eq!(
+            junk_packet(&mut buf, &mut rng, v4, relay, true),
+            0,
+            "families differ"
+        );
     }
 
     #[test]
