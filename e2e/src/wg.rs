@@ -265,6 +265,12 @@ impl Peer {
             started,
         };
         peer.configure(&key_file.to_string_lossy(), mtu)?;
+        // A failed lab shows each peer's own view: endpoints, handshakes, bytes each way.
+        let (ns, iface) = (peer.host.ns.clone(), peer.iface.clone());
+        lab.on_failure(move |_| {
+            let shown = exec(&ns, &["wg", "show", &iface]).unwrap_or_else(|e| format!("{e:#}"));
+            format!("===== wg show {iface} ({kind:?})\n{shown}")
+        });
         Ok(peer)
     }
 

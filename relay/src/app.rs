@@ -169,6 +169,9 @@ pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
         ..Config::default()
     };
     let signals = tokio::spawn(shutdown_signal());
+    if args.no_gso {
+        crate::server::disable_gso();
+    }
     let server = Server::bind(config, &args.bind, args.port, workers)?;
     let relay = server.relay();
     let ready = Arc::new(Readiness::default());
@@ -181,7 +184,7 @@ pub async fn run(args: Args, workers: usize) -> Result<(), AppError> {
     let _watcher = watch_keys(&args, file_content, &relay, &counters)?;
 
     ready.set_ready();
-    tracing::info!(addr = ?server.local_addr().ok(), workers, "server listening");
+    tracing::info!(addr = ?server.local_addr().ok(), workers, no_gso = args.no_gso, "server listening");
     server.serve(until_signalled(signals)).await;
     Ok(())
 }

@@ -67,9 +67,14 @@ pub struct Args {
     /// again per datagram as one.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
+
+    /// Never send several datagrams for one peer as one GSO message: for a network device that
+    /// mishandles UDP segmentation offload. The relay turns GSO off by itself if a send fails.
+    #[arg(long, env = "WPEX_NO_GSO")]
+    pub no_gso: bool,
 }
 
-const BOOL_FLAGS: &[&str] = &["debug", "version", "help"];
+const BOOL_FLAGS: &[&str] = &["debug", "no-gso", "version", "help"];
 
 /// Accepts the Go `flag` package's spellings the original understood: `-port 1`, `-port=1`,
 /// `--debug=true`, `-debug=false`, rewriting them to the GNU style clap parses.
@@ -146,6 +151,10 @@ mod tests {
         }
         let a: Args = "-debug=false".parse().expect("parses");
         assert!(!a.debug);
+        for (line, no_gso) in [("", false), ("--no-gso", true), ("-no-gso=false", false)] {
+            let a: Args = line.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(a.no_gso, no_gso, "{line:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ mod recv;
 mod scan;
 mod send;
 
+pub use send::disable_gso;
+
 use scan::ScanQueue;
 
 /// Why the sockets could not be bound.

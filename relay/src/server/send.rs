@@ -39,6 +39,11 @@ pub(crate) fn gso_enabled() -> bool {
     GSO.load(Ordering::Relaxed)
 }
 
+/// Sends every datagram on its own from now on (`--no-gso`).
+pub fn disable_gso() {
+    GSO.store(false, Ordering::Relaxed);
+}
+
 /// One message to send: a datagram, or a train of datagrams of `segment` bytes each (the last
 /// may be shorter) back to back in its parts, all for `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
