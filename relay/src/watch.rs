@@ -5,6 +5,8 @@
 //! on the file itself pointing at a deleted inode. A slow periodic re-read backs up the events.
 //! Only events that may concern the file wake it: another file written in the same directory
 //! (a log, say) would otherwise have a large key file re-read and compared at every write.
+//! When the path is a directory of key files (`keyfile::read`), that directory is watched, and
+//! every event in it concerns the list.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -69,8 +71,12 @@ pub fn watch(
 ) -> Result<KeyWatcher, WatchError> {
     // Capacity 1: a pending wake-up already covers any later event.
     let (wake, woken) = mpsc::channel::<()>(1);
-    let name = path.file_name().map(OsStr::to_owned);
-    let watcher = watch_directory(directory_of(&path), name, wake)?;
+    let watcher = if path.is_dir() {
+        watch_directory(path.clone(), None, wake)?
+    } else {
+        let name = path.file_name().map(OsStr::to_owned);
+        watch_directory(directory_of(&path), name, wake)?
+    };
     let task = tokio::spawn(follow(path, current, poll_every, woken, on_update));
     Ok(KeyWatcher {
         _watcher: watcher,
@@ -80,7 +86,7 @@ pub fn watch(
 
 /// Whether an event about `changed` may concern the key file `name`: the file itself, or a
 /// name of kubelet's ConfigMap volume machinery (`..data`, `..data_tmp`, `..<timestamp>`). A
-/// path with no file name, or a key file path with none, is taken to concern it.
+/// path with no file name, or no `name` (a directory of key files), is taken to concern it.
 fn concerns(changed: &Path, name: Option<&OsStr>) -> bool {
     match (changed.file_name(), name) {
         (Some(changed), Some(name)) => {
@@ -138,25 +144,24 @@ async fn follow(
             }
             _ = poll.tick() => {}
         }
-        let content = match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(bytes),
-            Err(source) => Err(KeyFileError::Read {
-                path: path.clone(),
-                source,
-            }),
+        // A directory of 100,000 keys is megabytes of files: read off the runtime's threads.
+        let reading = path.clone();
+        let Ok(read) = tokio::task::spawn_blocking(move || keyfile::read(&reading)).await else {
+            continue; // the read panicked or was cancelled; the next event or poll reads again
         };
         // Report each distinct content (or read failure) once, not on every poll.
-        let fingerprint = match &content {
-            Ok(bytes) => bytes.clone(),
+        let fingerprint = match &read {
+            Ok((raw, _)) => raw.clone(),
             Err(e) => format!("\0{e}").into_bytes(),
         };
         if last_seen.as_ref() == Some(&fingerprint) {
             continue;
         }
         last_seen = Some(fingerprint);
-        let update =
-            content.and_then(|bytes| keyfile::parse_bytes(&path, &bytes).map(Update::Loaded));
-        on_update(update.unwrap_or_else(Update::Rejected));
+        on_update(match read {
+            Ok((_, keys)) => Update::Loaded(keys),
+            Err(e) => Update::Rejected(e),
+        });
     }
 }
 

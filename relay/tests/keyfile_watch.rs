@@ -30,28 +30,35 @@ fn file_text(list: &[&str]) -> String {
     text
 }
 
-/// What kubelet's AtomicWriter does to a ConfigMap volume, step by step.
+/// What kubelet's AtomicWriter does to a ConfigMap (or projected) volume, step by step.
 struct KubeletVolume {
     dir: PathBuf,
-    file: &'static str,
+    /// The files of the payload: one ConfigMap key each.
+    files: Vec<&'static str>,
     generation: u32,
 }
 
 impl KubeletVolume {
     fn new(dir: &Path, file: &'static str, content: &str) -> Self {
+        Self::with_files(dir, &[(file, content)])
+    }
+
+    fn with_files(dir: &Path, payload: &[(&'static str, &str)]) -> Self {
         let mut volume = Self {
             dir: dir.to_owned(),
-            file,
+            files: payload.iter().map(|(file, _)| *file).collect(),
             generation: 0,
         };
-        let first = volume.write_payload(content);
+        let first = volume.write_payload(payload);
         symlink(&first, dir.join("..data")).expect("..data symlink");
-        symlink(Path::new("..data").join(file), dir.join(file)).expect("file symlink");
+        for file in &volume.files {
+            symlink(Path::new("..data").join(file), dir.join(file)).expect("file symlink");
+        }
         volume
     }
 
     /// Writes the payload into a fresh `..<timestamp>` directory; returns its name.
-    fn write_payload(&mut self, content: &str) -> PathBuf {
+    fn write_payload(&mut self, payload: &[(&'static str, &str)]) -> PathBuf {
         self.generation += 1;
         let name = PathBuf::from(format!(
             "..2026_11_25_04_00_{:02}.{}",
@@ -59,21 +66,28 @@ impl KubeletVolume {
             1000 + self.generation
         ));
         fs::create_dir(self.dir.join(&name)).expect("timestamped dir");
-        fs::write(self.dir.join(&name).join(self.file), content).expect("payload");
+        for (file, content) in payload {
+            fs::write(self.dir.join(&name).join(file), content).expect("payload");
+        }
         name
     }
 
     /// New timestamped dir, `..data_tmp` symlink, rename over `..data`, old dir removed.
     fn update(&mut self, content: &str) {
+        self.update_files(&[(self.files[0], content)]);
+    }
+
+    /// As [`KubeletVolume::update`], with every file of the payload; the set of files stays.
+    fn update_files(&mut self, payload: &[(&'static str, &str)]) {
         let old = fs::read_link(self.dir.join("..data")).expect("current ..data");
-        let new = self.write_payload(content);
+        let new = self.write_payload(payload);
         symlink(&new, self.dir.join("..data_tmp")).expect("..data_tmp");
         fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).expect("swap ..data");
         fs::remove_dir_all(self.dir.join(old)).expect("remove old payload");
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.join(self.file)
+        self.dir.join(self.files[0])
     }
 }
 
@@ -87,7 +101,8 @@ impl Watched {
     fn start(path: PathBuf) -> Self {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let _context = runtime.enter();
-        let current = fs::read(&path).ok();
+        // As the relay starts: what it loaded is what the watcher compares with.
+        let current = wpex_proto::keyfile::read(&path).ok().map(|(raw, _)| raw);
         let (tx, updates) = mpsc::channel();
         let watcher = watch::watch(path, current, watch::DEFAULT_POLL, move |u| {
             let _ = tx.send(u);
@@ -200,4 +215,30 @@ fn a_deleted_file_is_reported_and_its_return_picked_up() {
     }
     fs::write(&path, file_text(&[K1])).expect("restore");
     watched.expect_keys(&[K1]);
+}
+
+#[test]
+fn follows_a_directory_of_key_files_swapped_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The operator's layout past one ConfigMap: a projected volume, one file per ConfigMap.
+    let (k1, k2, k3) = (file_text(&[K1]), file_text(&[K2]), file_text(&[K3]));
+    let mut volume = KubeletVolume::with_files(tmp.path(), &[("keys-0", &k1), ("keys-1", &k2)]);
+    let watched = Watched::start(tmp.path().to_owned());
+
+    // One swap changes two files: the list arrives whole, never half old and half new.
+    volume.update_files(&[("keys-0", &file_text(&[K1, K3])), ("keys-1", "")]);
+    watched.expect_keys(&[K1, K3]);
+
+    // A key removed from one file is gone; the other file's keys stay.
+    volume.update_files(&[("keys-0", &k3), ("keys-1", "")]);
+    watched.expect_keys(&[K3]);
+
+    // A bad line in either file rejects the whole list.
+    volume.update_files(&[("keys-0", &k3), ("keys-1", "not-a-key\n")]);
+    match watched.next() {
+        Update::Rejected(e) => assert!(e.to_string().contains("keys-1"), "{e}"),
+        Update::Loaded(k) => panic!("garbage accepted as {k:?}"),
+    }
+    volume.update_files(&[("keys-0", &k3), ("keys-1", &k1)]);
+    watched.expect_keys(&[K3, K1]);
 }
