@@ -9,7 +9,8 @@
 //! is decided by the core under one lock for the rest of the batch. Then the worker sends what
 //! the batch produced with `sendmmsg`, GRO trains as GSO messages (`server/send.rs`). The core
 //! is never locked across IO nor across a scan: a scan of thousands of keys runs on its own
-//! thread and takes the lock only to hand in its result.
+//! thread (`server/scan.rs`, a queue per scan class) and takes the lock only to hand in its
+//! result.
 
 use std::future::Future;
 use std::io;

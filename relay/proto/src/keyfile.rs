@@ -71,9 +71,7 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<PublicKey>, KeyFileE
 /// (kubelet mounts files through two of them). Returns the raw content too, so a watcher can
 /// tell when it changes.
 pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<PublicKey>), KeyFileError> {
-    let is_dir = std::fs::metadata(path)
-        .map_err(read_error(path))?
-        .is_dir();
+    let is_dir = std::fs::metadata(path).map_err(read_error(path))?.is_dir();
     if !is_dir {
         let bytes = std::fs::read(path).map_err(read_error(path))?;
         let keys = parse_bytes(path, &bytes)?;
@@ -82,9 +80,7 @@ pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<PublicKey>), KeyFileError> {
     // kubelet removes the generation it swapped out: a read that raced the swap is retried
     // once, from the new one.
     match read_dir(path) {
-        Err(KeyFileError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        Err(KeyFileError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             read_dir(path)
         }
         done => done,
@@ -122,7 +118,10 @@ fn read_dir(dir: &Path) -> Result<(Vec<u8>, Vec<PublicKey>), KeyFileError> {
     for name in names {
         let (file, shown) = (generation.join(&name), dir.join(&name));
         // A ConfigMap key is a file; anything else in the directory is not a key list.
-        if std::fs::metadata(&file).map_err(read_error(&shown))?.is_dir() {
+        if std::fs::metadata(&file)
+            .map_err(read_error(&shown))?
+            .is_dir()
+        {
             continue;
         }
         let bytes = std::fs::read(&file).map_err(read_error(&shown))?;
@@ -211,7 +210,10 @@ mod tests {
         // One bad line in one file rejects the whole list, naming that file.
         std::fs::write(tmp.path().join("b"), "garbage\n").expect("b");
         let err = read(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains(&tmp.path().join("b").display().to_string()), "{err}");
+        assert!(
+            err.contains(&tmp.path().join("b").display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
