@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ enum Mode {
 
 #[derive(Args)]
 struct FloodArgs {
-    /// The relay, e.g. 198.51.100.1:40000 or [2001:db8::1]:40000.
+    /// The relay, e.g. `198.51.100.1:40000` or `[2001:db8::1]:40000`.
     #[arg(long)]
     relay: SocketAddr,
     /// Datagrams per second; without it, as fast as this core can send.
@@ -186,37 +186,28 @@ enum Spoof {
 
 /// Parses an IPv4 prefix (/8 to /32) or an IPv6 one (/64 to /128).
 fn parse_spoof(s: &str) -> Result<Spoof> {
-    if !s.contains(':') {
-        let (net, mask) = parse_prefix(s)?;
-        return Ok(Spoof::V4(net, mask));
+    let (ip, len) = s.split_once('/').context("prefix needs /len")?;
+    let ip: IpAddr = ip
+        .parse()
+        .with_context(|| format!("prefix address {ip:?}"))?;
+    let len: u32 = len
+        .parse()
+        .with_context(|| format!("prefix length {len:?}"))?;
+    match ip {
+        IpAddr::V4(ip) => {
+            ensure!((8..=32).contains(&len), "prefix length {len} not in 8..=32");
+            let host_mask = u32::MAX.checked_shr(len).unwrap_or(0);
+            Ok(Spoof::V4(u32::from(ip) & !host_mask, host_mask))
+        }
+        IpAddr::V6(ip) => {
+            ensure!(
+                (64..=128).contains(&len),
+                "IPv6 prefix length {len} not in 64..=128"
+            );
+            let host_mask = u128::MAX.checked_shr(len).unwrap_or(0);
+            Ok(Spoof::V6(u128::from(ip) & !host_mask, host_mask))
+        }
     }
-    let (ip, len) = s.split_once('/').context("prefix needs /len")?;
-    let ip: Ipv6Addr = ip
-        .parse()
-        .with_context(|| format!("prefix address {ip:?}"))?;
-    let len: u32 = len
-        .parse()
-        .with_context(|| format!("prefix length {len:?}"))?;
-    ensure!(
-        (64..=128).contains(&len),
-        "IPv6 prefix length {len} not in 64..=128"
-    );
-    let host_mask = u128::MAX.checked_shr(len).unwrap_or(0);
-    Ok(Spoof::V6(u128::from(ip) & !host_mask, host_mask))
-}
-
-/// Parses `a.b.c.d/len` into (network, host mask).
-fn parse_prefix(s: &str) -> Result<(u32, u32)> {
-    let (ip, len) = s.split_once('/').context("prefix needs /len")?;
-    let ip: Ipv4Addr = ip
-        .parse()
-        .with_context(|| format!("prefix address {ip:?}"))?;
-    let len: u32 = len
-        .parse()
-        .with_context(|| format!("prefix length {len:?}"))?;
-    ensure!((8..=32).contains(&len), "prefix length {len} not in 8..=32");
-    let host_mask = u32::MAX.checked_shr(len).unwrap_or(0);
-    Ok((u32::from(ip) & !host_mask, host_mask))
 }
 
 /// The distinct host parts of the sources sent from, one bit each (2 MiB for a /8).
@@ -714,12 +705,17 @@ fn drain(args: &DrainArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
     fn junk_is_an_initiation_from_the_prefix() {
         let relay = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40000);
-        let prefix = parse_prefix("198.18.0.0/15").expect("valid");
+        let Ok(Spoof::V4(net, mask)) = parse_spoof("198.18.0.0/15") else {
+            panic!("an IPv4 prefix")
+        };
+        let prefix = (net, mask);
         let mut rng = Rng(1);
         let mut buf = [0u8; PACKET];
         for zero_mac2 in [false, true] {
