@@ -46,7 +46,8 @@ pub struct Args {
     pub allow: Vec<PublicKey>,
 
     /// A file of allowed public keys, one per line (`#` comments allowed), followed as it
-    /// changes. Combines with --allow. An empty file allows nobody.
+    /// changes; or a directory whose files are one list. Combines with --allow. An empty file
+    /// allows nobody.
     #[arg(long, value_name = "PATH")]
     pub allow_file: Option<PathBuf>,
 
