@@ -336,3 +336,30 @@ fn keys_follow_the_file_without_a_restart() {
     assert_eq!(relay.pid(), pid, "same process throughout");
     assert_eq!(http_get(relay.metrics, "/healthz").0, 200);
 }
+
+#[test]
+fn a_directory_of_key_files_is_one_list_followed_as_files_come_and_go() {
+    let (ia, ib, ic, id) = (
+        Identity::random(),
+        Identity::random(),
+        Identity::random(),
+        Identity::random(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("keys-0"), key_file(&[&ia, &ib])).expect("write");
+    fs::write(dir.path().join("keys-1"), key_file(&[&ic])).expect("write");
+    let relay = RelayProcess::start(&["--allow-file", dir.path().to_str().expect("utf-8 path")]);
+    assert_eq!(relay.sample("wpex_allowed_keys"), 3.0);
+    connect(&relay, &ia, &ib);
+
+    publish(&dir.path().join("keys-2"), &key_file(&[&id]));
+    relay.wait_until("a new file's key is loaded", KEY_CHANGE_BOUND, |r| {
+        sample(&r.metrics(), "wpex_allowed_keys") == Some(4.0)
+    });
+    // Removing a file removes its keys, and cuts A<->B at once.
+    fs::remove_file(dir.path().join("keys-0")).expect("remove");
+    relay.wait_until("the removed file's keys are gone", KEY_CHANGE_BOUND, |r| {
+        sample(&r.metrics(), "wpex_allowed_keys") == Some(2.0)
+            && sample(&r.metrics(), "wpex_sessions") == Some(0.0)
+    });
+}
