@@ -247,9 +247,7 @@ fn junk_packet(
 ) -> usize {
     match (spoof, relay) {
         (Spoof::V4(net, mask), SocketAddr::V4(relay)) => {
-            let (v4, _) = buf.split_at_mut(PACKET);
-            let v4: &mut [u8; PACKET] = v4.try_into().unwrap_or_else(|_| unreachable!());
-            junk_initiation(v4, rng, (net, mask), relay, zero_mac2);
+            junk_initiation(&mut buf[..PACKET], rng, (net, mask), relay, zero_mac2);
             PACKET
         }
         (Spoof::V6(net, mask), SocketAddr::V6(relay)) => {
@@ -268,12 +266,7 @@ fn junk_packet(
             buf[40..42].copy_from_slice(&sport.to_be_bytes());
             buf[42..44].copy_from_slice(&relay.port().to_be_bytes());
             buf[44..46].copy_from_slice(&udp_len.to_be_bytes());
-            let msg = &mut buf[IP6_UDP_HEADERS..];
-            rng.fill(msg);
-            msg[..4].copy_from_slice(&[1, 0, 0, 0]);
-            if zero_mac2 {
-                msg[132..148].fill(0);
-            }
+            junk_message(&mut buf[IP6_UDP_HEADERS..], rng, zero_mac2);
             // Over IPv6 the UDP checksum is mandatory: the receiver drops a datagram without.
             let sum = udp6_checksum(&buf[8..24], &buf[24..40], &buf[40..PACKET6]);
             buf[46..48].copy_from_slice(&sum.to_be_bytes());
@@ -305,7 +298,7 @@ fn udp6_checksum(src: &[u8], dst: &[u8], datagram: &[u8]) -> u16 {
 
 /// An IPv4 + UDP + junk initiation, from a random source in the prefix to the relay.
 fn junk_initiation(
-    buf: &mut [u8; PACKET],
+    buf: &mut [u8],
     rng: &mut Rng,
     (net, host_mask): (u32, u32),
     relay: SocketAddrV4,
@@ -326,7 +319,11 @@ fn junk_initiation(
     buf[22..24].copy_from_slice(&relay.port().to_be_bytes());
     buf[24..26].copy_from_slice(&((8 + INITIATION) as u16).to_be_bytes());
     buf[26..28].fill(0);
-    let msg = &mut buf[IP_UDP_HEADERS..];
+    junk_message(&mut buf[IP_UDP_HEADERS..PACKET], rng, zero_mac2);
+}
+
+/// A handshake initiation of random bytes, its mac2 zeroed if asked, into `msg` (148 bytes).
+fn junk_message(msg: &mut [u8], rng: &mut Rng, zero_mac2: bool) {
     rng.fill(msg);
     msg[..4].copy_from_slice(&[1, 0, 0, 0]);
     if zero_mac2 {
