@@ -29,10 +29,24 @@ const PRIORITY: [ScanClass; 5] = [
     ScanClass::Other,
 ];
 
-/// How often the scan thread looks for work while scans keep coming, and how many times it
-/// looks before it sleeps until woken.
-const POLL: Duration = Duration::from_millis(1);
-const POLLS: u32 = 20;
+/// While scans keep coming, the scan thread dozes this long between looks at the queue, up to
+/// [`DOZES`] times, then sleeps until a push wakes it. A push wakes a dozing thread only when a
+/// class's queue is half full: a wake-up is a system call on the receive thread, and a short
+/// doze (1 ms) woke the scan thread a thousand times a second beside it, which made the receive
+/// thread's own wake-ups dearer (issue 18 has the figures).
+const DOZE: Duration = Duration::from_millis(5);
+const DOZES: u32 = 4;
+
+/// What the scan thread is doing, for a push to decide whether to wake it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Running scans, or about to look at the queue: it finds the job without a wake-up.
+    No,
+    /// Waiting [`DOZE`] at most.
+    Dozing,
+    /// Waiting for a push.
+    Asleep,
+}
 
 /// A scan the core asked for, with what the scan thread needs to finish it.
 pub(super) struct ScanJob {
@@ -45,8 +59,7 @@ pub(super) struct ScanJob {
 
 struct Queues<T> {
     by_class: [VecDeque<T>; ScanClass::ALL.len()],
-    /// The scan thread waits on the condition variable; a push must wake it.
-    sleeping: bool,
+    waiting: Waiting,
     closed: bool,
 }
 
@@ -55,6 +68,20 @@ impl<T> Queues<T> {
         PRIORITY
             .iter()
             .find_map(|class| self.by_class[*class as usize].pop_front())
+    }
+
+    /// Whether a push that left `queued` jobs in its class must wake the scan thread; if so,
+    /// it counts as awake from now on, so that one wake-up serves the pushes until it looks.
+    fn wake_after_push(&mut self, queued: usize) -> bool {
+        let wake = match self.waiting {
+            Waiting::No => false,
+            Waiting::Dozing => queued >= PER_CLASS / 2,
+            Waiting::Asleep => true,
+        };
+        if wake {
+            self.waiting = Waiting::No;
+        }
+        wake
     }
 }
 
@@ -69,7 +96,7 @@ impl<T> Default for ScanQueue<T> {
         Self {
             queues: Mutex::new(Queues {
                 by_class: Default::default(),
-                sleeping: false,
+                waiting: Waiting::No,
                 closed: false,
             }),
             woken: Condvar::new(),
@@ -84,8 +111,8 @@ impl<T> ScanQueue<T> {
     }
 
     /// Queues `job` of `class`, or hands it back if that class's queue is full or the queue is
-    /// closed. Wakes the scan thread only if it sleeps: while scans keep coming it polls, so a
-    /// receive thread hands a job over without a system call.
+    /// closed. While scans keep coming the scan thread dozes, and a receive thread hands a job
+    /// over without a system call (see [`DOZE`]).
     pub(super) fn push(&self, class: ScanClass, job: T) -> Result<(), T> {
         let mut q = self.queues();
         let closed = q.closed;
@@ -94,36 +121,37 @@ impl<T> ScanQueue<T> {
             return Err(job);
         }
         queue.push_back(job);
-        if std::mem::take(&mut q.sleeping) {
+        let queued = queue.len();
+        if q.wake_after_push(queued) {
             self.woken.notify_one();
         }
         Ok(())
     }
 
-    /// The next scan, most trusted class first, or `None` once closed. Polls [`POLLS`] times,
+    /// The next scan, most trusted class first, or `None` once closed. Dozes [`DOZES`] times,
     /// then sleeps until a push, so an idle relay does not spin.
     fn next(&self) -> Option<T> {
-        for _ in 0..POLLS {
-            let mut q = self.queues();
-            if let Some(job) = q.pop() {
-                return Some(job);
-            }
-            if q.closed {
-                return None;
-            }
-            drop(q);
-            std::thread::sleep(POLL);
-        }
         let mut q = self.queues();
+        let mut dozes = 0;
         loop {
+            q.waiting = Waiting::No;
             if let Some(job) = q.pop() {
                 return Some(job);
             }
             if q.closed {
                 return None;
             }
-            q.sleeping = true;
-            q = self.woken.wait(q).unwrap_or_else(PoisonError::into_inner);
+            if dozes < DOZES {
+                dozes += 1;
+                q.waiting = Waiting::Dozing;
+                q = match self.woken.wait_timeout(q, DOZE) {
+                    Ok((q, _)) => q,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
+            } else {
+                q.waiting = Waiting::Asleep;
+                q = self.woken.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
         }
     }
 
@@ -227,14 +255,32 @@ mod tests {
     }
 
     #[test]
+    fn a_push_wakes_a_sleeping_thread_a_dozing_one_only_at_half_full_and_a_busy_one_never() {
+        let queue = ScanQueue::<usize>::default();
+        let mut q = queue.queues();
+        q.waiting = Waiting::Asleep;
+        assert!(q.wake_after_push(1));
+        assert_eq!(
+            q.waiting,
+            Waiting::No,
+            "one wake-up serves the pushes after it"
+        );
+        assert!(!q.wake_after_push(PER_CLASS));
+        q.waiting = Waiting::Dozing;
+        assert!(!q.wake_after_push(PER_CLASS / 2 - 1));
+        assert!(q.wake_after_push(PER_CLASS / 2));
+        assert!(!q.wake_after_push(PER_CLASS / 2 + 1));
+    }
+
+    #[test]
     fn a_sleeping_scan_thread_is_woken_by_a_push_and_ends_at_close() {
         let queue = Arc::new(ScanQueue::default());
         let thread = {
             let queue = queue.clone();
             std::thread::spawn(move || std::iter::from_fn(|| queue.next()).collect::<Vec<_>>())
         };
-        // Past its polls the thread sleeps on the condition variable; the push must wake it.
-        while !queue.queues().sleeping {
+        // Past its dozes the thread sleeps on the condition variable; the push must wake it.
+        while queue.queues().waiting != Waiting::Asleep {
             std::thread::yield_now();
         }
         assert!(queue.push(ScanClass::Known, 7).is_ok());
