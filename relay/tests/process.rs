@@ -243,12 +243,7 @@ fn assert_ping(x: &mut Endpoint, y: &mut Endpoint) {
 
 #[test]
 fn keys_follow_the_file_without_a_restart() {
-    let (ia, ib, ic, id) = (
-        Identity::random(),
-        Identity::random(),
-        Identity::random(),
-        Identity::random(),
-    );
+    let [ia, ib, ic, id] = std::array::from_fn(|_| Identity::random());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("allowed");
     fs::write(&path, key_file(&[&ia, &ic, &id])).expect("write");
@@ -339,12 +334,7 @@ fn keys_follow_the_file_without_a_restart() {
 
 #[test]
 fn a_directory_of_key_files_is_one_list_followed_as_files_come_and_go() {
-    let (ia, ib, ic, id) = (
-        Identity::random(),
-        Identity::random(),
-        Identity::random(),
-        Identity::random(),
-    );
+    let [ia, ib, ic, id] = std::array::from_fn(|_| Identity::random());
     let dir = tempfile::tempdir().expect("tempdir");
     fs::write(dir.path().join("keys-0"), key_file(&[&ia, &ib])).expect("write");
     fs::write(dir.path().join("keys-1"), key_file(&[&ic])).expect("write");
