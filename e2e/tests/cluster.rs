@@ -648,9 +648,12 @@ async fn relay_deleted(suite: &Suite<'_>) -> Result<()> {
             .await?;
         Ok((gone(&deployments, RELAY).await?.is_some()
             && gone(&services, RELAY).await?.is_some()
-            && gone(&config_maps, &format!("{RELAY}-keys"))
-                .await?
-                .is_some()
+            && gone(
+                &config_maps,
+                &wpex_operator::resources::keys_config_map_name(RELAY, 0),
+            )
+            .await?
+            .is_some()
             && pods.items.is_empty())
         .then_some(()))
     })

@@ -18,6 +18,7 @@ use serde_json::json;
 use wpex_e2e::control_plane::{ControlPlane, with_temp_ns};
 use wpex_e2e::measure::cpu_time;
 use wpex_operator::crd::{WireGuardPeerKey, WireGuardPeerKeySpec, WireGuardRelay};
+use wpex_operator::resources::{KEY_SHARDS, key_file as key_file_name, keys_config_map_name};
 use wpex_testkit::{Children, binary, eventually, free_port, target_dir};
 
 const K1: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
@@ -116,17 +117,25 @@ fn key_json(name: &str, relay: &str, key: &str, disabled: bool) -> serde_json::V
            "spec": {"relay": relay, "publicKey": key, "disabled": disabled}})
 }
 
-async fn key_file(cms: &Api<ConfigMap>, name: &str) -> Result<Vec<String>> {
-    let cm = cms.get(name).await?;
-    let text = cm
-        .data
-        .and_then(|d| d.get("allowed-keys").cloned())
-        .unwrap_or_default();
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+/// The keys `relay`'s shards hold, sorted; a shard not there yet holds none.
+async fn key_file(cms: &Api<ConfigMap>, relay: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for n in 0..KEY_SHARDS {
+        let Some(cm) = cms.get_opt(&keys_config_map_name(relay, n)).await? else {
+            continue;
+        };
+        let text = cm
+            .data
+            .and_then(|d| d.get(&key_file_name(n)).cloned())
+            .unwrap_or_default();
+        keys.extend(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    keys.sort();
+    Ok(keys)
 }
 
 async fn condition(api: &Api<WireGuardPeerKey>, name: &str) -> Result<Option<(String, String)>> {
@@ -277,7 +286,10 @@ async fn children_created(apis: &Namespaced) -> Result<()> {
     let ((), took) = eventually("children created", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((cms.get_opt("edge-keys").await?.is_some()
+            Ok((cms
+                .get_opt(&keys_config_map_name("edge", 0))
+                .await?
+                .is_some()
                 && deploys.get_opt("edge").await?.is_some()
                 && services.get_opt("edge").await?.is_some())
             .then_some(()))
@@ -288,7 +300,7 @@ async fn children_created(apis: &Namespaced) -> Result<()> {
     // created empty, and alice's event then brings her key (issue 9's bound for a key change).
     let ((), took) = eventually("alice's key in the ConfigMap", MOVE_BOUND)
         .every(LOOK_EVERY)
-        .until(|| async { Ok((key_file(cms, "edge-keys").await? == [K1]).then_some(())) })
+        .until(|| async { Ok((key_file(cms, "edge").await? == [K1]).then_some(())) })
         .await?;
     println!("children created -> alice's key in the ConfigMap {took:?} later");
     let deploy = deploys.get("edge").await?;
@@ -306,16 +318,23 @@ async fn children_created(apis: &Namespaced) -> Result<()> {
     let pod = spec.template.spec.context("pod spec")?;
     let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
     assert!(
-        args.contains("--allow-file /etc/wpex/keys/allowed-keys")
-            && args.contains("--broadcast-rate 4"),
+        args.contains("--allow-file /etc/wpex/keys ") && args.contains("--broadcast-rate 4"),
         "{args}"
     );
     assert_eq!(pod.containers[0].image.as_deref(), Some("wpex:e2e"));
     let volume = &pod.volumes.unwrap_or_default()[0];
-    assert_eq!(
-        volume.config_map.as_ref().map(|c| c.name.as_str()),
-        Some("edge-keys")
-    );
+    let shards: Vec<String> = volume
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| Some(s.config_map?.name))
+        .collect();
+    let wanted: Vec<String> = (0..KEY_SHARDS)
+        .map(|n| keys_config_map_name("edge", n))
+        .collect();
+    assert_eq!(shards, wanted, "every key shard in one volume");
     let svc = services.get("edge").await?.spec.context("service spec")?;
     assert_eq!(
         svc.ports.unwrap_or_default()[0].protocol.as_deref(),
@@ -347,15 +366,13 @@ async fn config_map_follows_keys(apis: &Namespaced) -> Result<()> {
     apply_json(keys, "bob", key_json("bob", "edge", K2, false)).await?;
     let ((), took) = eventually("added key in ConfigMap", SOON)
         .every(LOOK_EVERY)
-        .until(|| async { Ok((key_file(cms, "edge-keys").await?.len() == 2).then_some(())) })
+        .until(|| async { Ok((key_file(cms, "edge").await?.len() == 2).then_some(())) })
         .await?;
     println!("WireGuardPeerKey applied -> ConfigMap updated in {took:?}");
     apply_json(keys, "bob", key_json("bob", "edge", K2, true)).await?;
     let ((), took) = eventually("disabled key out of ConfigMap", SOON)
         .every(LOOK_EVERY)
-        .until(|| async {
-            Ok((key_file(cms, "edge-keys").await? == vec![K1.to_owned()]).then_some(()))
-        })
+        .until(|| async { Ok((key_file(cms, "edge").await? == vec![K1.to_owned()]).then_some(())) })
         .await?;
     println!("WireGuardPeerKey disabled -> ConfigMap updated in {took:?}");
     // The status follows in the same reconcile, after the children are applied.
@@ -371,7 +388,7 @@ async fn config_map_follows_keys(apis: &Namespaced) -> Result<()> {
     keys.delete("alice", &DeleteParams::default()).await?;
     let ((), took) = eventually("deleted key out of ConfigMap", SOON)
         .every(LOOK_EVERY)
-        .until(|| async { Ok(key_file(cms, "edge-keys").await?.is_empty().then_some(())) })
+        .until(|| async { Ok(key_file(cms, "edge").await?.is_empty().then_some(())) })
         .await?;
     println!("WireGuardPeerKey deleted -> ConfigMap updated in {took:?}");
     assert_eq!(
@@ -402,9 +419,7 @@ async fn key_moves_between_relays(apis: &Namespaced) -> Result<()> {
     apply_json(keys, "carol", key_json("carol", "edge", K3, false)).await?;
     eventually("carol in edge's ConfigMap", SOON)
         .every(LOOK_EVERY)
-        .until(|| async {
-            Ok((key_file(cms, "edge-keys").await? == vec![K3.to_owned()]).then_some(()))
-        })
+        .until(|| async { Ok((key_file(cms, "edge").await? == vec![K3.to_owned()]).then_some(())) })
         .await?;
     let moved = Instant::now();
     keys.delete("carol", &DeleteParams::default()).await?;
@@ -412,9 +427,12 @@ async fn key_moves_between_relays(apis: &Namespaced) -> Result<()> {
     eventually("carol moved from edge to edge2", MOVE_BOUND)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((key_file(cms, "edge-keys").await?.is_empty()
-                && cms.get_opt("edge2-keys").await?.is_some()
-                && key_file(cms, "edge2-keys").await? == vec![K3.to_owned()])
+            Ok((key_file(cms, "edge").await?.is_empty()
+                && cms
+                    .get_opt(&keys_config_map_name("edge2", 0))
+                    .await?
+                    .is_some()
+                && key_file(cms, "edge2").await? == vec![K3.to_owned()])
             .then_some(()))
         })
         .await?;
@@ -455,7 +473,10 @@ async fn relay_deletion_collects_children(apis: &Namespaced) -> Result<()> {
     let ((), took) = eventually("children collected", SOON)
         .every(LOOK_EVERY)
         .until(|| async {
-            Ok((cms.get_opt("edge-keys").await?.is_none()
+            Ok((cms
+                .get_opt(&keys_config_map_name("edge", 0))
+                .await?
+                .is_none()
                 && deploys.get_opt("edge").await?.is_none()
                 && services.get_opt("edge").await?.is_none()
                 && template_hashes(replicasets, "edge").await?.is_empty())
@@ -911,9 +932,9 @@ async fn nothing_adopted(client: &Client, ns: &str) -> Result<()> {
     .await?;
     apply_json(
         cms,
-        "taken-keys",
+        "taken-keys-0",
         json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "taken-keys"}, "data": {"settings": "mine"}}),
+        "metadata": {"name": "taken-keys-0"}, "data": {"settings": "mine"}}),
     )
     .await?;
     apply_json(
@@ -938,7 +959,7 @@ async fn nothing_adopted(client: &Client, ns: &str) -> Result<()> {
         .await?;
     let before = [
         untouched_view(&services.get("taken").await?)?,
-        untouched_view(&cms.get("taken-keys").await?)?,
+        untouched_view(&cms.get("taken-keys-0").await?)?,
         untouched_view(&deploys.get("taken").await?)?,
     ];
 
@@ -955,9 +976,13 @@ async fn nothing_adopted(client: &Client, ns: &str) -> Result<()> {
                 .filter(|c| {
                     c.status == "False"
                         && c.reason == "NameConflict"
-                        && ["Service taken", "ConfigMap taken-keys", "Deployment taken"]
-                            .iter()
-                            .all(|o| c.message.contains(o))
+                        && [
+                            "Service taken",
+                            "ConfigMap taken-keys-0",
+                            "Deployment taken",
+                        ]
+                        .iter()
+                        .all(|o| c.message.contains(o))
                 })
                 .map(|_| ()))
         })
@@ -981,7 +1006,7 @@ async fn nothing_adopted(client: &Client, ns: &str) -> Result<()> {
         .await?;
     let after = [
         untouched_view(&services.get("taken").await?)?,
-        untouched_view(&cms.get("taken-keys").await?)?,
+        untouched_view(&cms.get("taken-keys-0").await?)?,
         untouched_view(&deploys.get("taken").await?)?,
     ];
     for (before, after) in before.iter().zip(&after) {

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use wpex_proto::keys::PublicKey;
 
+use crate::resources::{KEY_SHARDS, SHARD_KEYS, shard_of};
+
 /// A peer key as the relay controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -31,6 +33,12 @@ pub enum Verdict {
     },
     /// Not a WireGuard public key; the API server's rule should have refused it already.
     Invalid,
+    /// Its shard already holds [`SHARD_KEYS`] keys of claims older than this one: the relay
+    /// fails closed, so it is not allowed until older keys make room.
+    KeyLimit {
+        /// The full shard.
+        shard: usize,
+    },
 }
 
 impl Verdict {
@@ -41,6 +49,7 @@ impl Verdict {
             Verdict::Disabled => "Disabled",
             Verdict::Duplicate { .. } => "DuplicateKey",
             Verdict::Invalid => "InvalidKey",
+            Verdict::KeyLimit { .. } => "KeyLimit",
         }
     }
 
@@ -53,17 +62,27 @@ impl Verdict {
                 format!("WireGuardPeerKey {of} already allows this public key on the same relay")
             }
             Verdict::Invalid => "publicKey is not the base64 of 32 bytes".into(),
+            Verdict::KeyLimit { shard } => format!(
+                "the relay's key shard {shard} holds its limit of {SHARD_KEYS} keys, all older \
+                 than this one; it is allowed once one of them is removed"
+            ),
         }
     }
 }
 
 /// Judges every candidate of one relay. The result follows the input order.
 pub fn judge(candidates: &[Candidate]) -> Vec<(String, Verdict)> {
+    judge_within(candidates, SHARD_KEYS)
+}
+
+/// [`judge`] with `per_shard` keys at most in each shard.
+fn judge_within(candidates: &[Candidate], per_shard: usize) -> Vec<(String, Verdict)> {
     // The earliest valid, enabled claim on each key wins; ties break by name.
     let mut order: Vec<&Candidate> = candidates.iter().collect();
     order.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     let mut owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
     let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+    let mut held = [0usize; KEY_SHARDS];
     for c in order {
         let verdict = match c.public_key.parse::<PublicKey>() {
             Err(_) => Verdict::Invalid,
@@ -74,7 +93,13 @@ pub fn judge(candidates: &[Candidate]) -> Vec<(String, Verdict)> {
                 },
                 None => {
                     owner.insert(key, &c.name);
-                    Verdict::Accepted(key)
+                    let shard = shard_of(&key);
+                    if held[shard] < per_shard {
+                        held[shard] += 1;
+                        Verdict::Accepted(key)
+                    } else {
+                        Verdict::KeyLimit { shard }
+                    }
                 }
             },
         };
@@ -127,6 +152,33 @@ mod tests {
         assert_eq!(got[1].1, Verdict::Accepted(K1.parse().expect("key")));
         assert_eq!(got[2].1, Verdict::Accepted(K2.parse().expect("key")));
         assert_eq!(accepted(&got).len(), 2);
+    }
+
+    #[test]
+    fn past_a_full_shard_the_newest_keys_wait_and_a_removal_makes_room_at_once() {
+        // Keys whose first byte is 0, 16, 32: all of shard 0.
+        let in_shard_0: Vec<String> = (0..3u8)
+            .map(|i| {
+                let mut key = [7u8; 32];
+                key[0] = i * 16;
+                PublicKey(key).to_string()
+            })
+            .collect();
+        let all = [
+            c("newest", &in_shard_0[2], false, 30),
+            c("oldest", &in_shard_0[0], false, 10),
+            c("middle", &in_shard_0[1], false, 20),
+            c("elsewhere", K2, false, 40),
+        ];
+        let got = judge_within(&all, 2);
+        assert_eq!(got[0].1, Verdict::KeyLimit { shard: 0 });
+        assert_eq!(got[0].1.reason(), "KeyLimit");
+        assert!(matches!(got[1].1, Verdict::Accepted(_)));
+        assert!(matches!(got[2].1, Verdict::Accepted(_)));
+        assert!(matches!(got[3].1, Verdict::Accepted(_)), "another shard");
+        // The oldest deleted: the removal takes effect, and the newest takes its place.
+        let got = judge_within(&[all[0].clone(), all[2].clone()], 2);
+        assert!(got.iter().all(|(_, v)| matches!(v, Verdict::Accepted(_))));
     }
 
     #[test]

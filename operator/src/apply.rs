@@ -18,7 +18,7 @@ use crate::resources::{self, Children, Relay};
 /// its Lease.
 pub const FIELD_MANAGER: &str = "wpex-operator";
 
-/// The annotation on relay pods naming the version of the key ConfigMap they should mount.
+/// The annotation on relay pods naming the version of the key ConfigMaps they should mount.
 pub const KEYS_VERSION_ANNOTATION: &str = "wpex.io/keys-version";
 
 /// Server-side apply as the operator, taking over fields another manager may have set: for
@@ -43,25 +43,32 @@ pub(crate) enum Outcome {
     Conflicts(Vec<Conflict>),
 }
 
-/// Applies a relay's children, unless another object holds one of their names. The ConfigMap
-/// first, so a new pod mounts the current keys; then the running pods are told the keys
-/// changed, before the Deployment and the Service.
+/// Applies a relay's children, unless another object holds one of their names. The key
+/// ConfigMaps first, so a new pod mounts the current keys; then the running pods are told the
+/// keys changed, before the Deployment and the Service.
 pub(crate) async fn children(
     client: &Client,
     relay: &Relay,
     children: &Children,
 ) -> Result<Outcome, Error> {
     let uid = relay.owner.uid.as_str();
-    let config_map = existing(client, relay, &children.config_map).await?;
+    let mut shards = Vec::with_capacity(children.config_maps.len());
+    for shard in &children.config_maps {
+        shards.push(existing(client, relay, shard).await?);
+    }
     let deployment = existing(client, relay, &children.deployment).await?;
     let service = existing(client, relay, &children.service).await?;
-    let holders = [
-        holder(&children.config_map, config_map.as_ref(), uid),
-        holder(&children.deployment, deployment.as_ref(), uid),
-        holder(&children.service, service.as_ref(), uid),
-    ];
-    let conflicts: Vec<Conflict> = holders
+    let shard_holders: Vec<Holder> = children
+        .config_maps
         .iter()
+        .zip(&shards)
+        .map(|(wanted, found)| holder(wanted, found.as_ref(), uid))
+        .collect();
+    let deployment_held = holder(&children.deployment, deployment.as_ref(), uid);
+    let service_held = holder(&children.service, service.as_ref(), uid);
+    let conflicts: Vec<Conflict> = shard_holders
+        .iter()
+        .chain([&deployment_held, &service_held])
         .filter_map(|h| match h {
             Holder::Other(c) => Some(c.clone()),
             Holder::Nobody | Holder::Relay => None,
@@ -70,23 +77,81 @@ pub(crate) async fn children(
     if !conflicts.is_empty() {
         return Ok(Outcome::Conflicts(conflicts));
     }
-    let [keys_held, deployment_held, service_held] = holders.map(|h| h == Holder::Relay);
-    let keys = object(client, &relay.namespace, &children.config_map, keys_held).await?;
+    let mut stored = Vec::with_capacity(shards.len());
+    for ((wanted, found), held) in children.config_maps.iter().zip(shards).zip(&shard_holders) {
+        // A shard that already holds its keys is not written again: with many keys, most
+        // reconciles change one shard or none.
+        match found {
+            Some(found) if *held == Holder::Relay && found.data == wanted.data => {
+                stored.push(found);
+            }
+            _ => {
+                let held = *held == Holder::Relay;
+                stored.push(object(client, &relay.namespace, wanted, held).await?);
+            }
+        }
+    }
     let pods = relay_pods(client, relay, deployment.as_ref()).await?;
-    refresh_key_volumes(client, relay, &pods, &keys).await?;
+    refresh_key_volumes(client, relay, &pods, &keys_version(&stored)).await?;
     let deployment = object(
         client,
         &relay.namespace,
         &children.deployment,
-        deployment_held,
+        deployment_held == Holder::Relay,
     )
     .await?;
-    let service = object(client, &relay.namespace, &children.service, service_held).await?;
+    let service = object(
+        client,
+        &relay.namespace,
+        &children.service,
+        service_held == Holder::Relay,
+    )
+    .await?;
+    retire_legacy_keys(client, relay).await?;
     Ok(Outcome::Applied(Box::new(Applied {
         pods,
         deployment,
         service,
     })))
+}
+
+/// One version for all the key shards: their resource versions, in shard order.
+fn keys_version(shards: &[ConfigMap]) -> String {
+    shards
+        .iter()
+        .map(|s| s.metadata.resource_version.as_deref().unwrap_or("-"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Deletes the single key ConfigMap of operators before the shards, if the relay controls it:
+/// its pods now mount the shards.
+async fn retire_legacy_keys(client: &Client, relay: &Relay) -> Result<(), Error> {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), &relay.namespace);
+    let name = resources::legacy_keys_config_map_name(&relay.name);
+    let found = api.get_opt(&name).await.map_err(|source| Error::Read {
+        what: "the relay's former key ConfigMap",
+        source,
+    })?;
+    let Some(found) = found else {
+        return Ok(());
+    };
+    let ours = owners::holder("ConfigMap", &name, Some(&found.metadata), &relay.owner.uid)
+        == Holder::Relay;
+    if ours {
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "ConfigMap".to_owned(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Who holds `child`'s name, from what the API server has under it.
@@ -186,17 +251,14 @@ async fn relay_pods(
 
 /// kubelet refreshes a mounted ConfigMap when it syncs the pod, which by default happens once a
 /// minute; an update of the pod object makes it sync at once. So every relay pod is annotated
-/// with the key ConfigMap's version. Pods only: a change to the Deployment's pod template would
+/// with the key ConfigMaps' version. Pods only: a change to the Deployment's pod template would
 /// restart the relay.
 async fn refresh_key_volumes(
     client: &Client,
     relay: &Relay,
     pods: &[Pod],
-    keys: &ConfigMap,
+    version: &str,
 ) -> Result<(), Error> {
-    let Some(version) = keys.metadata.resource_version.as_deref() else {
-        return Ok(());
-    };
     let api = Api::<Pod>::namespaced(client.clone(), &relay.namespace);
     for pod in pods {
         if pod

@@ -113,7 +113,7 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
             Ok(Action::requeue(RESYNC))
         }
         Outcome::Conflicts(conflicts) => {
-            let status = status::conflict_status(&obj, &conflicts, admission.accepted.len());
+            let status = status::conflict_status(&obj, &conflicts, admission.counts());
             status::write_relay(&ctx.client, &relay.namespace, &obj, &status).await?;
             // The object in the way is not watched: look again soon.
             Ok(Action::requeue(RETRY))
@@ -149,6 +149,20 @@ struct Admission {
     verdicts: Vec<(String, Verdict)>,
     /// The keys for the relay's key file.
     accepted: Vec<PublicKey>,
+}
+
+impl Admission {
+    /// How many keys are allowed, and how many wait past a full shard.
+    fn counts(&self) -> status::Keys {
+        status::Keys {
+            accepted: self.accepted.len(),
+            over_limit: self
+                .verdicts
+                .iter()
+                .filter(|(_, v)| matches!(v, Verdict::KeyLimit { .. }))
+                .count(),
+        }
+    }
 }
 
 /// Validate: which of this relay's peer keys are accepted. The store is complete before the
@@ -202,7 +216,7 @@ async fn report(
 ) -> Result<(), Error> {
     let found = relay_endpoints(client, relay, applied).await?;
     let available = status::available(&applied.deployment);
-    let relay_status = status::relay_status(obj, found, available, admission.accepted.len());
+    let relay_status = status::relay_status(obj, found, available, admission.counts());
     status::write_relay(client, &relay.namespace, obj, &relay_status).await?;
     status::write_keys(
         client,

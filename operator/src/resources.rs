@@ -1,15 +1,16 @@
 //! The objects a WireGuardRelay owns, built by pure functions from the validated relay.
 //!
-//! Nothing here depends on the keys except the ConfigMap: a key change must never touch the pod
+//! Nothing here depends on the keys except the key ConfigMaps: a key change must never touch the pod
 //! template, or every key change would restart the relay and drop everyone's sessions.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort, HTTPGetAction,
+    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,11 +18,27 @@ use wpex_proto::keys::PublicKey;
 
 use crate::crd::{AccessMode, LogLevel, ServiceType, WireGuardRelaySpec};
 
-/// The file name inside the keys ConfigMap and the relay's mount.
-pub const KEY_FILE: &str = "allowed-keys";
-/// Where the relay container mounts the keys ConfigMap, whole; `--allow-file` is [`KEY_FILE`]
-/// in it.
+/// How many ConfigMaps a relay's keys are spread over. A ConfigMap holds at most 1 MiB, about
+/// 23,000 keys; one projected volume mounts them all as files of one directory, which the
+/// relay reads as one list (`--allow-file` a directory) and kubelet swaps whole.
+pub const KEY_SHARDS: usize = 16;
+/// Keys one shard holds at most: 45 bytes a line, 900,000 bytes, under the API server's 1 MiB
+/// with room for the header; 320,000 keys a relay in all.
+pub const SHARD_KEYS: usize = 20_000;
+/// Where the relay container mounts the key shards, whole; `--allow-file` is this directory.
 pub const KEYS_MOUNT: &str = "/etc/wpex/keys";
+
+/// The shard a key lives in: fixed by the key alone, so adding or removing one key rewrites
+/// one ConfigMap. Public keys are curve points, so their first byte is spread evenly.
+pub fn shard_of(key: &PublicKey) -> usize {
+    usize::from(key.0[0]) % KEY_SHARDS
+}
+
+/// The file (and the ConfigMap data key) of shard `shard`: named so that the directory's name
+/// order is the shards' order.
+pub fn key_file(shard: usize) -> String {
+    format!("keys-{shard:02}")
+}
 /// The relay pod's metrics and health port: its probes, and the operator's handshake scrapes.
 pub const METRICS_PORT: i32 = 9090;
 const KEYS_VOLUME: &str = "keys";
@@ -42,8 +59,14 @@ pub struct Relay {
     pub spec: WireGuardRelaySpec,
 }
 
-/// The name of the ConfigMap holding `relay`'s accepted keys: `<relay>-keys`.
-pub fn keys_config_map_name(relay: &str) -> String {
+/// The name of the ConfigMap holding shard `shard` of `relay`'s accepted keys:
+/// `<relay>-keys-<shard>`.
+pub fn keys_config_map_name(relay: &str, shard: usize) -> String {
+    format!("{relay}-keys-{shard}")
+}
+
+/// The single ConfigMap of keys that operators before the shards wrote: `<relay>-keys`.
+pub fn legacy_keys_config_map_name(relay: &str) -> String {
     format!("{relay}-keys")
 }
 
@@ -88,21 +111,32 @@ fn metadata(relay: &Relay, name: String) -> ObjectMeta {
     }
 }
 
-/// The ConfigMap of the relay's accepted keys, in the `--allow-file` format. The only child
-/// that depends on the keys.
-pub fn config_map(relay: &Relay, keys: &[PublicKey]) -> ConfigMap {
-    let header = format!(
-        "Allowed WireGuard public keys of relay {}/{}.\nManaged by wpex-operator from WireGuardPeerKeys: edits here are overwritten.",
-        relay.namespace, relay.name
-    );
-    ConfigMap {
-        metadata: metadata(relay, keys_config_map_name(&relay.name)),
-        data: Some(BTreeMap::from([(
-            KEY_FILE.to_owned(),
-            wpex_proto::keyfile::render(&header, keys.iter().copied()),
-        )])),
-        ..ConfigMap::default()
+/// The ConfigMaps of the relay's accepted keys, one per shard (empty ones too, so that the
+/// volume always mounts), in the `--allow-file` format. The only children that depend on the
+/// keys. Admission keeps each shard within [`SHARD_KEYS`].
+pub fn config_maps(relay: &Relay, keys: &[PublicKey]) -> Vec<ConfigMap> {
+    let mut shards: Vec<Vec<PublicKey>> = vec![Vec::new(); KEY_SHARDS];
+    for key in keys {
+        shards[shard_of(key)].push(*key);
     }
+    shards
+        .into_iter()
+        .enumerate()
+        .map(|(n, keys)| {
+            let header = format!(
+                "Allowed WireGuard public keys of relay {}/{}, shard {n} of {KEY_SHARDS}.\nManaged by wpex-operator from WireGuardPeerKeys: edits here are overwritten.",
+                relay.namespace, relay.name
+            );
+            ConfigMap {
+                metadata: metadata(relay, keys_config_map_name(&relay.name, n)),
+                data: Some(BTreeMap::from([(
+                    key_file(n),
+                    wpex_proto::keyfile::render(&header, keys),
+                )])),
+                ..ConfigMap::default()
+            }
+        })
+        .collect()
 }
 
 fn args(spec: &WireGuardRelaySpec) -> Vec<String> {
@@ -115,10 +149,7 @@ fn args(spec: &WireGuardRelaySpec) -> Vec<String> {
         "json".to_owned(),
     ];
     if spec.access_mode == AccessMode::AllowList {
-        args.extend([
-            "--allow-file".to_owned(),
-            format!("{KEYS_MOUNT}/{KEY_FILE}"),
-        ]);
+        args.extend(["--allow-file".to_owned(), KEYS_MOUNT.to_owned()]);
     }
     if let Some(rate) = spec.broadcast_rate.filter(|r| *r > 0) {
         args.extend(["--broadcast-rate".to_owned(), rate.to_string()]);
@@ -153,8 +184,8 @@ pub struct PodDefaults {
 /// Everything a relay owns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
-    /// The accepted keys, mounted into the relay pod.
-    pub config_map: ConfigMap,
+    /// The accepted keys, one ConfigMap per shard, mounted into the relay pod.
+    pub config_maps: Vec<ConfigMap>,
     /// The relay itself: one pod, never two at once.
     pub deployment: Deployment,
     /// The UDP Service peers reach the relay through.
@@ -164,7 +195,7 @@ pub struct Children {
 /// Build: every child of `relay`, from its spec, its accepted keys and the operator's defaults.
 pub fn build(relay: &Relay, keys: &[PublicKey], defaults: &PodDefaults) -> Children {
     Children {
-        config_map: config_map(relay, keys),
+        config_maps: config_maps(relay, keys),
         deployment: deployment(relay, defaults),
         service: service(relay),
     }
@@ -271,14 +302,23 @@ fn pod_security_context() -> PodSecurityContext {
     }
 }
 
-/// The keys ConfigMap as a volume; only an allow-list relay reads keys.
+/// The key shards as one volume; only an allow-list relay reads keys.
 fn keys_volume(relay: &Relay) -> Option<Vec<Volume>> {
     (relay.spec.access_mode == AccessMode::AllowList).then(|| {
+        let sources = (0..KEY_SHARDS)
+            .map(|n| VolumeProjection {
+                config_map: Some(ConfigMapProjection {
+                    name: keys_config_map_name(&relay.name, n),
+                    ..ConfigMapProjection::default()
+                }),
+                ..VolumeProjection::default()
+            })
+            .collect();
         vec![Volume {
             name: KEYS_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: keys_config_map_name(&relay.name),
-                ..ConfigMapVolumeSource::default()
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                ..ProjectedVolumeSource::default()
             }),
             ..Volume::default()
         }]
@@ -364,7 +404,7 @@ mod tests {
 
     /// Issue 19 asked whether a name the CEL rule admits (63 characters) can make a child name
     /// too long. It cannot: the Service takes the name as is (a DNS-1035 label, 63), the labels
-    /// carry it as is (63), and the ConfigMap's `-keys` name is a DNS subdomain (253).
+    /// carry it as is (63), and the key ConfigMaps' `-keys-<n>` names are DNS subdomains (253).
     #[test]
     fn the_longest_relay_name_fits_every_child() {
         let mut r = relay(default_spec());
@@ -378,8 +418,13 @@ mod tests {
         let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
         assert!(label(&name(&children.service.metadata)), "Service name");
         assert!(label(&r.name));
-        let keys = name(&children.config_map.metadata);
-        assert!(keys.len() <= 253 && keys.ends_with("-keys"), "{keys}");
+        for (n, shard) in children.config_maps.iter().enumerate() {
+            let keys = name(&shard.metadata);
+            assert!(
+                keys.len() <= 253 && keys.ends_with(&format!("-keys-{n}")),
+                "{keys}"
+            );
+        }
         for (k, v) in labels(&r.name) {
             assert!(v.len() <= 63, "label {k}={v}");
         }
@@ -403,22 +448,52 @@ mod tests {
     }
 
     #[test]
-    fn config_map_holds_sorted_unique_keys_in_the_relay_file_format() {
+    fn config_maps_hold_each_key_once_in_its_shard_in_the_relay_file_format() {
         let k1: PublicKey = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
             .parse()
             .expect("key");
         let k2: PublicKey = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
             .parse()
             .expect("key");
-        let cm = config_map(&relay(default_spec()), &[k1, k2, k1]);
-        assert_eq!(cm.metadata.name.as_deref(), Some("edge-keys"));
-        assert_eq!(cm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
-        let text = &cm.data.as_ref().expect("data")[KEY_FILE];
-        let parsed =
-            wpex_proto::keyfile::parse(std::path::Path::new(KEY_FILE), text).expect("parses");
+        let shards = config_maps(&relay(default_spec()), &[k1, k2, k1]);
+        assert_eq!(
+            shards.len(),
+            KEY_SHARDS,
+            "empty shards too: the volume needs them"
+        );
+        let mut all = Vec::new();
+        for (n, cm) in shards.iter().enumerate() {
+            let name = keys_config_map_name("edge", n);
+            assert_eq!(cm.metadata.name.as_deref(), Some(name.as_str()));
+            assert_eq!(cm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+            let text = &cm.data.as_ref().expect("data")[&key_file(n)];
+            let parsed = wpex_proto::keyfile::parse(std::path::Path::new(&key_file(n)), text)
+                .expect("parses");
+            assert!(parsed.iter().all(|k| shard_of(k) == n), "shard {n}");
+            all.extend(parsed);
+        }
+        all.sort();
         let mut expected = vec![k1, k2];
         expected.sort();
-        assert_eq!(parsed, expected);
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn keys_spread_over_the_shards_evenly_enough_for_100k_in_one_relay() {
+        let mut held = [0usize; KEY_SHARDS];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..100_000 {
+            // A real public key's bytes look random; splitmix64 stands in for them.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+            held[shard_of(&PublicKey(key))] += 1;
+        }
+        let fullest = held.iter().max().copied().unwrap_or_default();
+        assert!(fullest < SHARD_KEYS / 2, "{held:?}");
     }
 
     #[test]
@@ -445,10 +520,21 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("wpex:test"));
         let args = c.args.as_ref().expect("args").join(" ");
         assert!(args.contains("--port 40000"), "{args}");
-        assert!(
-            args.contains("--allow-file /etc/wpex/keys/allowed-keys"),
-            "{args}"
-        );
+        assert!(args.contains("--allow-file /etc/wpex/keys"), "{args}");
+        let volume = &pod.and_then(|p| p.volumes.clone()).expect("volumes")[0];
+        let sources = volume
+            .projected
+            .as_ref()
+            .and_then(|p| p.sources.clone())
+            .expect("a projected volume");
+        let names: Vec<String> = sources
+            .iter()
+            .filter_map(|s| Some(s.config_map.as_ref()?.name.clone()))
+            .collect();
+        let wanted: Vec<String> = (0..KEY_SHARDS)
+            .map(|n| keys_config_map_name("edge", n))
+            .collect();
+        assert_eq!(names, wanted, "every shard, in one directory");
         assert!(args.contains("--metrics-addr 0.0.0.0:9090"), "{args}");
         assert!(!args.contains("--broadcast-rate"), "{args}");
         let mount = &c.volume_mounts.as_ref().expect("mounts")[0];

@@ -110,7 +110,7 @@ pub(crate) fn relay_status(
     relay: &WireGuardRelay,
     endpoints: Vec<String>,
     available: bool,
-    keys: usize,
+    keys: Keys,
 ) -> WireGuardRelayStatus {
     let endpoint = relay
         .spec
@@ -127,7 +127,7 @@ pub(crate) fn relay_status(
 pub(crate) fn conflict_status(
     relay: &WireGuardRelay,
     conflicts: &[Conflict],
-    keys: usize,
+    keys: Keys,
 ) -> WireGuardRelayStatus {
     let message = conflicts
         .iter()
@@ -143,11 +143,45 @@ pub(crate) fn conflict_status(
     )
 }
 
+/// How many of a relay's keys it allows, and how many wait past a full shard.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Keys {
+    pub accepted: usize,
+    pub over_limit: usize,
+}
+
+/// The `KeyLimit` condition: True while keys wait because their shard is full.
+fn key_limit(keys: Keys, generation: Option<i64>, previous: &[Condition]) -> Condition {
+    let (hit, reason, message) = if keys.over_limit == 0 {
+        (
+            false,
+            "WithinLimit",
+            format!(
+                "every accepted key is allowed ({} of at most {} a shard)",
+                keys.accepted,
+                crate::resources::SHARD_KEYS
+            ),
+        )
+    } else {
+        (
+            true,
+            "ShardFull",
+            format!(
+                "{} keys are not allowed: their shard holds {} older keys; removals still take \
+                 effect at once, and each removal admits the oldest waiting key",
+                keys.over_limit,
+                crate::resources::SHARD_KEYS
+            ),
+        )
+    };
+    condition("KeyLimit", hit, reason, message, generation, previous)
+}
+
 fn with_ready(
     relay: &WireGuardRelay,
     endpoint: Option<String>,
     endpoints: Vec<String>,
-    keys: usize,
+    keys: Keys,
     (ready, reason, message): (bool, &str, String),
 ) -> WireGuardRelayStatus {
     let generation = relay.metadata.generation;
@@ -160,10 +194,11 @@ fn with_ready(
         observed_generation: generation,
         endpoint,
         endpoints,
-        keys: u32::try_from(keys).unwrap_or(u32::MAX),
-        conditions: vec![condition(
-            "Ready", ready, reason, message, generation, previous,
-        )],
+        keys: u32::try_from(keys.accepted).unwrap_or(u32::MAX),
+        conditions: vec![
+            condition("Ready", ready, reason, message, generation, previous),
+            key_limit(keys, generation, previous),
+        ],
     }
 }
 
@@ -365,6 +400,38 @@ mod tests {
         assert_ne!(flipped.last_transition_time, old);
     }
 
+    fn two() -> Keys {
+        Keys {
+            accepted: 2,
+            over_limit: 0,
+        }
+    }
+
+    #[test]
+    fn keys_past_a_full_shard_show_as_key_limit_and_the_relay_stays_ready() {
+        let relay = WireGuardRelay::new("edge", WireGuardRelaySpec::default());
+        let found = vec!["198.51.100.1:40000".to_owned()];
+        let s = relay_status(&relay, found.clone(), true, two());
+        let limit = |s: &WireGuardRelayStatus| {
+            let c = s.conditions.iter().find(|c| c.type_ == "KeyLimit").cloned();
+            c.map(|c| (c.status, c.reason, c.message))
+        };
+        let (status, reason, _) = limit(&s).expect("a KeyLimit condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "WithinLimit"));
+        let over = Keys {
+            accepted: 2,
+            over_limit: 3,
+        };
+        let s = relay_status(&relay, found, true, over);
+        let (status, reason, message) = limit(&s).expect("a KeyLimit condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "ShardFull"));
+        assert!(message.starts_with("3 keys are not allowed"), "{message}");
+        assert_eq!(
+            s.conditions[0].status, "True",
+            "the allowed keys still work"
+        );
+    }
+
     #[test]
     fn relay_is_ready_with_an_available_pod_and_an_endpoint_the_spec_may_set() {
         let mut relay = WireGuardRelay::new("edge", WireGuardRelaySpec::default());
@@ -374,7 +441,7 @@ mod tests {
             "[2001:db8::1]:40000".to_owned(),
         ];
 
-        let s = relay_status(&relay, found.clone(), true, 2);
+        let s = relay_status(&relay, found.clone(), true, two());
         assert_eq!(s.endpoint.as_deref(), Some("198.51.100.1:40000"));
         assert_eq!((s.keys, s.observed_generation), (2, Some(4)));
         let c = &s.conditions[0];
@@ -383,16 +450,16 @@ mod tests {
             ("Ready", "True", "Available")
         );
 
-        let s = relay_status(&relay, found.clone(), false, 2);
+        let s = relay_status(&relay, found.clone(), false, two());
         assert_eq!(s.conditions[0].reason, "DeploymentUnavailable");
-        let s = relay_status(&relay, Vec::new(), true, 2);
+        let s = relay_status(&relay, Vec::new(), true, two());
         assert_eq!(
             (s.endpoint, s.conditions[0].reason.as_str()),
             (None, "EndpointPending")
         );
 
         relay.spec.endpoint = Some("relay.example.org:40000".into());
-        let s = relay_status(&relay, found, true, 2);
+        let s = relay_status(&relay, found, true, two());
         assert_eq!(s.endpoint.as_deref(), Some("relay.example.org:40000"));
         assert_eq!(s.endpoints.len(), 2, "what was found is still listed");
 
@@ -401,7 +468,7 @@ mod tests {
             name: "edge".into(),
             controller: None,
         };
-        let s = conflict_status(&relay, &[taken], 2);
+        let s = conflict_status(&relay, &[taken], two());
         let c = &s.conditions[0];
         assert_eq!(
             (c.status.as_str(), c.reason.as_str(), s.endpoint),
