@@ -32,6 +32,7 @@ use crate::crd::{
 use crate::endpoint::{RelayNode, endpoints};
 use crate::error::Error;
 use crate::http::HttpClient;
+use crate::judged::{Judged, Judgement};
 use crate::metrics::Metrics;
 use crate::resources::{self, PodDefaults, Relay};
 use crate::status;
@@ -42,6 +43,9 @@ pub use crate::apply::{FIELD_MANAGER, KEYS_VERSION_ANNOTATION};
 /// Re-check even without events: node addresses are not watched.
 const RESYNC: Duration = Duration::from_secs(300);
 const RETRY: Duration = Duration::from_secs(15);
+/// Key status writes in flight at once: a relay's 100,000 new keys are written at the pace the
+/// API server takes, not all at once.
+const KEY_WRITERS: u16 = 16;
 
 /// What the operator is started with, shared by every namespace it watches.
 #[derive(Clone)]
@@ -81,6 +85,8 @@ pub struct Context {
     pub keys: Store<WireGuardPeerKey>,
     /// Every WireGuardRelay in the scope.
     pub relays: Store<WireGuardRelay>,
+    /// Each relay's latest verdicts on its keys, which the key controller writes.
+    pub judged: Judged,
     /// True once both stores have synced. A `Store` wakes only one of several concurrent
     /// `wait_until_ready` callers (its readiness is a oneshot), so everyone else waits here.
     pub synced: tokio::sync::watch::Receiver<bool>,
@@ -109,7 +115,7 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
     let children = resources::build(&relay, &admission.accepted, &ctx.pods);
     match apply::children(&ctx.client, &relay, &children).await? {
         Outcome::Applied(applied) => {
-            report(&ctx.client, &obj, &relay, &admission, &applied).await?;
+            report(&ctx.client, &ctx, &obj, &relay, &admission, &applied).await?;
             Ok(Action::requeue(RESYNC))
         }
         Outcome::Conflicts(conflicts) => {
@@ -206,9 +212,11 @@ fn candidate(key: &WireGuardPeerKey) -> Candidate {
     }
 }
 
-/// Status: the relay's first, then its keys', which carry the relay's endpoint.
+/// Status: the relay's; then its keys' verdicts and endpoint, published for the key
+/// controller, which writes each key's status without holding up this reconcile.
 async fn report(
     client: &Client,
+    ctx: &Context,
     obj: &WireGuardRelay,
     relay: &Relay,
     admission: &Admission,
@@ -218,15 +226,21 @@ async fn report(
     let available = status::available(&applied.deployment);
     let relay_status = status::relay_status(obj, found, available, admission.counts());
     status::write_relay(client, &relay.namespace, obj, &relay_status).await?;
-    status::write_keys(
-        client,
-        &relay.namespace,
-        &admission.keys,
-        &admission.verdicts,
-        relay_status.endpoint.as_deref(),
-        relay.spec.access_mode,
-    )
-    .await
+    let judgements = admission
+        .keys
+        .iter()
+        .zip(&admission.verdicts)
+        .map(|(key, (_, verdict))| {
+            let judgement = Judgement {
+                verdict: verdict.clone(),
+                endpoint: relay_status.endpoint.clone(),
+                mode: relay.spec.access_mode,
+            };
+            (key.clone(), judgement)
+        })
+        .collect();
+    ctx.judged.publish(&ObjectRef::from_obj(obj), judgements);
+    Ok(())
 }
 
 /// Every address peers can use, from the Service, and for NodePort from the relay pod's node.
@@ -289,22 +303,26 @@ async fn relay_node(client: &Client, pods: &[Pod]) -> Result<(Option<Node>, Vec<
     Ok((node, host_ips))
 }
 
-/// Reports a key whose relay does not exist; a relay's reconcile reports the keys it has.
+/// Writes a key's status: from its relay's latest judgement, or `RelayNotFound`. A key its
+/// relay has not judged yet is written when the relay's reconcile publishes it.
 async fn reconcile_key(obj: Arc<WireGuardPeerKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = obj.namespace().ok_or(Error::MissingField {
         kind: "WireGuardPeerKey",
         field: "metadata.namespace",
     })?;
     ctx.stores_synced().await?;
-    let relay = ctx
-        .relays
-        .get(&ObjectRef::new(&obj.spec.relay).within(&namespace));
-    // An existing relay's controller writes this key's status.
-    if relay.is_none() {
-        let status = status::key_status(&obj, None, None, AccessMode::AllowList);
-        let keys = Api::<WireGuardPeerKey>::namespaced(ctx.client.clone(), &namespace);
-        status::write_key(&keys, &obj, &status).await?;
-    }
+    let relay_ref = ObjectRef::new(&obj.spec.relay).within(&namespace);
+    let status = if ctx.relays.get(&relay_ref).is_some() {
+        let Some(j) = ctx.judged.get(&relay_ref, &obj.name_any()) else {
+            return Ok(Action::await_change());
+        };
+        status::key_status(&obj, Some(&j.verdict), j.endpoint.as_deref(), j.mode)
+    } else {
+        ctx.judged.forget(&relay_ref);
+        status::key_status(&obj, None, None, AccessMode::AllowList)
+    };
+    let keys = Api::<WireGuardPeerKey>::namespaced(ctx.client.clone(), &namespace);
+    status::write_key(&keys, &obj, &status).await?;
     Ok(Action::await_change())
 }
 
@@ -491,6 +509,7 @@ fn run_scope(
         WireGuardRelay::new("", WireGuardRelaySpec::default()),
     );
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let (judged, judgements_changed) = Judged::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: settings.pods,
@@ -499,10 +518,17 @@ fn run_scope(
         http: HttpClient::default(),
         keys: key_store,
         relays: relay_store,
+        judged,
         synced,
     });
 
-    let key_controller = key_controller(keys, relay_changes, ctx.clone(), shutdown.clone());
+    let key_controller = key_controller(
+        keys,
+        relay_changes,
+        judgements_changed,
+        ctx.clone(),
+        shutdown.clone(),
+    );
     let relay_controller = relay_controller(
         &client,
         ns,
@@ -543,16 +569,22 @@ async fn mark_synced(
     Ok(())
 }
 
-/// The peer key controller, woken by its keys and by every relay change (a relay that appears
-/// or goes away decides whether its keys' status is this controller's).
+/// The peer key controller, woken by its keys, by every relay change (a relay that appears or
+/// goes away decides whether its keys have a relay) and by each new judgement of a key.
 fn key_controller(
     keys: Api<WireGuardPeerKey>,
     relay_changes: impl futures::Stream<Item = Result<WireGuardRelay, watcher::Error>> + Send + 'static,
+    judgements_changed: impl futures::Stream<Item = Arc<WireGuardPeerKey>> + Send + 'static,
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
     let run = Controller::new(keys, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(KEY_WRITERS))
         .watches_stream(relay_changes, keys_of_relay(ctx.keys.clone()))
+        .watches_stream(
+            judgements_changed.map(|key| Ok((*key).clone())),
+            |key: WireGuardPeerKey| Some(ObjectRef::from_obj(&key)),
+        )
         .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| observed("wireguardpeerkey", obj, ctx, reconcile_key),

@@ -21,6 +21,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handshakes;
 pub mod http;
+pub mod judged;
 pub mod metrics;
 pub mod owners;
 pub mod resources;

@@ -4,8 +4,6 @@
 //! reconciler's field manager, made only when something changed, so an idle reconcile writes
 //! nothing and wakes no watcher.
 
-use std::sync::Arc;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -212,24 +210,6 @@ pub(crate) async fn write_relay(
     if relay.status.as_ref() != Some(status) {
         let relays = Api::<WireGuardRelay>::namespaced(client.clone(), namespace);
         patch_status(&relays, relay, status).await?;
-    }
-    Ok(())
-}
-
-/// Writes each of a relay's keys' status from its verdict (`keys` and `verdicts` in the same
-/// order), the relay's endpoint and access mode.
-pub(crate) async fn write_keys(
-    client: &Client,
-    namespace: &str,
-    keys: &[Arc<WireGuardPeerKey>],
-    verdicts: &[(String, Verdict)],
-    endpoint: Option<&str>,
-    mode: AccessMode,
-) -> Result<(), Error> {
-    let api = Api::<WireGuardPeerKey>::namespaced(client.clone(), namespace);
-    for (key, (_, verdict)) in keys.iter().zip(verdicts) {
-        let status = key_status(key, Some(verdict), endpoint, mode);
-        write_key(&api, key, &status).await?;
     }
     Ok(())
 }
