@@ -139,7 +139,7 @@ impl Suite<'_> {
             "--set",
             "image.pullPolicy=Never",
             "--set",
-            "resources.limits.memory=192Mi",
+            "resources.limits.memory=640Mi",
             "--wait",
             "--timeout=3m",
         ];
@@ -204,9 +204,11 @@ impl Suite<'_> {
     fn dump(&self) {
         let what =
             "deployments,replicasets,pods,services,configmaps,wireguardrelays,wireguardpeerkeys";
+        // Not every key described: step 5b makes 100,000 of them.
+        let described = "deployments,replicasets,pods,services,wireguardrelays";
         for args in [
             vec!["get", what, "-o", "wide"],
-            vec!["describe", what],
+            vec!["describe", described],
             vec!["get", "events", "--sort-by=.lastTimestamp"],
             vec![
                 "logs",
@@ -316,7 +318,13 @@ async fn scenario(suite: &Suite<'_>, lab: &mut Lab, node: std::net::Ipv4Addr) ->
     peer_without_key_blocked(suite, &peers).await?;
     operator_upgrade(suite).await?;
     key_added(suite, &peers, relay_uid).await?;
-    key_deleted(suite, &peers).await?;
+    // Issue 19's scale, on the local cluster only: kind runs the same operator and relay.
+    let bulk = if matches!(suite.cluster, Cluster::Local(_)) {
+        many_keys(suite).await?
+    } else {
+        0
+    };
+    key_deleted(suite, &peers, bulk).await?;
     relay_image_upgrade(suite, &peers).await?;
     relay_deleted(suite).await?;
     uninstall(suite).await
@@ -543,7 +551,7 @@ fn is_upgraded_operator(pod: &Pod) -> bool {
                     .as_ref()
                     .and_then(|r| r.limits.as_ref())
                     .and_then(|l| l.get("memory"))
-                    .is_some_and(|m| m.0 == "192Mi")
+                    .is_some_and(|m| m.0 == "640Mi")
             })
         })
 }
@@ -575,12 +583,111 @@ async fn key_added(suite: &Suite<'_>, peers: &Peers, relay_uid: Option<String>) 
     Ok(())
 }
 
-/// Step 6: Delete C's key: C is cut off while A and B keep talking.
-async fn key_deleted(suite: &Suite<'_>, peers: &Peers) -> Result<()> {
+/// Keys added in step 5b, besides the peers'.
+const BULK_KEYS: u32 = 100_000;
+/// Key creations in flight at once in step 5b.
+const CREATORS: usize = 32;
+
+/// The operator process's resident memory and its peak, in KiB: the local cluster runs it on
+/// this machine.
+fn operator_memory() -> Result<(u64, u64)> {
+    let pids = std::process::Command::new("pgrep")
+        .args(["-x", "wpex-operator"])
+        .output()
+        .context("pgrep")?;
+    let pids = String::from_utf8_lossy(&pids.stdout);
+    let mut pids = pids.split_whitespace();
+    let (Some(pid), None) = (pids.next(), pids.next()) else {
+        bail!("not exactly one wpex-operator process: {pids:?}");
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |field: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .with_context(|| format!("{field} in /proc/{pid}/status"))
+    };
+    Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// Step 5b: 100,000 more keys, from random public keys, reach the relay pod, spread over its
+/// key shards. Prints how long that takes and the operator's memory; returns the count.
+async fn many_keys(suite: &Suite<'_>) -> Result<u32> {
+    use futures::{StreamExt, TryStreamExt};
+    use rand::RngCore;
+    let keys: Api<WireGuardPeerKey> = suite.api();
+    let (rss_before, _) = operator_memory()?;
+    let started = Instant::now();
+    futures::stream::iter(0..BULK_KEYS)
+        .map(|i| {
+            let keys = keys.clone();
+            async move {
+                let mut raw = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut raw);
+                let spec = wpex_operator::crd::WireGuardPeerKeySpec {
+                    relay: RELAY.to_owned(),
+                    public_key: wpex_proto::keys::PublicKey(raw).to_string(),
+                    disabled: false,
+                };
+                let key = WireGuardPeerKey::new(&format!("bulk-{i}"), spec);
+                keys.create(&PostParams::default(), &key).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(CREATORS)
+        .try_collect::<()>()
+        .await
+        .context("creating the keys")?;
+    let created = started.elapsed();
+    eprintln!("5b. {BULK_KEYS} WireGuardPeerKeys created in {created:.1?}");
+    let want = BULK_KEYS + 3;
+    let told = std::sync::Mutex::new(Instant::now());
+    let ((), _) = eventually(
+        format!("the relay allows {want} keys"),
+        Duration::from_secs(1200),
+    )
+    .every(Duration::from_secs(1))
+    .until(|| async {
+        let allowed = suite.metric("wpex_allowed_keys").await?;
+        let mut last = told.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        if last.elapsed() >= Duration::from_secs(30) {
+            *last = Instant::now();
+            eprintln!(
+                "    ... the relay allows {allowed} keys, {:.0?} after the first was created",
+                started.elapsed()
+            );
+        }
+        Ok((allowed == f64::from(want)).then_some(()))
+    })
+    .await?;
+    let reached = started.elapsed();
+    let (rss, peak) = operator_memory()?;
+    let shards = suite
+        .api::<ConfigMap>()
+        .list(&ListParams::default().labels(RELAY_SELECTOR))
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.contains("-keys-"))
+        })
+        .count();
+    eprintln!(
+        "5b. all {want} keys in the relay pod {reached:.1?} after the first was created, from \
+         {shards} key shards; operator RSS {rss_before} KiB before, {rss} KiB after, peak {peak} KiB"
+    );
+    Ok(BULK_KEYS)
+}
+
+/// Step 6: Delete C's key: C is cut off while A and B keep talking; `bulk` more keys stay.
+async fn key_deleted(suite: &Suite<'_>, peers: &Peers, bulk: u32) -> Result<()> {
     let Peers { a, b, c } = peers;
     let keys: Api<WireGuardPeerKey> = suite.api();
     keys.delete("peer-c", &DeleteParams::default()).await?;
-    let out_of_relay = suite.wait_for_keys(2).await?;
+    let out_of_relay = suite.wait_for_keys(2 + bulk).await?;
     let took = wait_until_cut(c, a, Duration::from_secs(120))?;
     wait_for_ping(a, b, Duration::from_secs(10))?;
     ensure!(!c.ping_once(a.tunnel_ip, None), "C stays cut off");

@@ -417,9 +417,13 @@ where
     let (store, writer) = kube::runtime::reflector::store();
     let mut generations: std::collections::HashMap<ObjectRef<K>, Option<i64>> =
         std::collections::HashMap::new();
+    // managedFields are most of a small object's size, and no reconcile reads them: with
+    // 100,000 keys they would be most of the operator's memory.
     let stream = reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|obj| obj.managed_fields_mut().clear()),
     )
     .flat_map(move |event| {
         let out: Vec<Result<K, watcher::Error>> = match event {
@@ -450,6 +454,24 @@ where
         futures::stream::iter(out)
     });
     (store, stream)
+}
+
+/// Passes `stream` on, and a copy of each object it yields to the second stream, which sees
+/// them as the first is polled.
+fn tee<K: Clone + Send + 'static, E>(
+    stream: impl futures::Stream<Item = Result<K, E>> + Send + 'static,
+) -> (
+    impl futures::Stream<Item = Result<K, E>> + Send + 'static,
+    impl futures::Stream<Item = K> + Send + 'static,
+) {
+    let (copies, copied) = futures::channel::mpsc::unbounded();
+    let stream = stream.inspect(move |item| {
+        if let Ok(obj) = item {
+            // The copy's reader stops only at shutdown.
+            let _ = copies.unbounded_send(obj.clone());
+        }
+    });
+    (stream, copied)
 }
 
 /// `Store::wait_until_ready`, re-polled: the controller waits on its own store too, and a store
@@ -504,6 +526,13 @@ fn run_scope(
         disabled: false,
     };
     let (key_store, key_changes) = changes(keys.clone(), WireGuardPeerKey::new("", everything));
+    // One watch and one store of the keys for both controllers: with 100,000 keys a second
+    // copy would be most of the operator's memory. The key controller needs no re-list marker:
+    // the relay reconcile that follows one publishes whatever changed.
+    let (key_changes, keys_changed) = tee(key_changes);
+    let keys_changed = keys_changed
+        .filter(|k| futures::future::ready(!k.name_any().is_empty()))
+        .map(Ok);
     let (relay_store, relay_changes) = changes(
         relays.clone(),
         WireGuardRelay::new("", WireGuardRelaySpec::default()),
@@ -523,7 +552,7 @@ fn run_scope(
     });
 
     let key_controller = key_controller(
-        keys,
+        keys_changed,
         relay_changes,
         judgements_changed,
         ctx.clone(),
@@ -572,13 +601,13 @@ async fn mark_synced(
 /// The peer key controller, woken by its keys, by every relay change (a relay that appears or
 /// goes away decides whether its keys have a relay) and by each new judgement of a key.
 fn key_controller(
-    keys: Api<WireGuardPeerKey>,
+    keys_changed: impl futures::Stream<Item = Result<WireGuardPeerKey, watcher::Error>> + Send + 'static,
     relay_changes: impl futures::Stream<Item = Result<WireGuardRelay, watcher::Error>> + Send + 'static,
     judgements_changed: impl futures::Stream<Item = Arc<WireGuardPeerKey>> + Send + 'static,
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
-    let run = Controller::new(keys, watcher::Config::default())
+    let run = Controller::for_stream(keys_changed, ctx.keys.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(KEY_WRITERS))
         .watches_stream(relay_changes, keys_of_relay(ctx.keys.clone()))
         .watches_stream(
