@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort, HTTPGetAction,
-    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    KeyToPath, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeProjection,
 };
@@ -63,6 +63,17 @@ pub struct Relay {
 /// `<relay>-keys-<shard>`.
 pub fn keys_config_map_name(relay: &str, shard: usize) -> String {
     format!("{relay}-keys-{shard}")
+}
+
+/// The annotation on each key shard with a digest of its data, so that the apply step can tell
+/// an unchanged shard from its metadata alone, without reading its keys back.
+pub const KEYS_DIGEST_ANNOTATION: &str = "wpex.io/keys-digest";
+
+/// The digest [`KEYS_DIGEST_ANNOTATION`] holds: BLAKE2s of the shard's text, 128 bits in hex.
+pub fn keys_digest(text: &str) -> String {
+    use blake2::Digest;
+    let hash = blake2::Blake2s256::digest(text.as_bytes());
+    hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The single ConfigMap of keys that operators before the shards wrote: `<relay>-keys`.
@@ -127,12 +138,15 @@ pub fn config_maps(relay: &Relay, keys: &[PublicKey]) -> Vec<ConfigMap> {
                 "Allowed WireGuard public keys of relay {}/{}, shard {n} of {KEY_SHARDS}.\nManaged by wpex-operator from WireGuardPeerKeys: edits here are overwritten.",
                 relay.namespace, relay.name
             );
+            let text = wpex_proto::keyfile::render(&header, keys);
+            let mut metadata = metadata(relay, keys_config_map_name(&relay.name, n));
+            metadata.annotations = Some(BTreeMap::from([(
+                KEYS_DIGEST_ANNOTATION.to_owned(),
+                keys_digest(&text),
+            )]));
             ConfigMap {
-                metadata: metadata(relay, keys_config_map_name(&relay.name, n)),
-                data: Some(BTreeMap::from([(
-                    key_file(n),
-                    wpex_proto::keyfile::render(&header, keys),
-                )])),
+                metadata,
+                data: Some(BTreeMap::from([(key_file(n), text)])),
                 ..ConfigMap::default()
             }
         })
@@ -307,8 +321,14 @@ fn keys_volume(relay: &Relay) -> Option<Vec<Volume>> {
     (relay.spec.access_mode == AccessMode::AllowList).then(|| {
         let sources = (0..KEY_SHARDS)
             .map(|n| VolumeProjection {
+                // Only the shard's own file: a key someone adds to the ConfigMap is no file.
                 config_map: Some(ConfigMapProjection {
                     name: keys_config_map_name(&relay.name, n),
+                    items: Some(vec![KeyToPath {
+                        key: key_file(n),
+                        path: key_file(n),
+                        ..KeyToPath::default()
+                    }]),
                     ..ConfigMapProjection::default()
                 }),
                 ..VolumeProjection::default()
@@ -470,6 +490,12 @@ mod tests {
             let parsed = wpex_proto::keyfile::parse(std::path::Path::new(&key_file(n)), text)
                 .expect("parses");
             assert!(parsed.iter().all(|k| shard_of(k) == n), "shard {n}");
+            let digest = cm.metadata.annotations.as_ref().expect("annotations");
+            assert_eq!(
+                digest[KEYS_DIGEST_ANNOTATION],
+                keys_digest(text),
+                "shard {n}"
+            );
             all.extend(parsed);
         }
         all.sort();
