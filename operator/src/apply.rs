@@ -154,10 +154,13 @@ pub(crate) async fn children(
 async fn retire_legacy_keys(client: &Client, relay: &Relay) -> Result<(), Error> {
     let api = Api::<ConfigMap>::namespaced(client.clone(), &relay.namespace);
     let name = resources::legacy_keys_config_map_name(&relay.name);
-    let found = api.get_opt(&name).await.map_err(|source| Error::Read {
-        what: "the relay's former key ConfigMap",
-        source,
-    })?;
+    let found = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| Error::Read {
+            what: "the relay's former key ConfigMap",
+            source,
+        })?;
     let Some(found) = found else {
         return Ok(());
     };
