@@ -182,6 +182,39 @@ impl Suite<'_> {
         Ok(self.client.request_text(request).await?)
     }
 
+    /// The running operator pod's metrics, through the API server's pod proxy.
+    async fn operator_metrics(&self) -> Result<String> {
+        let pods = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels("app.kubernetes.io/name=wpex-operator"))
+            .await?;
+        let running = pods.items.into_iter().find(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        let name = running
+            .and_then(|p| p.metadata.name)
+            .context("a running operator pod")?;
+        let request = http::Request::get(format!(
+            "/api/v1/namespaces/{}/pods/{name}:8080/proxy/metrics",
+            self.ns
+        ))
+        .body(Vec::new())?;
+        Ok(self.client.request_text(request).await?)
+    }
+
+    /// Relay reconciles so far and the seconds they took, from the operator's histogram.
+    async fn relay_reconciles(&self) -> Result<(f64, f64)> {
+        let text = self.operator_metrics().await?;
+        let series = |end: &str| {
+            let name = format!(
+                "wpex_operator_reconcile_duration_seconds_{end}{{controller=\"wireguardrelay\"}}"
+            );
+            sample(&text, &name).with_context(|| format!("{name} in the operator's metrics"))
+        };
+        Ok((series("count")?, series("sum")?))
+    }
+
     async fn metric(&self, series: &str) -> Result<f64> {
         Ok(sample(&self.relay_metrics().await?, series).unwrap_or(0.0))
     }
@@ -691,6 +724,7 @@ async fn key_deleted(suite: &Suite<'_>, peers: &Peers, bulk: u32) -> Result<()> 
     let key: wpex_proto::keys::PublicKey = c.public_key.parse()?;
     let shard = wpex_operator::resources::keys_config_map_name(RELAY, shard_of(&key));
     let config_maps: Api<ConfigMap> = suite.api();
+    let reconciled = suite.relay_reconciles().await?;
     let started = Instant::now();
     keys.delete("peer-c", &DeleteParams::default()).await?;
     let rewritten = async {
@@ -709,6 +743,13 @@ async fn key_deleted(suite: &Suite<'_>, peers: &Peers, bulk: u32) -> Result<()> 
     };
     let (out_of_relay, rewritten) = tokio::join!(suite.wait_for_keys(2 + bulk), rewritten);
     let (out_of_relay, rewritten) = (out_of_relay?, rewritten?);
+    let (count, sum) = suite.relay_reconciles().await?;
+    let (count, sum) = (count - reconciled.0, sum - reconciled.1);
+    let mean = if count > 0.0 { sum / count } else { 0.0 };
+    eprintln!(
+        "6. meanwhile {count} relay reconciles, {mean:.2} s each on average ({} keys)",
+        2 + bulk
+    );
     let took = wait_until_cut(c, a, Duration::from_secs(120))?;
     wait_for_ping(a, b, Duration::from_secs(10))?;
     ensure!(!c.ping_once(a.tunnel_ip, None), "C stays cut off");
