@@ -1,18 +1,19 @@
 //! Which peer keys a relay accepts. Pure domain logic: no Kubernetes types, no IO.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use wpex_proto::keys::PublicKey;
 
 use crate::resources::{KEY_SHARDS, SHARD_KEYS, shard_of};
 
-/// A peer key as the relay controller sees it.
+/// A peer key as the relay controller sees it, borrowed from the resource: a relay may have
+/// 100,000 of them, judged on every reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub struct Candidate<'a> {
     /// The WireGuardPeerKey's name, unique within the relay's namespace.
-    pub name: String,
+    pub name: &'a str,
     /// `spec.publicKey` as written, not yet parsed.
-    pub public_key: String,
+    pub public_key: &'a str,
     /// `spec.disabled`.
     pub disabled: bool,
     /// Orders claims on the same key: the earlier resource keeps it.
@@ -70,20 +71,21 @@ impl Verdict {
     }
 }
 
-/// Judges every candidate of one relay. The result follows the input order.
-pub fn judge(candidates: &[Candidate]) -> Vec<(String, Verdict)> {
+/// Judges every candidate of one relay. The verdicts follow the input order.
+pub fn judge(candidates: &[Candidate<'_>]) -> Vec<Verdict> {
     judge_within(candidates, SHARD_KEYS)
 }
 
 /// [`judge`] with `per_shard` keys at most in each shard.
-fn judge_within(candidates: &[Candidate], per_shard: usize) -> Vec<(String, Verdict)> {
+fn judge_within(candidates: &[Candidate<'_>], per_shard: usize) -> Vec<Verdict> {
     // The earliest valid, enabled claim on each key wins; ties break by name.
-    let mut order: Vec<&Candidate> = candidates.iter().collect();
-    order.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
-    let mut owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
-    let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_unstable_by_key(|&i| (candidates[i].created, candidates[i].name));
+    let mut owner: HashMap<PublicKey, &str> = HashMap::with_capacity(candidates.len());
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; candidates.len()];
     let mut held = [0usize; KEY_SHARDS];
-    for c in order {
+    for i in order {
+        let c = &candidates[i];
         let verdict = match c.public_key.parse::<PublicKey>() {
             Err(_) => Verdict::Invalid,
             Ok(_) if c.disabled => Verdict::Disabled,
@@ -92,7 +94,7 @@ fn judge_within(candidates: &[Candidate], per_shard: usize) -> Vec<(String, Verd
                     of: (*of).to_owned(),
                 },
                 None => {
-                    owner.insert(key, &c.name);
+                    owner.insert(key, c.name);
                     let shard = shard_of(&key);
                     if held[shard] < per_shard {
                         held[shard] += 1;
@@ -103,22 +105,17 @@ fn judge_within(candidates: &[Candidate], per_shard: usize) -> Vec<(String, Verd
                 }
             },
         };
-        verdicts.insert(&c.name, verdict);
+        verdicts[i] = Some(verdict);
     }
-    candidates
-        .iter()
-        .map(|c| {
-            let verdict = verdicts.remove(c.name.as_str()).unwrap_or(Verdict::Invalid);
-            (c.name.clone(), verdict)
-        })
-        .collect()
+    // Every index was in `order` once.
+    verdicts.into_iter().flatten().collect()
 }
 
 /// The accepted keys, for the relay's key file.
-pub fn accepted(verdicts: &[(String, Verdict)]) -> Vec<PublicKey> {
+pub fn accepted(verdicts: &[Verdict]) -> Vec<PublicKey> {
     verdicts
         .iter()
-        .filter_map(|(_, v)| match v {
+        .filter_map(|v| match v {
             Verdict::Accepted(k) => Some(*k),
             _ => None,
         })
@@ -132,10 +129,10 @@ mod tests {
     const K1: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
     const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 
-    fn c(name: &str, key: &str, disabled: bool, created: i64) -> Candidate {
+    fn c<'a>(name: &'a str, key: &'a str, disabled: bool, created: i64) -> Candidate<'a> {
         Candidate {
-            name: name.into(),
-            public_key: key.into(),
+            name,
+            public_key: key,
             disabled,
             created: Some(created),
         }
@@ -148,9 +145,9 @@ mod tests {
             c("early", K1, false, 10),
             c("other", K2, false, 30),
         ]);
-        assert_eq!(got[0].1, Verdict::Duplicate { of: "early".into() });
-        assert_eq!(got[1].1, Verdict::Accepted(K1.parse().expect("key")));
-        assert_eq!(got[2].1, Verdict::Accepted(K2.parse().expect("key")));
+        assert_eq!(got[0], Verdict::Duplicate { of: "early".into() });
+        assert_eq!(got[1], Verdict::Accepted(K1.parse().expect("key")));
+        assert_eq!(got[2], Verdict::Accepted(K2.parse().expect("key")));
         assert_eq!(accepted(&got).len(), 2);
     }
 
@@ -171,21 +168,21 @@ mod tests {
             c("elsewhere", K2, false, 40),
         ];
         let got = judge_within(&all, 2);
-        assert_eq!(got[0].1, Verdict::KeyLimit { shard: 0 });
-        assert_eq!(got[0].1.reason(), "KeyLimit");
-        assert!(matches!(got[1].1, Verdict::Accepted(_)));
-        assert!(matches!(got[2].1, Verdict::Accepted(_)));
-        assert!(matches!(got[3].1, Verdict::Accepted(_)), "another shard");
+        assert_eq!(got[0], Verdict::KeyLimit { shard: 0 });
+        assert_eq!(got[0].reason(), "KeyLimit");
+        assert!(matches!(got[1], Verdict::Accepted(_)));
+        assert!(matches!(got[2], Verdict::Accepted(_)));
+        assert!(matches!(got[3], Verdict::Accepted(_)), "another shard");
         // The oldest deleted: the removal takes effect, and the newest takes its place.
         let got = judge_within(&[all[0].clone(), all[2].clone()], 2);
-        assert!(got.iter().all(|(_, v)| matches!(v, Verdict::Accepted(_))));
+        assert!(got.iter().all(|v| matches!(v, Verdict::Accepted(_))));
     }
 
     #[test]
     fn a_disabled_claim_does_not_hold_the_key() {
         let got = judge(&[c("old-disabled", K1, true, 1), c("new", K1, false, 2)]);
-        assert_eq!(got[0].1, Verdict::Disabled);
-        assert_eq!(got[1].1, Verdict::Accepted(K1.parse().expect("key")));
+        assert_eq!(got[0], Verdict::Disabled);
+        assert_eq!(got[1], Verdict::Accepted(K1.parse().expect("key")));
     }
 
     #[test]
@@ -195,10 +192,10 @@ mod tests {
             c("a", K1, false, 5),
             c("bad", "AAAA", false, 1),
         ]);
-        assert_eq!(got[0].1, Verdict::Duplicate { of: "a".into() });
-        assert!(matches!(got[1].1, Verdict::Accepted(_)));
-        assert_eq!(got[2].1, Verdict::Invalid);
-        assert_eq!(got[2].1.reason(), "InvalidKey");
+        assert_eq!(got[0], Verdict::Duplicate { of: "a".into() });
+        assert!(matches!(got[1], Verdict::Accepted(_)));
+        assert_eq!(got[2], Verdict::Invalid);
+        assert_eq!(got[2].reason(), "InvalidKey");
     }
 
     #[test]

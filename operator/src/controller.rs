@@ -32,7 +32,7 @@ use crate::crd::{
 use crate::endpoint::{RelayNode, endpoints};
 use crate::error::Error;
 use crate::http::HttpClient;
-use crate::judged::{Judged, Judgement};
+use crate::judged::Judged;
 use crate::metrics::Metrics;
 use crate::resources::{self, PodDefaults, Relay};
 use crate::status;
@@ -149,10 +149,10 @@ fn dereference(relay: &WireGuardRelay) -> Result<Relay, Error> {
 
 /// Validate's outcome for one relay.
 struct Admission {
-    /// The relay's peer keys, by name.
+    /// The relay's peer keys.
     keys: Vec<Arc<WireGuardPeerKey>>,
     /// Each key's verdict, in the order of `keys`.
-    verdicts: Vec<(String, Verdict)>,
+    verdicts: Vec<Verdict>,
     /// The keys for the relay's key file.
     accepted: Vec<PublicKey>,
 }
@@ -165,7 +165,7 @@ impl Admission {
             over_limit: self
                 .verdicts
                 .iter()
-                .filter(|(_, v)| matches!(v, Verdict::KeyLimit { .. }))
+                .filter(|v| matches!(v, Verdict::KeyLimit { .. }))
                 .count(),
         }
     }
@@ -178,19 +178,18 @@ async fn validate(ctx: &Context, relay: &Relay) -> Result<Admission, Error> {
     Ok(admit(ctx.keys.state(), relay))
 }
 
-/// Judges the relay's keys among `all` together: a duplicate depends on the whole set.
+/// Judges the relay's keys among `all` together: a duplicate depends on the whole set. Their
+/// order does not matter: the key file is rendered sorted.
 fn admit(all: Vec<Arc<WireGuardPeerKey>>, relay: &Relay) -> Admission {
-    let mut keys: Vec<Arc<WireGuardPeerKey>> = all
+    let keys: Vec<Arc<WireGuardPeerKey>> = all
         .into_iter()
         .filter(|k| {
             k.spec.relay == relay.name
-                && k.namespace().as_deref() == Some(relay.namespace.as_str())
+                && k.metadata.namespace.as_deref() == Some(relay.namespace.as_str())
                 && k.metadata.deletion_timestamp.is_none()
         })
         .collect();
-    // Cached: `name_any` allocates, and with 100,000 keys a sort calls it millions of times.
-    keys.sort_by_cached_key(|k| k.name_any());
-    let candidates: Vec<Candidate> = keys.iter().map(|k| candidate(k)).collect();
+    let candidates: Vec<Candidate<'_>> = keys.iter().map(|k| candidate(k)).collect();
     let verdicts = admission::judge(&candidates);
     let accepted = admission::accepted(&verdicts);
     Admission {
@@ -200,10 +199,10 @@ fn admit(all: Vec<Arc<WireGuardPeerKey>>, relay: &Relay) -> Admission {
     }
 }
 
-fn candidate(key: &WireGuardPeerKey) -> Candidate {
+fn candidate(key: &WireGuardPeerKey) -> Candidate<'_> {
     Candidate {
-        name: key.name_any(),
-        public_key: key.spec.public_key.clone(),
+        name: key.metadata.name.as_deref().unwrap_or_default(),
+        public_key: &key.spec.public_key,
         disabled: key.spec.disabled,
         created: key
             .metadata
@@ -227,20 +226,17 @@ async fn report(
     let available = status::available(&applied.deployment);
     let relay_status = status::relay_status(obj, found, available, admission.counts());
     status::write_relay(client, &relay.namespace, obj, &relay_status).await?;
-    let judgements = admission
+    let verdicts = admission
         .keys
         .iter()
-        .zip(&admission.verdicts)
-        .map(|(key, (_, verdict))| {
-            let judgement = Judgement {
-                verdict: verdict.clone(),
-                endpoint: relay_status.endpoint.clone(),
-                mode: relay.spec.access_mode,
-            };
-            (key.clone(), judgement)
-        })
-        .collect();
-    ctx.judged.publish(&ObjectRef::from_obj(obj), judgements);
+        .cloned()
+        .zip(admission.verdicts.iter().cloned());
+    ctx.judged.publish(
+        &ObjectRef::from_obj(obj),
+        relay_status.endpoint.clone(),
+        relay.spec.access_mode,
+        verdicts,
+    );
     Ok(())
 }
 

@@ -26,12 +26,17 @@ pub struct Judgement {
     pub mode: AccessMode,
 }
 
-/// One relay's judgements, by key name.
-type Judgements = Arc<HashMap<String, Judgement>>;
+/// One relay's judgements: its verdicts by key name, and what all its keys share.
+#[derive(Debug, Default)]
+struct Judgements {
+    endpoint: Option<String>,
+    mode: AccessMode,
+    verdicts: HashMap<String, Verdict>,
+}
 
 /// Every relay's latest judgements; and the key controller's trigger.
 pub struct Judged {
-    relays: Mutex<HashMap<ObjectRef<WireGuardRelay>, Judgements>>,
+    relays: Mutex<HashMap<ObjectRef<WireGuardRelay>, Arc<Judgements>>>,
     trigger: mpsc::UnboundedSender<Arc<WireGuardPeerKey>>,
 }
 
@@ -46,40 +51,59 @@ impl Judged {
         (judged, changed)
     }
 
-    /// Records `relay`'s judgements of its keys and wakes the key controller for each key
-    /// whose judgement is new or changed. Returns how many were.
+    /// Records `relay`'s verdicts on its keys, with its endpoint and mode, and wakes the key
+    /// controller for each key whose judgement is new or changed. Returns how many were.
     pub fn publish(
         &self,
         relay: &ObjectRef<WireGuardRelay>,
-        judgements: Vec<(Arc<WireGuardPeerKey>, Judgement)>,
+        endpoint: Option<String>,
+        mode: AccessMode,
+        verdicts: impl ExactSizeIterator<Item = (Arc<WireGuardPeerKey>, Verdict)>,
     ) -> usize {
-        let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = relays.get(relay).cloned().unwrap_or_default();
+        let before = self.judgements(relay).unwrap_or_default();
+        // The endpoint and mode are in every key's status: a change to either changes all.
+        let shared_changed = before.endpoint != endpoint || before.mode != mode;
         let mut changed = 0;
-        let mut now = HashMap::with_capacity(judgements.len());
-        for (key, judgement) in judgements {
+        let mut now = Judgements {
+            endpoint,
+            mode,
+            verdicts: HashMap::with_capacity(verdicts.len()),
+        };
+        for (key, verdict) in verdicts {
             let name = key.name_any();
-            if before.get(&name) != Some(&judgement) {
+            if shared_changed || before.verdicts.get(&name) != Some(&verdict) {
                 changed += 1;
                 // Closed only when the key controller has stopped, at shutdown.
                 let _ = self.trigger.unbounded_send(key);
             }
-            now.insert(name, judgement);
+            now.verdicts.insert(name, verdict);
         }
+        let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
         relays.insert(relay.clone(), Arc::new(now));
         changed
     }
 
     /// The judgement of key `name` by `relay`, if the relay has judged it.
     pub fn get(&self, relay: &ObjectRef<WireGuardRelay>, name: &str) -> Option<Judgement> {
-        let relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
-        relays.get(relay)?.get(name).cloned()
+        let judgements = self.judgements(relay)?;
+        Some(Judgement {
+            verdict: judgements.verdicts.get(name)?.clone(),
+            endpoint: judgements.endpoint.clone(),
+            mode: judgements.mode,
+        })
     }
 
     /// Drops what is known of a relay that is gone.
     pub fn forget(&self, relay: &ObjectRef<WireGuardRelay>) {
         let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
         relays.remove(relay);
+    }
+
+    /// The lock is held only to clone the `Arc`: key status writers read while a relay
+    /// publishes.
+    fn judgements(&self, relay: &ObjectRef<WireGuardRelay>) -> Option<Arc<Judgements>> {
+        let relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
+        relays.get(relay).cloned()
     }
 }
 
@@ -88,14 +112,6 @@ mod tests {
     use super::*;
     use crate::crd::WireGuardPeerKeySpec;
     use futures::StreamExt;
-
-    fn judgement(endpoint: &str) -> Judgement {
-        Judgement {
-            verdict: Verdict::Disabled,
-            endpoint: Some(endpoint.to_owned()),
-            mode: AccessMode::AllowList,
-        }
-    }
 
     #[test]
     fn only_new_and_changed_judgements_wake_their_keys() {
@@ -109,28 +125,37 @@ mod tests {
             };
             Arc::new(WireGuardPeerKey::new(name, spec))
         };
-        let first = vec![
-            (key("alice"), judgement("192.0.2.1:1")),
-            (key("bob"), judgement("192.0.2.1:1")),
-        ];
-        assert_eq!(judged.publish(&relay, first.clone()), 2);
-        assert_eq!(judged.publish(&relay, first), 0, "nothing changed");
-        let second = vec![
-            (key("alice"), judgement("192.0.2.1:1")),
-            (key("bob"), judgement("192.0.2.9:1")),
-        ];
-        assert_eq!(judged.publish(&relay, second), 1);
-        let woken: Vec<Arc<WireGuardPeerKey>> =
-            futures::executor::block_on(changed.by_ref().take(3).collect());
-        let names: Vec<String> = woken.iter().map(|k| k.name_any()).collect();
-        assert_eq!(names.iter().filter(|n| *n == "bob").count(), 2, "{names:?}");
+        let verdicts = |bob: Verdict| vec![(key("alice"), Verdict::Disabled), (key("bob"), bob)];
+        let endpoint = || Some("192.0.2.1:1".to_owned());
+        let mode = AccessMode::AllowList;
+        let publish = |endpoint, verdicts: Vec<_>| {
+            judged.publish(&relay, endpoint, mode, verdicts.into_iter())
+        };
+        assert_eq!(publish(endpoint(), verdicts(Verdict::Disabled)), 2);
         assert_eq!(
-            judged
-                .get(&relay, "bob")
-                .and_then(|j| j.endpoint)
-                .as_deref(),
-            Some("192.0.2.9:1")
+            publish(endpoint(), verdicts(Verdict::Disabled)),
+            0,
+            "nothing changed"
         );
+        assert_eq!(
+            publish(endpoint(), verdicts(Verdict::Invalid)),
+            1,
+            "bob's verdict"
+        );
+        let moved = Some("192.0.2.9:1".to_owned());
+        assert_eq!(
+            publish(moved, verdicts(Verdict::Invalid)),
+            2,
+            "everyone's endpoint"
+        );
+        let woken: Vec<Arc<WireGuardPeerKey>> =
+            futures::executor::block_on(changed.by_ref().take(5).collect());
+        let names: Vec<String> = woken.iter().map(|k| k.name_any()).collect();
+        assert_eq!(names.iter().filter(|n| *n == "bob").count(), 3, "{names:?}");
+        let bob = judged.get(&relay, "bob").expect("judged");
+        assert_eq!(bob.verdict, Verdict::Invalid);
+        assert_eq!(bob.endpoint.as_deref(), Some("192.0.2.9:1"));
+        assert_eq!(judged.get(&relay, "carol"), None, "never judged");
         judged.forget(&relay);
         assert_eq!(judged.get(&relay, "bob"), None);
     }
