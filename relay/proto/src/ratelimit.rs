@@ -46,6 +46,12 @@ impl TokenBucket {
         self.tokens >= cost.min(self.burst)
     }
 
+    /// Whether `cost` tokens may be taken and leave at least `floor`.
+    fn can_take_leaving(&mut self, now: Instant, cost: f64, floor: f64) -> bool {
+        self.refill(now);
+        self.tokens - cost >= floor
+    }
+
     fn take(&mut self, cost: f64) {
         self.tokens -= cost;
     }
@@ -225,15 +231,34 @@ crate::labels::labelled_enum! {
 
 /// The mac1 computations full scans may spend, per second. Every scan draws on one global
 /// bucket; scans for unknown sources also draw on a bucket of their class, at 1/4 (fresh), 1/8
-/// (retry) or 1/16 (other) of the rate, which bounds what a flood of them can burn. So no flood of one class can use up what known and proven
-/// sources need, junk cannot crowd out a new peer's first handshake, and a flood of well-formed
-/// first handshakes cannot crowd out a new peer's retry.
+/// (retry) or 1/16 (other) of the rate, which bounds what a flood of them can burn. So no flood
+/// of one class can use up what known and proven sources need, junk cannot crowd out a new
+/// peer's first handshake, and a flood of well-formed first handshakes cannot crowd out a new
+/// peer's retry.
+///
+/// A fresh or retry scan whose class's share is spent may still borrow what the global bucket
+/// holds above a reserve of [`RESERVE`] of it, kept for known and proven sources. A budget that
+/// sits idle while a new peer is refused protects nobody; and with a few keys, where a scan is
+/// a few MACs, the whole budget outlasts any flood this machine can receive, so a new peer's
+/// first handshake is answered, not left to WireGuard's retry 5 s later. Junk with another
+/// mac2 never borrows: a real first handshake has none.
 #[derive(Debug)]
 pub(crate) struct ScanBudget {
     all: TokenBucket,
     fresh: TokenBucket,
     retry: TokenBucket,
     other: TokenBucket,
+}
+
+/// The share of the global scan budget that fresh and retry scans may not borrow.
+const RESERVE: f64 = 0.25;
+
+/// Where a scan's MACs come from.
+enum Draw {
+    /// The global bucket and, for unknown sources, their class's share.
+    Share,
+    /// The global bucket alone, above its reserve.
+    Borrow,
 }
 
 impl ScanBudget {
@@ -259,23 +284,32 @@ impl ScanBudget {
         }
     }
 
-    /// Whether [`ScanBudget::try_take`] would succeed, without taking anything.
-    pub(crate) fn can_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
-        let cost = f64::from(cost);
-        self.all.can_take(now, cost) && self.share(class).is_none_or(|b| b.can_take(now, cost))
+    /// How a scan of `class` costing `cost` would be paid for, if it can be.
+    fn draw(&mut self, now: Instant, class: ScanClass, cost: f64) -> Option<Draw> {
+        if !self.all.can_take(now, cost) {
+            return None;
+        }
+        if self.share(class).is_none_or(|b| b.can_take(now, cost)) {
+            return Some(Draw::Share);
+        }
+        let reserve = RESERVE * self.all.burst;
+        let may_borrow = matches!(class, ScanClass::Fresh | ScanClass::Retry);
+        (may_borrow && self.all.can_take_leaving(now, cost, reserve)).then_some(Draw::Borrow)
     }
 
-    /// Takes `cost` mac1 computations for a scan of `class`, or nothing if any bucket it draws
-    /// on is short.
+    /// Whether [`ScanBudget::try_take`] would succeed, without taking anything.
+    pub(crate) fn can_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
+        self.draw(now, class, f64::from(cost)).is_some()
+    }
+
+    /// Takes `cost` mac1 computations for a scan of `class`, or nothing if the budget cannot
+    /// pay for it.
     pub(crate) fn try_take(&mut self, now: Instant, class: ScanClass, cost: u32) -> bool {
         let cost = f64::from(cost);
-        if !self.all.can_take(now, cost) {
+        let Some(draw) = self.draw(now, class, cost) else {
             return false;
-        }
-        if let Some(b) = self.share(class) {
-            if !b.can_take(now, cost) {
-                return false;
-            }
+        };
+        if let (Draw::Share, Some(b)) = (draw, self.share(class)) {
             b.take(cost);
         }
         self.all.take(cost);
@@ -288,6 +322,32 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn scans_borrow_the_idle_budget_down_to_the_reserve_kept_for_known_sources() {
+        let t0 = Instant::now();
+        let mut b = ScanBudget::new(1000, t0).expect("limited");
+        // Junk with a mac2 keeps to its sixteenth.
+        let other = (0..1000)
+            .filter(|_| b.try_take(t0, ScanClass::Other, 1))
+            .count();
+        assert_eq!(other, 62);
+        // Fresh scans take their quarter, then borrow until a quarter of the budget is left.
+        let fresh = (0..1000)
+            .filter(|_| b.try_take(t0, ScanClass::Fresh, 1))
+            .count();
+        assert_eq!(other + fresh, 750);
+        // The reserve: a new peer's retry still has its own share, and known sources the rest.
+        let retry = (0..1000)
+            .filter(|_| b.try_take(t0, ScanClass::Retry, 1))
+            .count();
+        assert_eq!(retry, 125);
+        let known = (0..1000)
+            .filter(|_| b.try_take(t0, ScanClass::Known, 1))
+            .count();
+        assert_eq!(known, 125);
+        assert!(!b.try_take(t0, ScanClass::Proven, 1), "all spent");
+    }
 
     #[test]
     fn bucket_allows_burst_then_rate() {

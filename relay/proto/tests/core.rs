@@ -1104,3 +1104,65 @@ fn a_fresh_scan_abandoned_by_a_busy_scan_thread_makes_the_retry_a_retry() {
     };
     assert_eq!(request.class(), ScanClass::Retry);
 }
+
+#[test]
+fn first_handshakes_borrow_the_idle_scan_budget_but_leave_its_reserve() {
+    let t0 = Instant::now();
+    let (ia, ib, ic) = (Identity::random(), Identity::random(), Identity::random());
+    // 3 keys and a budget of 30,000 MACs a second: 10,000 scans, 2,500 of them the fresh share.
+    let config = Config {
+        access: Access::AllowList(AllowedKeys::new([ia.public, ib.public, ic.public])),
+        scan_budget: 30_000,
+        ..Config::default()
+    };
+    let mut relay = Relay::new(config, t0, [7; 32]);
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut now = t0;
+    let mut flood = |relay: &mut Relay, now: &mut Instant, per_second: u32, seconds: u32| {
+        let (mut admitted, mut refused) = (0u32, 0u32);
+        for _ in 0..per_second * seconds {
+            *now += Duration::from_secs(1) / per_second;
+            let mut d = junk_initiation(&mut rng, true);
+            match relay.handle_input(*now, random_source(&mut rng), &mut d) {
+                Output::Scan(request) => {
+                    assert_eq!(request.class(), ScanClass::Fresh);
+                    admitted += 1;
+                }
+                Output::Drop(DropReason::ScanBudget) => refused += 1,
+                other => panic!("junk got {other:?}"),
+            }
+        }
+        (admitted, refused)
+    };
+    // Three times the fresh share, within the budget: every first handshake is scanned, so a
+    // new peer's is answered at once rather than after WireGuard's 5 s retry.
+    let (admitted, refused) = flood(&mut relay, &mut now, 7_500, 2);
+    assert_eq!((admitted, refused), (15_000, 0));
+    let mut c = Peer::new(&ic, &ia, false);
+    let (out, _) = feed(&mut relay, now, C, &c.initiation());
+    let Output::CookieReply(_, reply) = out else {
+        panic!("C's first initiation is challenged at once: {out:?}")
+    };
+    assert_eq!(c.receive(&reply).error, None);
+
+    // Past the budget, they take all of it but the reserve of a quarter: 7,500 scans a second.
+    let (admitted, refused) = flood(&mut relay, &mut now, 50_000, 2);
+    println!("a flood past the budget: {admitted} of 100,000 scanned, {refused} refused");
+    assert!(
+        admitted <= 2 * 10_000 + 10_000,
+        "{admitted}: more than the budget"
+    );
+    assert!(
+        admitted >= 2 * 7_500 - 10,
+        "{admitted}: the reserve only is kept"
+    );
+    // A new peer's first handshake now waits for its retry, as with no borrowing at all, and
+    // C, back with the relay's cookie, goes through.
+    let (out, _) = feed(&mut relay, now, B, &Peer::new(&ib, &ia, false).initiation());
+    assert_eq!(out, Output::Drop(DropReason::ScanBudget));
+    let (out, _) = feed(&mut relay, now, C, &c.initiation());
+    assert!(
+        matches!(out, Output::Broadcast(_) | Output::Forward(_)),
+        "{out:?}"
+    );
+}
