@@ -830,7 +830,7 @@ fn flood(run: &Flood) -> Result<()> {
         let drain = Drain::start(&mut f, "beside", lasts)?;
         let (mut measured, cost) = measure_flood(&f, run, Some(&drain))?;
         let mut yard = drain.finish(&f, cost.context("the yardstick was not measured")?)?;
-        // A busy spell can last the whole window (1.25-1.73 in one hour on one machine, the
+        // A busy spell can last the whole window (1.25-1.81 in one hour on one machine, the
         // relay unchanged), so a ratio past the bound is measured once more, both side by side
         // again, and the lower one is judged: interference only ever adds cost.
         if cost_ratio(&measured, &yard).is_some_and(|r| r > MAX_COST_RATIO) {
