@@ -97,23 +97,23 @@ pub(crate) async fn children(
     if !conflicts.is_empty() {
         return Ok(Outcome::Conflicts(conflicts));
     }
+    // A shard that already holds its keys is not written again: with many keys, most
+    // reconciles change one shard or none.
+    let digest = |m: &ObjectMeta| {
+        m.annotations
+            .as_ref()
+            .and_then(|a| a.get(resources::KEYS_DIGEST_ANNOTATION))
+            .cloned()
+    };
+    // An edit by anyone else (`kubectl edit`, say) shows as another field manager.
+    let only_ours = |m: &ObjectMeta| {
+        m.managed_fields
+            .iter()
+            .flatten()
+            .all(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+    };
     let mut versions = Vec::with_capacity(shards.len());
     for ((wanted, found), held) in children.config_maps.iter().zip(shards).zip(&shard_holders) {
-        // A shard that already holds its keys is not written again: with many keys, most
-        // reconciles change one shard or none.
-        let digest = |m: &ObjectMeta| {
-            m.annotations
-                .as_ref()
-                .and_then(|a| a.get(resources::KEYS_DIGEST_ANNOTATION))
-                .cloned()
-        };
-        // An edit by anyone else (`kubectl edit`, say) shows as another field manager.
-        let only_ours = |m: &ObjectMeta| {
-            m.managed_fields
-                .iter()
-                .flatten()
-                .all(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
-        };
         let stored = match found {
             Some(found)
                 if *held == Holder::Relay
@@ -133,20 +133,22 @@ pub(crate) async fn children(
     }
     let pods = relay_pods(client, relay, deployment.as_ref()).await?;
     refresh_key_volumes(client, relay, &pods, &versions.join(".")).await?;
-    let deployment = object(
-        client,
-        &relay.namespace,
-        &children.deployment,
-        deployment_held == Holder::Relay,
-    )
-    .await?;
-    let service = object(
-        client,
-        &relay.namespace,
-        &children.service,
-        service_held == Holder::Relay,
-    )
-    .await?;
+    // Independent of each other, so applied at once, as they were read. The former key
+    // ConfigMap goes only once the Deployment mounts the shards.
+    let (deployment, service) = futures::try_join!(
+        object(
+            client,
+            &relay.namespace,
+            &children.deployment,
+            deployment_held == Holder::Relay
+        ),
+        object(
+            client,
+            &relay.namespace,
+            &children.service,
+            service_held == Holder::Relay
+        ),
+    )?;
     retire_legacy_keys(client, relay).await?;
     Ok(Outcome::Applied(Box::new(Applied {
         pods,

@@ -115,7 +115,7 @@ async fn reconcile_relay(obj: Arc<WireGuardRelay>, ctx: Arc<Context>) -> Result<
     let children = resources::build(&relay, &admission.accepted, &ctx.pods);
     match apply::children(&ctx.client, &relay, &children).await? {
         Outcome::Applied(applied) => {
-            report(&ctx.client, &ctx, &obj, &relay, &admission, &applied).await?;
+            report(&ctx, &obj, &relay, &admission, &applied).await?;
             Ok(Action::requeue(RESYNC))
         }
         Outcome::Conflicts(conflicts) => {
@@ -215,17 +215,16 @@ fn candidate(key: &WireGuardPeerKey) -> Candidate<'_> {
 /// Status: the relay's; then its keys' verdicts and endpoint, published for the key
 /// controller, which writes each key's status without holding up this reconcile.
 async fn report(
-    client: &Client,
     ctx: &Context,
     obj: &WireGuardRelay,
     relay: &Relay,
     admission: &Admission,
     applied: &Applied,
 ) -> Result<(), Error> {
-    let found = relay_endpoints(client, relay, applied).await?;
+    let found = relay_endpoints(&ctx.client, relay, applied).await?;
     let available = status::available(&applied.deployment);
     let relay_status = status::relay_status(obj, found, available, admission.counts());
-    status::write_relay(client, &relay.namespace, obj, &relay_status).await?;
+    status::write_relay(&ctx.client, &relay.namespace, obj, &relay_status).await?;
     let verdicts = admission
         .keys
         .iter()
